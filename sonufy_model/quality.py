@@ -1,0 +1,150 @@
+"""Great Expectations suites that guard the data between stages.
+
+Each suite runs on a table of per-track facts (one row per track, computed by
+the stage), so that a failure names the tracks that broke it and the
+expectation they broke. Contexts are ephemeral: nothing is written to disk and
+nothing reaches the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import polars as pl
+
+from sonufy_model.audio import MelParams
+
+# Great Expectations reports usage statistics unless told not to.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+MIN_CLIP_SECONDS = 25.0
+MAX_SILENT_SHARE = 0.5
+
+
+class DataQualityError(RuntimeError):
+    """Too many tracks of a batch failed a suite: something upstream is broken."""
+
+
+@dataclass
+class QualityReport:
+    """What a suite found in one batch."""
+
+    suite: str
+    n_rows: int
+    # track_id, reason: the first expectation each failing track broke.
+    failures: pl.DataFrame
+    expectations: list[dict] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        return self.failures.is_empty()
+
+    @property
+    def failed_share(self) -> float:
+        return self.failures.height / self.n_rows if self.n_rows else 0.0
+
+    def summary(self) -> dict:
+        return {
+            "suite": self.suite,
+            "rows": self.n_rows,
+            "failed_tracks": self.failures.height,
+            "expectations": self.expectations,
+        }
+
+    def raise_if_failed_share_above(self, max_share: float) -> None:
+        """Stop the run when a batch is mostly bad: that is no longer a bad track."""
+        if self.n_rows and self.failed_share > max_share:
+            listed = ", ".join(
+                f"{row['track_id']} ({row['reason']})" for row in self.failures.head(20).iter_rows(named=True)
+            )
+            more = "" if self.failures.height <= 20 else f" and {self.failures.height - 20} more"
+            raise DataQualityError(
+                f"{self.suite}: {self.failures.height} of {self.n_rows} tracks failed "
+                f"(more than {max_share:.0%}): {listed}{more}"
+            )
+
+
+@lru_cache(maxsize=1)
+def _context():
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def _run_suite(name: str, frame: pl.DataFrame, expectations: list) -> QualityReport:
+    import great_expectations as gx
+
+    batch = _context().data_sources.pandas_default.read_dataframe(frame.to_pandas())
+    suite = gx.ExpectationSuite(name=name, expectations=expectations)
+    result = batch.validate(
+        suite,
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["track_id"]},
+    )
+    failed: dict[str, str] = {}
+    described: list[dict] = []
+    for outcome in result.results:
+        config = outcome.expectation_config
+        label = _describe(config.type, config.kwargs)
+        bad_ids = [row["track_id"] for row in outcome.result.get("unexpected_index_list") or []]
+        described.append({"expectation": label, "success": bool(outcome.success), "failed": len(bad_ids)})
+        for track_id in bad_ids:
+            failed.setdefault(track_id, f"{name}: {label}")
+    failures = pl.DataFrame(
+        {"track_id": list(failed), "reason": list(failed.values())},
+        schema={"track_id": pl.String, "reason": pl.String},
+    )
+    return QualityReport(suite=name, n_rows=frame.height, failures=failures, expectations=described)
+
+
+def _describe(expectation_type: str, kwargs: dict) -> str:
+    shown = {k: v for k, v in kwargs.items() if k not in ("batch_id", "result_format") and v is not None}
+    args = ", ".join(f"{k}={v}" for k, v in shown.items())
+    return f"{expectation_type}({args})"
+
+
+def check_spectrograms(stats: pl.DataFrame, params: MelParams) -> QualityReport:
+    """The spectrogram suite: shape, finite, range, not silent, long enough.
+
+    stats: one row per track with track_id, n_mels, n_frames, min_value,
+    max_value, non_finite, silent_share, duration_s (see audio.analyse).
+    """
+    import great_expectations as gx
+
+    x = gx.expectations
+    expectations = [
+        x.ExpectColumnValuesToBeBetween(column="n_mels", min_value=params.n_mels, max_value=params.n_mels),
+        x.ExpectColumnValuesToBeBetween(column="n_frames", min_value=params.n_frames, max_value=params.n_frames),
+        x.ExpectColumnValuesToBeBetween(column="non_finite", min_value=0, max_value=0),
+        x.ExpectColumnValuesToBeBetween(column="min_value", min_value=0.0, max_value=1.0),
+        x.ExpectColumnValuesToBeBetween(column="max_value", min_value=0.0, max_value=1.0),
+        x.ExpectColumnValuesToBeBetween(column="silent_share", min_value=0.0, max_value=MAX_SILENT_SHARE),
+        x.ExpectColumnValuesToBeBetween(column="duration_s", min_value=MIN_CLIP_SECONDS),
+    ]
+    # NaN is not "between" anything, but GE skips nulls: make them fail.
+    frame = stats.with_columns(pl.col(pl.Float64).fill_nan(-1.0).fill_null(-1.0))
+    return _run_suite("spectrograms", frame, expectations)
+
+
+def check_embeddings(stats: pl.DataFrame, latent_dim: int = 256) -> QualityReport:
+    """The latent-vector suite: right length, finite, non-zero norm.
+
+    stats: one row per track with track_id, length, non_finite, norm.
+    """
+    import great_expectations as gx
+
+    x = gx.expectations
+    expectations = [
+        x.ExpectColumnValuesToBeBetween(column="length", min_value=latent_dim, max_value=latent_dim),
+        x.ExpectColumnValuesToBeBetween(column="non_finite", min_value=0, max_value=0),
+        x.ExpectColumnValuesToBeBetween(column="norm", min_value=1e-6, strict_min=True),
+        x.ExpectColumnValuesToBeUnique(column="track_id"),
+    ]
+    frame = stats.with_columns(pl.col("norm").fill_nan(-1.0).fill_null(-1.0))
+    return _run_suite("embeddings", frame, expectations)

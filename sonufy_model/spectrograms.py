@@ -1,0 +1,151 @@
+"""Spectrograms in bulk: a pool of worker processes, results in shards.
+
+A shard is one .npy file holding a batch of uint8 spectrograms
+(tracks × n_mels × n_frames); DuckDB's spectrograms table says which shard and
+row holds each track. Readers open shards memory-mapped, so nothing needs to
+fit in memory at once.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from sonufy_model.audio import AudioDecodeError, MelParams, analyse, to_uint8
+
+STATS_SCHEMA: dict[str, pl.DataType] = {
+    "track_id": pl.String,
+    "n_mels": pl.Int64,
+    "n_frames": pl.Int64,
+    "min_value": pl.Float64,
+    "max_value": pl.Float64,
+    "non_finite": pl.Int64,
+    "silent_share": pl.Float64,
+    "duration_s": pl.Float64,
+}
+
+
+@dataclass
+class SpectrogramBatch:
+    """The outcome of converting one batch of audio files."""
+
+    track_ids: list[str]
+    spectrograms: np.ndarray  # uint8, (len(track_ids), n_mels, n_frames)
+    stats: pl.DataFrame  # one row per converted track (STATS_SCHEMA)
+    failures: pl.DataFrame  # track_id, reason: files that did not convert
+
+    def only(self, keep_ids: set[str]) -> "SpectrogramBatch":
+        rows = [i for i, track_id in enumerate(self.track_ids) if track_id in keep_ids]
+        return SpectrogramBatch(
+            track_ids=[self.track_ids[i] for i in rows],
+            spectrograms=self.spectrograms[rows],
+            stats=self.stats.filter(pl.col("track_id").is_in(list(keep_ids))),
+            failures=self.failures,
+        )
+
+
+def _limit_worker_threads() -> None:
+    # Parallelism comes from the processes; BLAS threads on top would fight
+    # over the same cores.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def _convert_one(task: tuple[str, str, MelParams]) -> tuple[str, np.ndarray | None, dict | None, str | None]:
+    track_id, path, params = task
+    try:
+        spectrogram, stats = analyse(path, params)
+    except AudioDecodeError as error:
+        return track_id, None, None, str(error)
+    except (OSError, ValueError) as error:
+        return track_id, None, None, f"{path}: {type(error).__name__}: {error}"
+    return track_id, to_uint8(spectrogram), stats, None
+
+
+def convert(files: pl.DataFrame, params: MelParams, workers: int = 1) -> SpectrogramBatch:
+    """Spectrograms of ``files`` (track_id, path), ``workers`` processes at once.
+
+    Files that fail to decode are returned as failures, not raised: one bad
+    file must not cost the batch.
+    """
+    tasks = [(row["track_id"], row["path"], params) for row in files.iter_rows(named=True)]
+    if workers <= 1 or len(tasks) <= 1:
+        _limit_worker_threads()
+        results = [_convert_one(task) for task in tasks]
+    else:
+        # spawn, not fork: the caller may be a multi-threaded orchestrator, and
+        # forking a process with threads running can deadlock the child.
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=get_context("spawn"), initializer=_limit_worker_threads
+        ) as pool:
+            results = list(pool.map(_convert_one, tasks, chunksize=4))
+    converted = [(tid, spec, stats) for tid, spec, stats, error in results if error is None]
+    failures = [(tid, error) for tid, _, _, error in results if error is not None]
+    shape = (len(converted), params.n_mels, params.n_frames)
+    arrays = np.stack([spec for _, spec, _ in converted]) if converted else np.zeros(shape, np.uint8)
+    return SpectrogramBatch(
+        track_ids=[tid for tid, _, _ in converted],
+        spectrograms=arrays,
+        stats=pl.DataFrame(
+            [{"track_id": tid, **stats} for tid, _, stats in converted], schema=STATS_SCHEMA
+        ),
+        failures=pl.DataFrame(
+            {"track_id": [t for t, _ in failures], "reason": [r for _, r in failures]},
+            schema={"track_id": pl.String, "reason": pl.String},
+        ),
+    )
+
+
+def write_shard(batch: SpectrogramBatch, directory: Path, set_id: str) -> pl.DataFrame:
+    """Write the batch's spectrograms as one shard; return its index rows.
+
+    The shard is written under a temporary name and renamed, so a reader or
+    a killed run never sees half a file.
+    """
+    if not batch.track_ids:
+        return pl.DataFrame(
+            schema={"track_id": pl.String, "set_id": pl.String, "shard": pl.String, "row": pl.Int32}
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    shard = directory / f"shard-{uuid.uuid4().hex[:16]}.npy"
+    temporary = shard.with_suffix(".npy.tmp")
+    with open(temporary, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(batch.spectrograms))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, shard)
+    return pl.DataFrame(
+        {
+            "track_id": batch.track_ids,
+            "set_id": [set_id] * len(batch.track_ids),
+            "shard": [str(shard)] * len(batch.track_ids),
+            "row": list(range(len(batch.track_ids))),
+        },
+        schema={"track_id": pl.String, "set_id": pl.String, "shard": pl.String, "row": pl.Int32},
+    )
+
+
+def read_spectrograms(manifest: pl.DataFrame) -> np.ndarray:
+    """The uint8 spectrograms of manifest rows (shard, row), in manifest order.
+
+    Each shard is opened memory-mapped once; only the rows asked for are read.
+    """
+    if manifest.is_empty():
+        raise ValueError("no spectrograms asked for")
+    out: np.ndarray | None = None
+    positions = manifest.with_row_index("position")
+    for (shard,), group in positions.group_by(["shard"], maintain_order=True):
+        data = np.load(shard, mmap_mode="r")
+        if out is None:
+            out = np.empty((manifest.height, *data.shape[1:]), dtype=data.dtype)
+        out[group["position"].to_numpy()] = data[group["row"].to_numpy()]
+    assert out is not None
+    return out

@@ -1,0 +1,310 @@
+"""The DuckDB store: Sonufy's tables, and the only code that writes them.
+
+Connections are short-lived: each operation opens the file, does its work in
+one transaction and closes it, so that a user's DuckDB session can open the
+file between the pipeline's writes. Batches arrive as polars DataFrames and
+are handed to DuckDB through Arrow, without copying row by row.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+import sql
+
+LATENT_DIM = 256
+
+# Column order and types of a tracks batch (see sql/schema.sql, tracks).
+TRACK_SCHEMA: dict[str, pl.DataType] = {
+    "track_id": pl.String,
+    "source": pl.String,
+    "title": pl.String,
+    "artist": pl.String,
+    "artists": pl.List(pl.String),
+    "artist_id": pl.String,
+    "album": pl.String,
+    "album_id": pl.String,
+    "release_date": pl.String,
+    "duration_ms": pl.Int32,
+    "isrc": pl.String,
+    "explicit": pl.Boolean,
+    "popularity": pl.Int32,
+    "uri": pl.String,
+    "preview_url": pl.String,
+    "path": pl.String,
+    "found_by": pl.String,
+}
+
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    "track_id": pl.String,
+    "stage": pl.String,
+    "reason": pl.String,
+    "run_id": pl.String,
+}
+
+
+class TrackNotFound(LookupError):
+    """A query names a track that is not in the current latent space."""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    model_version: str
+    checkpoint: str
+    set_id: str
+
+
+class Store:
+    """Sonufy's DuckDB file."""
+
+    _schema_applied: set[Path] = set()
+    _schema_lock = threading.Lock()
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # -- connections ---------------------------------------------------------
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for one unit of work; the schema exists when it opens."""
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._apply_schema_once()
+        con = duckdb.connect(str(self.path), read_only=read_only)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection inside one transaction: all of it lands, or none."""
+        with self.connect() as con:
+            con.begin()
+            try:
+                yield con
+            except BaseException:
+                con.rollback()
+                raise
+            con.commit()
+
+    def _apply_schema_once(self) -> None:
+        with self._schema_lock:
+            if self.path in self._schema_applied and self.path.exists():
+                return
+            con = duckdb.connect(str(self.path))
+            try:
+                con.begin()
+                for statement in sql.schema_statements():
+                    con.execute(statement)
+                con.commit()
+            finally:
+                con.close()
+            self._schema_applied.add(self.path)
+
+    def apply_schema(self) -> None:
+        """Create or update the schema now (it is also applied on first write)."""
+        self._schema_applied.discard(self.path)
+        self._apply_schema_once()
+
+    # -- generic helpers -----------------------------------------------------
+
+    @staticmethod
+    def _run_with_batch(
+        con: duckdb.DuckDBPyConnection, statement_name: str, view: str, batch: pl.DataFrame
+    ) -> None:
+        con.register(view, batch.to_arrow())
+        try:
+            con.execute(sql.statement(statement_name))
+        finally:
+            con.unregister(view)
+
+    # -- runs ----------------------------------------------------------------
+
+    def start_run(self, run_id: str, flow: str, parameters: dict) -> None:
+        with self.connect() as con:
+            con.execute(
+                sql.statement("start_run"),
+                {"run_id": run_id, "flow": flow, "parameters": json.dumps(parameters, default=str)},
+            )
+
+    def finish_run(self, run_id: str, status: str, counts: dict) -> None:
+        with self.connect() as con:
+            con.execute(
+                sql.statement("finish_run"),
+                {"run_id": run_id, "status": status, "counts": json.dumps(counts, default=str)},
+            )
+
+    def counts(self) -> dict[str, int]:
+        with self.connect() as con:
+            row = con.execute(sql.statement("table_counts")).pl().row(0, named=True)
+        return dict(row)
+
+    # -- tracks --------------------------------------------------------------
+
+    def upsert_tracks(self, tracks: pl.DataFrame) -> int:
+        """Insert new tracks and refresh known ones; reruns change nothing."""
+        if tracks.is_empty():
+            return 0
+        batch = tracks.select(
+            [pl.col(name).cast(dtype) for name, dtype in TRACK_SCHEMA.items()]
+        ).unique("track_id", keep="last", maintain_order=True)
+        with self.transaction() as con:
+            self._run_with_batch(con, "upsert_tracks", "tracks_batch", batch)
+        return batch.height
+
+    def tracks_without_preview(self) -> pl.DataFrame:
+        with self.connect() as con:
+            return con.execute(sql.statement("tracks_without_preview")).pl()
+
+    # -- previews ------------------------------------------------------------
+
+    def record_previews(self, previews: pl.DataFrame) -> None:
+        """previews: track_id, provider, path, bytes, duration_s."""
+        if previews.is_empty():
+            return
+        batch = previews.unique("track_id", keep="last", maintain_order=True)
+        with self.transaction() as con:
+            self._run_with_batch(con, "upsert_previews", "previews_batch", batch)
+            self._release(con, "fetch", batch["track_id"])
+
+    # -- quarantine ----------------------------------------------------------
+
+    def quarantine(self, failures: pl.DataFrame) -> None:
+        """failures: track_id, stage, reason, run_id (run_id may be null)."""
+        if failures.is_empty():
+            return
+        batch = failures.select(
+            [pl.col(name).cast(dtype) for name, dtype in QUARANTINE_SCHEMA.items()]
+        ).unique(["track_id", "stage"], keep="last", maintain_order=True)
+        with self.transaction() as con:
+            self._run_with_batch(con, "quarantine_tracks", "quarantine_batch", batch)
+
+    def _release(self, con: duckdb.DuckDBPyConnection, stage: str, track_ids: pl.Series) -> None:
+        released = pl.DataFrame({"track_id": track_ids})
+        con.register("released_batch", released.to_arrow())
+        try:
+            con.execute(sql.statement("release_from_quarantine"), {"stage": stage})
+        finally:
+            con.unregister("released_batch")
+
+    def quarantined(self, stage: str | None = None) -> pl.DataFrame:
+        with self.connect() as con:
+            rel = con.sql("SELECT track_id, stage, reason, run_id FROM quarantine ORDER BY track_id")
+            frame = rel.pl()
+        return frame if stage is None else frame.filter(pl.col("stage") == stage)
+
+    # -- spectrograms --------------------------------------------------------
+
+    def register_spectrogram_set(self, set_id: str, params: dict) -> None:
+        with self.connect() as con:
+            con.execute(
+                sql.statement("upsert_spectrogram_set"),
+                {"set_id": set_id, "params": json.dumps(params, sort_keys=True)},
+            )
+
+    def previews_without_spectrogram(self, set_id: str) -> pl.DataFrame:
+        with self.connect() as con:
+            return con.execute(
+                sql.statement("previews_without_spectrogram"), {"set_id": set_id}
+            ).pl()
+
+    def record_spectrograms(self, index: pl.DataFrame, failures: pl.DataFrame) -> None:
+        """index: track_id, set_id, shard, row; failures: quarantine rows.
+
+        One transaction, so that a track is either indexed or quarantined,
+        never half of each.
+        """
+        with self.transaction() as con:
+            if not index.is_empty():
+                self._run_with_batch(con, "insert_spectrograms", "spectrograms_batch", index)
+                self._release(con, "spectrogram", index["track_id"])
+            if not failures.is_empty():
+                batch = failures.select(
+                    [pl.col(name).cast(dtype) for name, dtype in QUARANTINE_SCHEMA.items()]
+                )
+                self._run_with_batch(con, "quarantine_tracks", "quarantine_batch", batch)
+
+    def spectrogram_manifest(self, set_id: str) -> pl.DataFrame:
+        with self.connect() as con:
+            return con.execute(sql.statement("spectrogram_manifest"), {"set_id": set_id}).pl()
+
+    # -- models --------------------------------------------------------------
+
+    def register_model(self, record: dict, make_current: bool = True) -> None:
+        params = dict(record)
+        params["config"] = json.dumps(params["config"], sort_keys=True, default=str)
+        with self.transaction() as con:
+            con.execute(sql.statement("insert_model"), params)
+            if make_current:
+                con.execute(
+                    sql.statement("promote_model"), {"model_version": record["model_version"]}
+                )
+
+    def current_model(self) -> ModelRecord | None:
+        with self.connect() as con:
+            rows = con.execute(sql.statement("current_model")).fetchall()
+        return ModelRecord(*rows[0]) if rows else None
+
+    # -- embeddings ----------------------------------------------------------
+
+    def spectrograms_without_embedding(self, set_id: str, model_version: str) -> pl.DataFrame:
+        with self.connect() as con:
+            return con.execute(
+                sql.statement("spectrograms_without_embedding"),
+                {"set_id": set_id, "model_version": model_version},
+            ).pl()
+
+    def record_embeddings(self, embeddings: pl.DataFrame) -> None:
+        """embeddings: track_id, model_version, vector (Array(Float32, 256))."""
+        if embeddings.is_empty():
+            return
+        batch = embeddings.unique(
+            ["track_id", "model_version"], keep="last", maintain_order=True
+        )
+        with self.transaction() as con:
+            self._run_with_batch(con, "insert_embeddings", "embeddings_batch", batch)
+
+    # -- recommendations -----------------------------------------------------
+
+    def find_track(self, query: str) -> dict:
+        """A track of the current latent space by id or by "artist - title"."""
+        with self.connect() as con:
+            rows = con.execute(sql.statement("find_track"), {"query": query}).pl()
+        if rows.is_empty():
+            raise TrackNotFound(
+                f"no track {query!r} in the latent space: give a track id or 'artist - title'"
+            )
+        return rows.row(0, named=True)
+
+    def first_track(self) -> dict:
+        with self.connect() as con:
+            rows = con.execute(sql.statement("first_track")).pl()
+        if rows.is_empty():
+            raise TrackNotFound("the latent space is empty: run `sonufy build` first")
+        return rows.row(0, named=True)
+
+    def similar_to(self, track_id: str, k: int = 10) -> pl.DataFrame:
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        with self.connect() as con:
+            return con.execute(sql.statement("recommend"), {"track_id": track_id, "k": k}).pl()
+
+
+def batches(frame: pl.DataFrame, size: int) -> Sequence[pl.DataFrame]:
+    """Split a frame into consecutive batches of at most ``size`` rows."""
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
+    return [frame.slice(offset, size) for offset in range(0, frame.height, size)]

@@ -1,0 +1,39 @@
+"""Every SQL statement Sonufy runs, loaded by name from the .sql files here.
+
+A statement starts with a line ``-- name: NAME``; it runs until the next such
+line. Comments above a statement's first SQL line document it.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from importlib import resources
+
+_NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+@lru_cache(maxsize=None)
+def _statements(filename: str) -> dict[str, str]:
+    text = resources.files(__name__).joinpath(filename).read_text(encoding="utf-8")
+    parts = _NAME_LINE.split(text)
+    # parts = [preamble, name1, body1, name2, body2, ...]
+    statements: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2]):
+        if name in statements:
+            raise ValueError(f"{filename}: statement {name!r} is defined twice")
+        statements[name] = body.strip()
+    return statements
+
+
+def statement(name: str, filename: str = "queries.sql") -> str:
+    """The SQL text of the statement called ``name`` in ``filename``."""
+    try:
+        return _statements(filename)[name]
+    except KeyError:
+        raise KeyError(f"no SQL statement named {name!r} in sql/{filename}") from None
+
+
+def schema_statements() -> list[str]:
+    """The schema, in order: tables, views and macros, all idempotent."""
+    return list(_statements("schema.sql").values())

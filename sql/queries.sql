@@ -1,0 +1,118 @@
+-- Named statements the pipeline runs. Parameters are positional ($1, $2...)
+-- or named ($name) DuckDB parameters.
+
+-- name: upsert_tracks
+-- From a staged batch (tracks_batch) that was de-duplicated by track_id
+-- before this runs. first_seen survives reruns.
+INSERT INTO tracks AS t (track_id, source, title, artist, artists, artist_id, album, album_id,
+                         release_date, duration_ms, isrc, explicit, popularity, uri, preview_url, path, found_by)
+SELECT track_id, source, title, artist, artists, artist_id, album, album_id,
+       release_date, duration_ms, isrc, explicit, popularity, uri, preview_url, path, found_by
+FROM tracks_batch
+ON CONFLICT (track_id) DO UPDATE SET
+    source = excluded.source, title = excluded.title, artist = excluded.artist,
+    artists = excluded.artists, artist_id = excluded.artist_id, album = excluded.album,
+    album_id = excluded.album_id, release_date = excluded.release_date,
+    duration_ms = excluded.duration_ms, isrc = excluded.isrc, explicit = excluded.explicit,
+    popularity = coalesce(excluded.popularity, t.popularity), uri = excluded.uri,
+    preview_url = excluded.preview_url,
+    path = excluded.path, found_by = coalesce(t.found_by, excluded.found_by),
+    updated_at = now();
+
+-- name: tracks_without_preview
+SELECT t.track_id, t.title, t.artist, t.isrc, t.preview_url
+FROM tracks AS t
+LEFT JOIN previews AS p USING (track_id)
+WHERE p.track_id IS NULL AND t.source = 'spotify'
+ORDER BY t.track_id;
+
+-- name: upsert_previews
+INSERT OR REPLACE INTO previews (track_id, provider, path, bytes, duration_s, fetched_at)
+SELECT track_id, provider, path, bytes, duration_s, current_timestamp FROM previews_batch;
+
+-- name: previews_without_spectrogram
+SELECT p.track_id, p.path
+FROM previews AS p
+LEFT JOIN spectrograms AS s ON s.track_id = p.track_id AND s.set_id = $set_id
+WHERE s.track_id IS NULL AND p.path IS NOT NULL
+ORDER BY p.track_id;
+
+-- name: upsert_spectrogram_set
+INSERT INTO spectrogram_sets (set_id, params) VALUES ($set_id, $params)
+ON CONFLICT (set_id) DO NOTHING;
+
+-- name: insert_spectrograms
+INSERT OR REPLACE INTO spectrograms (track_id, set_id, shard, "row", created_at)
+SELECT track_id, set_id, shard, "row", current_timestamp FROM spectrograms_batch;
+
+-- name: spectrogram_manifest
+-- Every spectrogram of a set that is not quarantined, in shard order so that
+-- readers walk each shard once.
+SELECT s.track_id, s.shard, s."row"
+FROM spectrograms AS s
+WHERE s.set_id = $set_id
+  AND s.track_id NOT IN (SELECT track_id FROM quarantine WHERE stage = 'spectrogram')
+ORDER BY s.shard, s."row";
+
+-- name: spectrograms_without_embedding
+SELECT s.track_id, s.shard, s."row"
+FROM spectrograms AS s
+LEFT JOIN embeddings AS e ON e.track_id = s.track_id AND e.model_version = $model_version
+WHERE s.set_id = $set_id AND e.track_id IS NULL
+  AND s.track_id NOT IN (SELECT track_id FROM quarantine WHERE stage = 'spectrogram')
+ORDER BY s.shard, s."row";
+
+-- name: insert_model
+INSERT OR REPLACE INTO models (model_version, set_id, config, checkpoint, epochs, train_mse,
+                               val_mse, n_train_tracks, n_val_tracks, train_seconds, is_current)
+VALUES ($model_version, $set_id, $config, $checkpoint, $epochs, $train_mse, $val_mse,
+        $n_train_tracks, $n_val_tracks, $train_seconds, false);
+
+-- name: promote_model
+-- Exactly one current model: both updates run in one transaction.
+UPDATE models SET is_current = (model_version = $model_version);
+
+-- name: current_model
+SELECT model_version, checkpoint, set_id FROM models WHERE is_current;
+
+-- name: insert_embeddings
+INSERT OR REPLACE INTO embeddings (track_id, model_version, vector, created_at)
+SELECT track_id, model_version, vector::FLOAT[256], current_timestamp FROM embeddings_batch;
+
+-- name: quarantine_tracks
+INSERT OR REPLACE INTO quarantine (track_id, stage, reason, run_id, quarantined_at)
+SELECT track_id, stage, reason, run_id, current_timestamp FROM quarantine_batch;
+
+-- name: release_from_quarantine
+DELETE FROM quarantine WHERE stage = $stage AND track_id IN (SELECT track_id FROM released_batch);
+
+-- name: start_run
+INSERT OR REPLACE INTO runs (run_id, flow, started_at, status, parameters)
+VALUES ($run_id, $flow, current_timestamp, 'running', $parameters);
+
+-- name: finish_run
+UPDATE runs SET finished_at = current_timestamp, status = $status, counts = $counts
+WHERE run_id = $run_id;
+
+-- name: find_track
+-- A track by id, or by "artist - title" (case-insensitive), current space only.
+SELECT track_id, artist, title FROM latent
+WHERE track_id = $query OR lower(artist || ' - ' || title) = lower($query)
+ORDER BY track_id
+LIMIT 1;
+
+-- name: recommend
+SELECT * FROM similar_to($track_id, $k);
+
+-- name: table_counts
+SELECT
+    (SELECT count(*) FROM tracks) AS tracks,
+    (SELECT count(*) FROM previews) AS previews,
+    (SELECT count(*) FROM spectrograms) AS spectrograms,
+    (SELECT count(*) FROM embeddings) AS embeddings,
+    (SELECT count(*) FROM quarantine) AS quarantined,
+    (SELECT count(*) FROM models) AS models;
+
+-- name: first_track
+-- A stable default seed track for demos: the first of the current space.
+SELECT track_id, artist, title FROM latent ORDER BY artist, title, track_id LIMIT 1;

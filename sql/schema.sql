@@ -1,0 +1,134 @@
+-- Sonufy's DuckDB schema. Idempotent: applied at the start of every run.
+-- Every statement is named ("-- name: ...") so that code refers to it by name.
+
+-- name: create_tracks
+-- One row per recording we know about, whatever the source. track_id is the
+-- Spotify id for catalog tracks, "file:<sha1 of path>" for local files.
+CREATE TABLE IF NOT EXISTS tracks (
+    track_id      VARCHAR PRIMARY KEY,
+    source        VARCHAR NOT NULL,          -- 'spotify' | 'folder'
+    title         VARCHAR NOT NULL,
+    artist        VARCHAR NOT NULL,          -- first credited artist
+    artists       VARCHAR[],                 -- all credited artists
+    artist_id     VARCHAR,
+    album         VARCHAR,
+    album_id      VARCHAR,
+    release_date  VARCHAR,
+    duration_ms   INTEGER,
+    isrc          VARCHAR,
+    explicit      BOOLEAN,
+    popularity    INTEGER,
+    uri           VARCHAR,
+    preview_url   VARCHAR,                   -- Spotify's own preview, where the app still gets one
+    path          VARCHAR,                   -- the audio file, for local sources
+    found_by      VARCHAR,                   -- the query or folder that found it
+    first_seen    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    updated_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+-- name: create_previews
+-- The audio we analysed for a track: where it came from and where it lies.
+-- Signed preview URLs expire in minutes, so they are never stored.
+CREATE TABLE IF NOT EXISTS previews (
+    track_id      VARCHAR PRIMARY KEY,
+    provider      VARCHAR NOT NULL,          -- 'spotify' | 'deezer' | 'folder'
+    path          VARCHAR,                   -- NULL once the file has been dropped
+    bytes         BIGINT NOT NULL,
+    duration_s    DOUBLE NOT NULL,
+    fetched_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+-- name: create_spectrogram_sets
+-- One row per set of spectrogram parameters: changing n_mels or hop makes a
+-- new set, never a mix of two in one set.
+CREATE TABLE IF NOT EXISTS spectrogram_sets (
+    set_id        VARCHAR PRIMARY KEY,
+    params        JSON NOT NULL,
+    created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+-- name: create_spectrograms
+-- Spectrograms live in .npy shards on disk; this table says which shard and
+-- row holds each track's spectrogram.
+CREATE TABLE IF NOT EXISTS spectrograms (
+    track_id      VARCHAR NOT NULL,
+    set_id        VARCHAR NOT NULL,
+    shard         VARCHAR NOT NULL,
+    "row"         INTEGER NOT NULL,
+    created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (track_id, set_id)
+);
+
+-- name: create_models
+CREATE TABLE IF NOT EXISTS models (
+    model_version VARCHAR PRIMARY KEY,
+    created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    set_id        VARCHAR NOT NULL,          -- the spectrograms it was trained on
+    config        JSON NOT NULL,
+    checkpoint    VARCHAR NOT NULL,
+    epochs        INTEGER,
+    train_mse     DOUBLE,
+    val_mse       DOUBLE,
+    n_train_tracks INTEGER,
+    n_val_tracks  INTEGER,
+    train_seconds DOUBLE,
+    is_current    BOOLEAN NOT NULL DEFAULT false
+);
+
+-- name: create_embeddings
+-- The latent space: one 256-d vector per track and model version, the mean of
+-- the encoder's outputs over fixed tiles. The first 128 numbers come from the
+-- time branch of the encoder, the last 128 from the frequency branch.
+CREATE TABLE IF NOT EXISTS embeddings (
+    track_id      VARCHAR NOT NULL,
+    model_version VARCHAR NOT NULL,
+    vector        FLOAT[256] NOT NULL,
+    created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (track_id, model_version)
+);
+
+-- name: create_quarantine
+-- Tracks a stage could not process, with the reason. A later success at the
+-- same stage removes the row.
+CREATE TABLE IF NOT EXISTS quarantine (
+    track_id      VARCHAR NOT NULL,
+    stage         VARCHAR NOT NULL,
+    reason        VARCHAR NOT NULL,
+    run_id        VARCHAR,
+    quarantined_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (track_id, stage)
+);
+
+-- name: create_runs
+CREATE TABLE IF NOT EXISTS runs (
+    run_id        VARCHAR PRIMARY KEY,
+    flow          VARCHAR NOT NULL,
+    started_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    finished_at   TIMESTAMP,
+    status        VARCHAR NOT NULL DEFAULT 'running',
+    parameters    JSON,
+    counts        JSON
+);
+
+-- name: create_latent_view
+-- The stable view for ad-hoc SQL: the current model's latent space.
+CREATE OR REPLACE VIEW latent AS
+SELECT t.track_id, t.artist, t.title, t.album, t.source, t.path,
+       e.model_version, e.vector
+FROM embeddings AS e
+JOIN models AS m ON m.model_version = e.model_version AND m.is_current
+JOIN tracks AS t ON t.track_id = e.track_id;
+
+-- name: create_similar_to_macro
+-- k nearest tracks to a track by cosine similarity in the current latent
+-- space, the track itself excluded. time_similarity and frequency_similarity
+-- compare the two halves of the latent (time and frequency encoder branches).
+CREATE OR REPLACE MACRO similar_to(query_track_id, k) AS TABLE
+SELECT l.track_id, l.artist, l.title, l.album,
+       array_cosine_similarity(l.vector, q.vector) AS cosine,
+       list_cosine_similarity(l.vector[1:128], q.vector[1:128]) AS time_similarity,
+       list_cosine_similarity(l.vector[129:256], q.vector[129:256]) AS frequency_similarity
+FROM latent AS l, (SELECT vector FROM latent WHERE track_id = query_track_id) AS q
+WHERE l.track_id <> query_track_id
+ORDER BY cosine DESC, l.track_id
+LIMIT k;

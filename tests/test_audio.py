@@ -1,0 +1,130 @@
+"""Audio to spectrogram: librosa's numbers, excerpts, shards, checks, workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import soundfile as sf
+
+from sonufy_model import quality, spectrograms
+from sonufy_model.audio import AudioDecodeError, MelParams, analyse, load_excerpt, scaled_mel
+from sonufy_model.evaluate import precision_at_k
+
+PARAMS = MelParams()
+
+
+def _tone(seconds: float, rate: int, freq: float = 440.0, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(seed).standard_normal(t.size)
+    return (0.3 * np.sin(2 * np.pi * freq * t) * (1.2 + np.sin(2 * np.pi * 1.5 * t)) + 0.02 * noise).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    paths = {}
+    for name, freq in (("low", 110.0), ("high", 3000.0)):
+        paths[name] = root / f"{name}.mp3"
+        sf.write(paths[name], _tone(30.0, 44100, freq), 44100, format="MP3")
+    paths["silent"] = root / "silent.wav"
+    sf.write(paths["silent"], np.zeros(30 * 22050, np.float32), 22050)
+    paths["short"] = root / "short.wav"
+    sf.write(paths["short"], _tone(5.0, 22050), 22050)
+    paths["song"] = root / "song.wav"
+    # 90 s: 30 s of 220 Hz, 30 s of 2 kHz in the middle, 30 s of 220 Hz.
+    song = np.concatenate([_tone(30, 22050, 220), _tone(30, 22050, 2000), _tone(30, 22050, 220)])
+    sf.write(paths["song"], song, 22050)
+    paths["garbage"] = root / "garbage.mp3"
+    paths["garbage"].write_bytes(b"this is not audio" * 100)
+    return paths
+
+
+def test_matches_librosa_melspectrogram(clips):
+    import librosa
+
+    y, sr = librosa.load(clips["high"], sr=PARAMS.sample_rate, duration=PARAMS.clip_seconds)
+    reference = librosa.power_to_db(
+        librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2048, hop_length=512, n_mels=128, fmax=8000),
+        ref=np.max, top_db=80.0,
+    )
+    reference = (reference + 80.0) / 80.0
+    clip, duration = load_excerpt(clips["high"], PARAMS)
+    ours = scaled_mel(clip, MelParams(n_frames=reference.shape[1]))
+    assert duration == pytest.approx(30.0, abs=0.1)
+    assert ours.shape == reference.shape == (128, reference.shape[1])
+    assert np.abs(ours - reference).max() < 0.02
+
+
+def test_spectrogram_shape_range_and_seed_parameters(clips):
+    spectrogram, stats = analyse(clips["low"], PARAMS)
+    assert spectrogram.shape == (128, 512) and spectrogram.dtype == np.float32
+    assert 0.0 <= spectrogram.min() and spectrogram.max() <= 1.0
+    # 110 Hz sits in the lowest mel bands (fmax 8 kHz spreads 128 bands over 0-8 kHz).
+    loudest_band = int(spectrogram.mean(axis=1).argmax())
+    assert loudest_band < 10
+    assert spectrogram[loudest_band].mean() > spectrogram[100:].mean() + 0.3
+    assert stats["silent_share"] == 0.0 and stats["non_finite"] == 0
+
+
+def test_long_files_are_analysed_on_an_excerpt_from_the_middle(clips):
+    clip, duration = load_excerpt(clips["song"], PARAMS)
+    assert duration == pytest.approx(30.0, abs=0.01)
+    spectrum = np.abs(np.fft.rfft(clip))
+    freqs = np.fft.rfftfreq(clip.size, 1 / PARAMS.sample_rate)
+    assert freqs[spectrum.argmax()] == pytest.approx(2000, abs=5)
+
+
+def test_undecodable_file_names_itself(clips):
+    with pytest.raises(AudioDecodeError, match="garbage.mp3"):
+        load_excerpt(clips["garbage"], PARAMS)
+
+
+def test_convert_in_parallel_equals_serial_and_reports_bad_files(clips, tmp_path):
+    files = pl.DataFrame({"track_id": list(clips), "path": [str(p) for p in clips.values()]})
+    serial = spectrograms.convert(files, PARAMS, workers=1)
+    parallel = spectrograms.convert(files, PARAMS, workers=2)
+    assert serial.track_ids == parallel.track_ids == ["low", "high", "silent", "short", "song"]
+    assert np.array_equal(serial.spectrograms, parallel.spectrograms)
+    assert serial.failures["track_id"].to_list() == ["garbage"]
+    assert "garbage.mp3" in serial.failures["reason"][0]
+
+    index = spectrograms.write_shard(serial, tmp_path, PARAMS.set_id)
+    assert index["row"].to_list() == [0, 1, 2, 3, 4]
+    assert not list(tmp_path.glob("*.tmp"))
+    back = spectrograms.read_spectrograms(index.reverse())
+    assert np.array_equal(back, serial.spectrograms[::-1])
+
+
+def test_spectrogram_suite_names_the_tracks_and_the_expectation(clips):
+    files = pl.DataFrame({"track_id": list(clips), "path": [str(p) for p in clips.values()]})
+    batch = spectrograms.convert(files, PARAMS, workers=1)
+    report = quality.check_spectrograms(batch.stats, PARAMS)
+    reasons = dict(report.failures.iter_rows())
+    assert set(reasons) == {"silent", "short"}
+    assert "silent_share" in reasons["silent"] and "duration_s" in reasons["short"]
+    report.raise_if_failed_share_above(0.5)  # 2 of 5: the batch goes on
+    with pytest.raises(quality.DataQualityError, match="silent"):
+        report.raise_if_failed_share_above(0.2)
+
+
+def test_nan_values_fail_the_suite():
+    stats = pl.DataFrame(
+        {"track_id": ["nan"], "n_mels": [128], "n_frames": [512], "min_value": [float("nan")],
+         "max_value": [1.0], "non_finite": [3], "silent_share": [0.0], "duration_s": [30.0]}
+    )
+    assert quality.check_spectrograms(stats, PARAMS).failures["track_id"].to_list() == ["nan"]
+
+
+def test_precision_at_k_against_chance():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 16))
+    labels = np.repeat(np.arange(4), 10)
+    clustered = centres[labels] + 0.1 * rng.standard_normal((40, 16))
+    good = precision_at_k(clustered, labels, k=5)
+    assert good["precision"] == 1.0
+    assert good["chance"] == pytest.approx(9 / 39)
+    noise = precision_at_k(rng.standard_normal((40, 16)), labels, k=5)
+    assert noise["precision"] < 0.5
+    # Excluding the own group (here: the label itself) leaves no same-label hit.
+    assert precision_at_k(clustered, labels, k=5, exclude_groups=labels)["precision"] == 0.0
