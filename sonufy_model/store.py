@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import polars as pl
 
 import sql
+from sonufy_model.standardise import Standardiser
 
 LATENT_DIM = 256
 
@@ -60,6 +62,15 @@ class ModelRecord:
     model_version: str
     checkpoint: str
     set_id: str
+    latent_mean: list[float]
+    latent_scale: list[float]
+
+    @property
+    def standardiser(self) -> Standardiser:
+        return Standardiser(
+            mean=np.asarray(self.latent_mean, dtype=np.float32),
+            scale=np.asarray(self.latent_scale, dtype=np.float32),
+        )
 
 
 class Store:
@@ -244,8 +255,11 @@ class Store:
     # -- models --------------------------------------------------------------
 
     def register_model(self, record: dict, make_current: bool = True) -> None:
+        """record: the models table's columns; latent_mean/latent_scale as sequences."""
         params = dict(record)
         params["config"] = json.dumps(params["config"], sort_keys=True, default=str)
+        for key in ("latent_mean", "latent_scale"):
+            params[key] = [float(x) for x in params[key]]
         with self.transaction() as con:
             con.execute(sql.statement("insert_model"), params)
             if make_current:
@@ -268,7 +282,7 @@ class Store:
             ).pl()
 
     def record_embeddings(self, embeddings: pl.DataFrame) -> None:
-        """embeddings: track_id, model_version, vector (Array(Float32, 256))."""
+        """embeddings: track_id, model_version, raw and vector (Array(Float32, 256))."""
         if embeddings.is_empty():
             return
         batch = embeddings.unique(

@@ -64,20 +64,23 @@ ORDER BY s.shard, s."row";
 
 -- name: insert_model
 INSERT OR REPLACE INTO models (model_version, set_id, config, checkpoint, epochs, train_mse,
-                               val_mse, n_train_tracks, n_val_tracks, train_seconds, is_current)
+                               val_mse, n_train_tracks, n_val_tracks, train_seconds,
+                               latent_mean, latent_scale, is_current)
 VALUES ($model_version, $set_id, $config, $checkpoint, $epochs, $train_mse, $val_mse,
-        $n_train_tracks, $n_val_tracks, $train_seconds, false);
+        $n_train_tracks, $n_val_tracks, $train_seconds,
+        $latent_mean::FLOAT[256], $latent_scale::FLOAT[256], false);
 
 -- name: promote_model
 -- Exactly one current model: both updates run in one transaction.
 UPDATE models SET is_current = (model_version = $model_version);
 
 -- name: current_model
-SELECT model_version, checkpoint, set_id FROM models WHERE is_current;
+SELECT model_version, checkpoint, set_id, latent_mean, latent_scale FROM models WHERE is_current;
 
 -- name: insert_embeddings
-INSERT OR REPLACE INTO embeddings (track_id, model_version, vector, created_at)
-SELECT track_id, model_version, vector::FLOAT[256], current_timestamp FROM embeddings_batch;
+INSERT OR REPLACE INTO embeddings (track_id, model_version, raw, vector, created_at)
+SELECT track_id, model_version, raw::FLOAT[256], vector::FLOAT[256], current_timestamp
+FROM embeddings_batch;
 
 -- name: quarantine_tracks
 INSERT OR REPLACE INTO quarantine (track_id, stage, reason, run_id, quarantined_at)

@@ -72,16 +72,22 @@ CREATE TABLE IF NOT EXISTS models (
     n_train_tracks INTEGER,
     n_val_tracks  INTEGER,
     train_seconds DOUBLE,
+    -- The standardisation of this model's latent space (see standardise.py).
+    latent_mean   FLOAT[256],
+    latent_scale  FLOAT[256],
     is_current    BOOLEAN NOT NULL DEFAULT false
 );
 
 -- name: create_embeddings
--- The latent space: one 256-d vector per track and model version, the mean of
--- the encoder's outputs over fixed tiles. The first 128 numbers come from the
--- time branch of the encoder, the last 128 from the frequency branch.
+-- The latent space: one 256-d vector per track and model version. raw is the
+-- mean of the encoder's outputs over fixed tiles; vector is raw standardised
+-- with the model's latent_mean and latent_scale, the space cosine runs in.
+-- The first 128 numbers come from the encoder's time branch, the last 128
+-- from its frequency branch.
 CREATE TABLE IF NOT EXISTS embeddings (
     track_id      VARCHAR NOT NULL,
     model_version VARCHAR NOT NULL,
+    raw           FLOAT[256] NOT NULL,
     vector        FLOAT[256] NOT NULL,
     created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
     PRIMARY KEY (track_id, model_version)

@@ -42,11 +42,13 @@ def _with_space(store: Store, vectors: dict[str, np.ndarray]) -> None:
         {
             "model_version": "m1", "set_id": "s", "config": {}, "checkpoint": "c.ckpt", "epochs": 1,
             "train_mse": 0.1, "val_mse": 0.1, "n_train_tracks": 1, "n_val_tracks": 1, "train_seconds": 1.0,
+            "latent_mean": np.zeros(LATENT_DIM), "latent_scale": np.ones(LATENT_DIM),
         }
     )
     store.record_embeddings(
         pl.DataFrame({"track_id": list(vectors), "model_version": ["m1"] * len(vectors)}).with_columns(
-            pl.Series("vector", np.stack(list(vectors.values())), dtype=pl.Array(pl.Float32, LATENT_DIM))
+            pl.Series("raw", np.stack(list(vectors.values())), dtype=pl.Array(pl.Float32, LATENT_DIM)),
+            pl.Series("vector", np.stack(list(vectors.values())), dtype=pl.Array(pl.Float32, LATENT_DIM)),
         )
     )
 

@@ -1,0 +1,185 @@
+"""The ``sonufy`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+# Offline by design: no telemetry from Prefect or Great Expectations.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+DEFAULT_DB = "sonufy.duckdb"
+
+
+class CommandError(Exception):
+    """A bad input on the command line; the message names it."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sonufy", description="Recommend music by how it sounds, and by nothing else."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_db(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--db", default=DEFAULT_DB, help=f"the DuckDB file (default: ./{DEFAULT_DB})")
+
+    build = commands.add_parser(
+        "build",
+        help="run the whole pipeline: scrape, fetch, spectrograms, check, train, encode, recommend",
+        description="Run the build flow: scrape a catalog, fetch previews, compute and check "
+        "spectrograms, train the autoencoder, encode every track into DuckDB, and print "
+        "recommendations for one track.",
+    )
+    add_db(build)
+    build.add_argument(
+        "--source",
+        default="standin",
+        help="'standin' (the embedded demo catalog, default), 'spotify' (real APIs; credentials "
+        "from SPOTIFY_CLIENT_ID/SPOTIFY_CLIENT_SECRET) or 'folder:PATH' (your own audio files)",
+    )
+    build.add_argument("--data-dir", help="where previews, spectrograms and models go (default: DB.data/)")
+    build.add_argument("--query", action="append", dest="queries", metavar="Q",
+                       help="a Spotify search query to scrape (repeatable; default: per source)")
+    build.add_argument("--tracks", type=_positive_int, default=300,
+                       help="size of the demo catalog for --source standin (default: 300)")
+    build.add_argument("--workers", type=_positive_int, default=min(2, os.cpu_count() or 1),
+                       help="processes computing spectrograms (default: 2)")
+    build.add_argument("--train-minutes", type=_positive_float, default=5.0,
+                       help="time box for training (default: 5)")
+    build.add_argument("--epochs", type=_positive_int, default=20, help="most epochs to train (default: 20)")
+    build.add_argument("--retrain", action="store_true",
+                       help="train a new model even if a current one exists")
+    build.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    recommend = commands.add_parser(
+        "recommend",
+        help="top tracks that sound like a track",
+        description="Print the tracks nearest to a track by cosine similarity in the latent space.",
+    )
+    add_db(recommend)
+    recommend.add_argument("track", help="a track id, or 'artist - title'")
+    recommend.add_argument("-k", type=_positive_int, default=10, help="how many (default: 10)")
+    recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    demo = commands.add_parser(
+        "demo",
+        help="build on the embedded demo catalog and show recommendations (what `make demo` runs)",
+    )
+    add_db(demo)
+    demo.add_argument("--tracks", type=_positive_int, default=300, help="demo catalog size (default: 300)")
+    demo.add_argument("--train-minutes", type=_positive_float, default=5.0,
+                      help="time box for training (default: 5)")
+
+    standin = commands.add_parser(
+        "standin",
+        help="run the local Spotify/Deezer stand-in in the foreground",
+        description="Serve the demo catalog with Spotify's and Deezer's API on 127.0.0.1.",
+    )
+    standin.add_argument("--port", type=int, default=8765)
+    standin.add_argument("--tracks", type=_positive_int, default=300)
+    return parser
+
+
+def _print_recommendations(rows: list[dict], seed: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"seed": seed, "recommendations": rows}, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Sounds like: {seed}")
+    for column in ("rank", "artist", "title", "cosine", "time", "frequency"):
+        table.add_column(column, justify="right" if column in ("rank", "cosine", "time", "frequency") else "left")
+    for rank, row in enumerate(rows, start=1):
+        table.add_row(
+            str(rank), row["artist"], row["title"], f"{row['cosine']:.3f}",
+            f"{row['time_similarity']:.3f}", f"{row['frequency_similarity']:.3f}",
+        )
+    Console().print(table)
+
+
+def _build(args: argparse.Namespace, source: str) -> dict:
+    from flows.build import build
+
+    return build(
+        source=source,
+        db=args.db,
+        data_dir=getattr(args, "data_dir", None),
+        queries=getattr(args, "queries", None),
+        demo_tracks=args.tracks,
+        workers=getattr(args, "workers", min(2, os.cpu_count() or 1)),
+        training={"max_time_s": args.train_minutes * 60, "max_epochs": getattr(args, "epochs", 20)},
+        retrain=getattr(args, "retrain", False),
+    )
+
+
+def _recommend(args: argparse.Namespace) -> None:
+    from sonufy_model.store import Store
+
+    db = Path(args.db)
+    if not db.exists():
+        raise CommandError(f"--db {args.db}: no such file; run `sonufy build` first")
+    store = Store(db)
+    seed = store.find_track(args.track)
+    rows = store.similar_to(seed["track_id"], args.k).to_dicts()
+    _print_recommendations(rows, f"{seed['artist']} - {seed['title']}", args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from sonufy_model.store import TrackNotFound
+
+    try:
+        if args.command == "build":
+            result = _build(args, args.source)
+            rows = result["recommendations"]
+            seed = rows[0]["seed"] if rows else "?"
+            _print_recommendations(rows, seed, args.json)
+        elif args.command == "demo":
+            result = _build(args, "standin")
+            rows = result["recommendations"]
+            _print_recommendations(rows, rows[0]["seed"], False)
+            seed_id = rows[0]["seed_track_id"]
+            print(f"\nDuckDB file: {result['db']}")
+            print("Ask it yourself (DuckDB CLI, or python -c \"import duckdb; ...\"):")
+            print(f"  SELECT * FROM similar_to('{seed_id}', 10);")
+        elif args.command == "recommend":
+            _recommend(args)
+        elif args.command == "standin":
+            from sonufy_model.demo.standin import main as standin_main
+
+            return standin_main(["--port", str(args.port), "--tracks", str(args.tracks)])
+    except (CommandError, TrackNotFound, ValueError, FileNotFoundError) as error:
+        print(f"sonufy {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Where a run's catalog and audio come from: the stand-in, Spotify, or a folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sonufy_model.config import Secret, ServiceSettings
+
+# Queries for real Spotify when none are configured: this fortnight's releases.
+DEFAULT_SPOTIFY_QUERIES = ("tag:new",)
+
+
+@dataclass
+class Source:
+    """A run's source: endpoints to scrape, or a folder to scan."""
+
+    name: str
+    settings: ServiceSettings = field(default_factory=ServiceSettings)
+    queries: list[str] = field(default_factory=list)
+    folder: Path | None = None
+    # A track to show recommendations for at the end ("artist - title" or id).
+    demo_query: str | None = None
+
+
+def parse_source(source: str) -> tuple[str, Path | None]:
+    """("standin" | "spotify" | "folder", folder path); a clear error otherwise."""
+    if source in ("standin", "spotify"):
+        return source, None
+    if source.startswith("folder:") and len(source) > len("folder:"):
+        folder = Path(source[len("folder:"):]).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"--source {source!r}: {folder} is not a directory")
+        return "folder", folder.resolve()
+    raise ValueError(f"--source {source!r}: expected 'standin', 'spotify' or 'folder:PATH'")
+
+
+@contextmanager
+def open_source(source: str, demo_tracks: int = 300, cache_dir: Path | None = None) -> Iterator[Source]:
+    """The source, ready to use; the stand-in runs only inside this block."""
+    kind, folder = parse_source(source)
+    if kind == "folder":
+        yield Source(name=source, folder=folder)
+        return
+    if kind == "spotify":
+        settings = ServiceSettings.from_env()
+        settings.require_spotify_credentials()
+        yield Source(name=kind, settings=settings, queries=list(DEFAULT_SPOTIFY_QUERIES))
+        return
+
+    from sonufy_model.demo.standin import StandIn, StandInConfig
+    from sonufy_model.demo.synth import STYLES
+
+    config = StandInConfig(n_tracks=demo_tracks, cache_dir=cache_dir)
+    with StandIn(config) as standin:
+        settings = ServiceSettings(
+            spotify_client_id=config.client_id,
+            spotify_client_secret=Secret(config.client_secret),
+            spotify_api_base=standin.spotify_api_base,
+            spotify_accounts_base=standin.spotify_accounts_base,
+            deezer_api_base=standin.deezer_api_base,
+        )
+        first = standin.catalog[0]
+        yield Source(
+            name=kind,
+            settings=settings,
+            queries=[f'genre:"{style}"' for style in STYLES],
+            demo_query=f"{first.artist} - {first.title}",
+        )

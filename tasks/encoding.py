@@ -1,0 +1,65 @@
+"""Encoding tasks: latent vectors for a batch of spectrograms, checked, then written."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from sonufy_model import quality
+from sonufy_model.encoding import encode_spectrograms, load_encoder
+from sonufy_model.spectrograms import read_spectrograms
+from sonufy_model.store import LATENT_DIM, ModelRecord, Store
+
+
+@lru_cache(maxsize=2)
+def _encoder(checkpoint: str):
+    # Loaded once per process and reused by every batch.
+    return load_encoder(checkpoint)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="pending-embeddings[{model.model_version}]")
+def spectrograms_without_embedding(store: Store, model: ModelRecord) -> pl.DataFrame:
+    return store.spectrograms_without_embedding(model.set_id, model.model_version)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="encode[batch {batch_number}: {manifest.height} tracks]")
+def encode_batch(
+    store: Store, model: ModelRecord, manifest: pl.DataFrame, run_id: str | None, batch_number: int
+) -> dict:
+    """Encode, run the embedding suite, write the passing vectors, quarantine the rest."""
+    raw = encode_spectrograms(_encoder(model.checkpoint), read_spectrograms(manifest))
+    vectors = model.standardiser.transform(raw)
+    track_ids = manifest["track_id"]
+    stats = pl.DataFrame(
+        {
+            "track_id": track_ids,
+            "length": np.full(len(vectors), vectors.shape[1], dtype=np.int64),
+            "non_finite": (~np.isfinite(vectors)).sum(axis=1).astype(np.int64),
+            "norm": np.linalg.norm(np.nan_to_num(vectors), axis=1).astype(np.float64),
+        }
+    )
+    report = quality.check_embeddings(stats, LATENT_DIM)
+    failed = set(report.failures["track_id"].to_list())
+    keep = ~track_ids.is_in(list(failed)).to_numpy()
+    embeddings = pl.DataFrame(
+        {
+            "track_id": track_ids.filter(pl.Series(keep)),
+            "model_version": model.model_version,
+        }
+    ).with_columns(
+        pl.Series("raw", raw[keep], dtype=pl.Array(pl.Float32, LATENT_DIM)),
+        pl.Series("vector", vectors[keep], dtype=pl.Array(pl.Float32, LATENT_DIM)),
+    )
+    store.record_embeddings(embeddings)
+    store.quarantine(
+        report.failures.select(
+            "track_id", pl.lit("encode").alias("stage"), "reason", pl.lit(run_id).alias("run_id")
+        )
+    )
+    if failed:
+        get_run_logger().warning("batch %d: %d vectors failed the embedding suite", batch_number, len(failed))
+    return {"encoded": int(keep.sum()), "quarantined": len(failed)}

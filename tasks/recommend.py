@@ -1,0 +1,23 @@
+"""The recommend task: nearest tracks by cosine in the latent space, in SQL."""
+
+from __future__ import annotations
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from sonufy_model.store import Store
+
+
+@task(cache_policy=NO_CACHE, task_run_name="recommend[{query}]")
+def recommend(store: Store, query: str | None, k: int = 10) -> pl.DataFrame:
+    """Top-k tracks like ``query`` (id or "artist - title"; None: the first track)."""
+    seed = store.find_track(query) if query else store.first_track()
+    recommendations = store.similar_to(seed["track_id"], k).with_columns(
+        pl.lit(seed["track_id"]).alias("seed_track_id"),
+        pl.lit(f"{seed['artist']} - {seed['title']}").alias("seed"),
+    )
+    get_run_logger().info(
+        "%d tracks like %s - %s (%s)", recommendations.height, seed["artist"], seed["title"], seed["track_id"]
+    )
+    return recommendations

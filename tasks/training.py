@@ -1,0 +1,99 @@
+"""The training task: launch the trainer as its own process, register the model.
+
+Lightning's DDP re-executes the command line of the process that starts it,
+so training never runs inside the orchestrator: this task writes a manifest
+and a config, starts ``python -m sonufy_model.training``, waits, and records
+the result in DuckDB. The flow keeps the DuckDB file; the trainer reads only
+the manifest and the shards.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections import deque
+from datetime import datetime, timezone
+
+import yaml
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from sonufy_model.config import Paths
+from sonufy_model.encoding import encode_spectrograms, load_encoder
+from sonufy_model.spectrograms import read_spectrograms
+from sonufy_model.standardise import Standardiser
+from sonufy_model.store import Store
+
+# Tracks the latent standardisation is fitted on: enough for 256 means and
+# standard deviations, few enough to take seconds.
+STANDARDISER_SAMPLE = 2000
+
+
+def new_model_version() -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"ae-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+@task(cache_policy=NO_CACHE, task_run_name="train[{set_id}]")
+def train_model(store: Store, paths: Paths, set_id: str, options: dict) -> str:
+    """Train a model version on every checked spectrogram of ``set_id``; make it current."""
+    logger = get_run_logger()
+    manifest = store.spectrogram_manifest(set_id)
+    if manifest.height < 2:
+        raise ValueError(
+            f"training needs at least 2 tracks with spectrograms in set {set_id}, found {manifest.height}"
+        )
+    version = new_model_version()
+    run_dir = paths.models / version
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = run_dir / "manifest.parquet"
+    manifest.write_parquet(manifest_path)
+    config = {"manifest": str(manifest_path), "output_dir": str(run_dir), **options}
+    config_path = run_dir / "train.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=True))
+    result_path = run_dir / "result.json"
+
+    command = [sys.executable, "-m", "sonufy_model.training", "--config", str(config_path),
+               "--result-json", str(result_path)]
+    logger.info("training %s on %d tracks: %s", version, manifest.height, " ".join(command))
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            if line and ("Epoch" in line or "mse" in line or "Error" in line):
+                logger.info("trainer: %s", line[-300:])
+    if process.returncode != 0 or not result_path.exists():
+        raise RuntimeError(
+            f"training process exited with {process.returncode}; last output:\n" + "\n".join(tail)
+        )
+    result = json.loads(result_path.read_text())
+    sample = manifest.gather_every(max(1, manifest.height // STANDARDISER_SAMPLE))
+    standardiser = Standardiser.fit(
+        encode_spectrograms(load_encoder(result["checkpoint_path"]), read_spectrograms(sample))
+    )
+    store.register_model(
+        {
+            "model_version": version,
+            "set_id": set_id,
+            "config": config,
+            "checkpoint": result["checkpoint_path"],
+            "epochs": result["epochs"],
+            "train_mse": result["train_mse"],
+            "val_mse": result["val_mse"],
+            "n_train_tracks": result["n_train_tracks"],
+            "n_val_tracks": result["n_val_tracks"],
+            "train_seconds": result["seconds"],
+            "latent_mean": standardiser.mean,
+            "latent_scale": standardiser.scale,
+        },
+        make_current=True,
+    )
+    logger.info(
+        "model %s: %d epochs in %.0f s, train MSE %.4f, validation MSE %.4f",
+        version, result["epochs"], result["seconds"], result["train_mse"], result["val_mse"],
+    )
+    return version

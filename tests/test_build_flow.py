@@ -1,0 +1,108 @@
+"""The whole DAG, end to end: the build flow on a small demo catalog.
+
+A real Prefect API (the session's test server), a real DuckDB file, real HTTP
+to the stand-in, a real training process.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+
+from flows.build import build
+from flows.cli import main as cli
+from sonufy_model.demo.synth import build_catalog
+from sonufy_model.evaluate import precision_at_k
+
+N_TRACKS = 60
+TRAINING = {"max_epochs": 2, "max_time_s": 180, "batch_size": 16, "crops_per_track": 4}
+
+
+def _run(db):
+    return build(source="standin", db=str(db), demo_tracks=N_TRACKS, batch_size=32, workers=2, training=TRAINING)
+
+
+@pytest.fixture(scope="module")
+def built(prefect_api, tmp_path_factory):
+    db = tmp_path_factory.mktemp("e2e") / "sonufy.duckdb"
+    return db, _run(db)
+
+
+def _sql(db, query, params=None):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(query, params).fetchall()
+    finally:
+        con.close()
+
+
+def test_every_stage_filled_its_table(built):
+    db, result = built
+    counts = result["counts"]
+    assert counts["total_tracks"] == N_TRACKS
+    assert counts["total_previews"] == N_TRACKS
+    assert counts["total_spectrograms"] == N_TRACKS
+    assert counts["total_embeddings"] == N_TRACKS
+    assert counts["total_models"] == 1 and counts["total_quarantined"] == 0
+    assert _sql(db, "SELECT count(*) FROM latent")[0][0] == N_TRACKS
+    [(status, flow)] = _sql(db, "SELECT status, flow FROM runs")
+    assert (status, flow) == ("completed", "build")
+
+
+def test_vectors_are_256_finite_numbers(built):
+    db, _ = built
+    rows = _sql(db, "SELECT vector FROM embeddings")
+    vectors = np.array([row[0] for row in rows], dtype=np.float32)
+    assert vectors.shape == (N_TRACKS, 256)
+    assert np.isfinite(vectors).all()
+    assert (np.linalg.norm(vectors, axis=1) > 0).all()
+    [(model_version, set_id, val_mse)] = _sql(db, "SELECT model_version, set_id, val_mse FROM models WHERE is_current")
+    assert np.isfinite(val_mse) and set_id.startswith("mel-128x512")
+
+
+def test_recommendations_exclude_the_query_and_are_sorted(built):
+    db, result = built
+    recommendations = result["recommendations"]
+    assert len(recommendations) == 10
+    seed_id = recommendations[0]["seed_track_id"]
+    assert seed_id not in {row["track_id"] for row in recommendations}
+    cosines = [row["cosine"] for row in recommendations]
+    assert cosines == sorted(cosines, reverse=True)
+    assert _sql(db, "SELECT track_id FROM similar_to(?, 10)", [seed_id]) == [
+        (row["track_id"],) for row in recommendations
+    ]
+
+
+def test_neighbours_share_the_style_far_above_chance(built):
+    db, _ = built
+    style = {track.track_id: track.style for track in build_catalog(N_TRACKS)}
+    rows = _sql(db, "SELECT track_id, vector FROM latent ORDER BY track_id")
+    vectors = np.array([row[1] for row in rows])
+    labels = [style[row[0]] for row in rows]
+    score = precision_at_k(vectors, labels, k=5)
+    print(f"precision@5 of same-style neighbours: {score['precision']:.3f} (chance {score['chance']:.3f})")
+    assert score["precision"] > 2 * score["chance"]
+
+
+def test_a_rerun_resumes_without_duplicates_or_retraining(built, prefect_api):
+    db, first = built
+    again = _run(db)
+    assert again["counts"]["model_version"] == first["counts"]["model_version"]
+    for table in ("tracks", "previews", "spectrograms", "embeddings"):
+        assert again["counts"][f"total_{table}"] == first["counts"][f"total_{table}"]
+    assert "encoded" not in again["counts"] and "stored" not in again["counts"]
+    assert _sql(db, "SELECT count(*), count(DISTINCT track_id) FROM embeddings")[0] == (N_TRACKS, N_TRACKS)
+    assert _sql(db, "SELECT count(*) FROM runs WHERE status = 'completed'")[0][0] == 2
+
+
+def test_cli_recommend_prints_a_table_and_names_bad_input(built, capsys):
+    db, result = built
+    seed = result["recommendations"][0]["seed"]
+    assert cli(["recommend", seed, "--db", str(db), "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "Sounds like" in out and result["recommendations"][0]["title"] in out
+    assert cli(["recommend", "Nobody - Nothing", "--db", str(db)]) == 2
+    assert "'Nobody - Nothing'" in capsys.readouterr().err
+    assert cli(["recommend", "x", "--db", str(db.parent / "missing.duckdb")]) == 2
+    assert "missing.duckdb" in capsys.readouterr().err
