@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
+import requests
 import spotipy
 from spotipy.cache_handler import MemoryCacheHandler
 from spotipy.oauth2 import SpotifyClientCredentials
@@ -58,8 +59,12 @@ def spotify_client(settings: ServiceSettings) -> spotipy.Spotify:
     # spotipy reads the token URL from the instance, so the stand-in (or a
     # proxy) can take the accounts service's place.
     auth.OAUTH_TOKEN_URL = f"{settings.spotify_accounts_base}/api/token"
+    # A plain requests.Session: spotipy's default session mounts a urllib3
+    # retry policy that, even with retries=0, turns a 429 or 5xx into
+    # SpotifyException(429, "Max Retries") without the Retry-After header.
     client = spotipy.Spotify(
         auth_manager=auth,
+        requests_session=requests.Session(),
         requests_timeout=settings.request_timeout_s,
         retries=0,
         status_retries=0,

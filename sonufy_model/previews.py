@@ -131,9 +131,12 @@ def _redact(url: str) -> str:
     return url.split("?", 1)[0]
 
 
+_BACKOFF = wait_exponential_jitter(multiplier=0.5, max=20.0, jitter=0.5)
+
+
 def _wait(retry_state) -> float:
     """Exponential backoff with jitter, but never less than a Retry-After."""
-    backoff = wait_exponential_jitter(initial=0.5, max=20.0, jitter=0.5)(retry_state)
+    backoff = _BACKOFF(retry_state)
     error = retry_state.outcome.exception() if retry_state.outcome else None
     return max(backoff, getattr(error, "retry_after_s", 0.0))
 

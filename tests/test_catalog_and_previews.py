@@ -80,8 +80,8 @@ def test_failures_are_outcomes_with_reasons(tmp_path):
         )
         outcomes = previews.fetch_previews(tracks, _settings(server), tmp_path / "previews")
     reasons = dict(zip(outcomes["track_id"], outcomes["error"]))
-    assert reasons["no-isrc"] == "deezer: no preview"
+    assert reasons["no-isrc"] == "spotify: no preview; deezer: no preview"
     truncated = reasons[server.catalog[0].track_id]
-    assert truncated.startswith("deezer: TransientError") and ("cut at" in truncated or "truncated" in truncated or "decode" in truncated)
+    assert "deezer: TransientError" in truncated and "truncated" in truncated
     assert "hmac" not in truncated  # signed URLs never reach logs or the database
     assert not list((tmp_path / "previews").glob("*.mp3"))

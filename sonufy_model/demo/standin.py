@@ -1,0 +1,907 @@
+"""A local stand-in for Spotify's Web API and accounts service and Deezer's public API and CDN.
+
+The Sonufy pipeline talks to Spotify (metadata) and Deezer (previews). For
+demos and tests it talks to this server instead: the real clients (spotipy,
+plain HTTP for Deezer) are only pointed at other base URLs. The server answers
+with JSON shaped like the real services as of 2026 (Spotify's development-mode
+restrictions included), serves synthetic previews from
+:mod:`sonufy_model.demo.synth`, and can inject the failures a real crawl meets:
+429s with ``Retry-After``, 5xx, latency, Deezer's quota errors (HTTP 200 with
+an error body), truncated mp3 downloads and expired signed CDN URLs.
+
+Run it in the foreground with ``python -m sonufy_model.demo.standin --port 8765``,
+or in-process with ``with StandIn(StandInConfig(n_tracks=60)) as server: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import concurrent.futures
+import datetime
+import hashlib
+import hmac
+import random
+import re
+import secrets
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+from aiohttp import BasicAuth, web
+
+from sonufy_model.demo.synth import CatalogTrack, PreviewCache, build_catalog, is_new_release
+
+__all__ = ["Faults", "StandIn", "StandInConfig", "main"]
+
+_SEARCH_MAX_LIMIT = 10  # development-mode cap since February 2026
+_SEARCH_MAX_OFFSET = 1000
+_ALBUM_TRACKS_MAX_LIMIT = 50
+_DEEZER_DEFAULT_LIMIT = 25
+_DEEZER_MAX_LIMIT = 100
+_TRUNCATED_BYTES = (2048, 8192)  # a broken download keeps only a few KB
+_EXPIRED_TOKEN_MEMORY_S = 86_400  # remember expired tokens this long, to answer "expired" rather than "invalid"
+_SHUTDOWN_TIMEOUT_S = 2.0
+_BASE62_ID = re.compile(r"^[0-9A-Za-z]{22}$")
+_QUERY_TOKEN = re.compile(
+    r'(?P<field>[A-Za-z_]+):(?:"(?P<quoted>[^"]*)"|(?P<bare>\S+))'  # field:"two words" or field:word
+    r'|"(?P<phrase>[^"]*)"'  # "a quoted phrase"
+    r"|(?P<word>\S+)"  # a free word
+)
+_QUERY_FIELDS = frozenset({"artist", "track", "album", "genre", "year", "isrc", "tag"})
+_YEAR_RANGE = re.compile(r"^(\d{4})(?:-(\d{4}))?$")
+
+#: Endpoints Spotify closed to development-mode apps (November 2024 and February 2026).
+_REMOVED_ENDPOINTS = (
+    "/v1/tracks",
+    "/v1/albums",
+    "/v1/artists",
+    "/v1/browse/new-releases",
+    "/v1/browse/categories",
+    "/v1/browse/featured-playlists",
+    "/v1/recommendations",
+    "/v1/recommendations/available-genre-seeds",
+    "/v1/audio-features",
+    "/v1/audio-features/{track_id}",
+    "/v1/audio-analysis/{track_id}",
+    "/v1/artists/{artist_id}/top-tracks",
+    "/v1/artists/{artist_id}/related-artists",
+)
+
+
+@dataclass
+class Faults:
+    """Failures to inject, each as a share of the requests it can affect.
+
+    ``rate_429``, ``rate_5xx`` and ``deezer_quota_rate`` hit API routes (``/v1/*``,
+    ``/deezer/*``; never the token endpoint), ``truncate_share`` hits preview
+    downloads, ``latency_ms`` is added to every request. Decisions come from a
+    ``random.Random(seed)``, so a run with the same requests in the same order
+    meets the same faults.
+    """
+
+    rate_429: float = 0.0
+    retry_after_s: int = 1
+    rate_5xx: float = 0.0
+    latency_ms: int = 0
+    truncate_share: float = 0.0
+    deezer_quota_rate: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class StandInConfig:
+    """What the stand-in serves and how it behaves; the defaults mimic 2026's real services."""
+
+    n_tracks: int = 300
+    seed: int = 0
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 picks a free port
+    client_id: str = "sonufy-demo"
+    client_secret: str = "sonufy-demo-secret"
+    token_ttl_s: int = 3600
+    preview_url_share: float = 0.0  # Spotify's preview_url is null for new apps since November 2024
+    deezer_missing_share: float = 0.0  # share of ISRCs Deezer does not know
+    signed_url_ttl_s: int = 300
+    cache_dir: Path | None = None  # None: a temporary directory removed on stop()
+    today: datetime.date | None = None
+    faults: Faults = field(default_factory=Faults)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _unit_interval(*parts: object) -> float:
+    """A stable pseudo-random number in [0, 1), used to pick which tracks have a property."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _origin(request: web.Request) -> str:
+    """Scheme and host the client used, so absolute URLs point back at this server."""
+    return str(request.url.origin())
+
+
+def _spotify_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"status": status, "message": message}}, status=status, headers=headers)
+
+
+def _deezer_error(kind: str, message: str, code: int) -> web.Response:
+    """Deezer reports errors with HTTP 200 and an ``error`` object."""
+    return web.json_response({"error": {"type": kind, "message": message, "code": code}})
+
+
+def _int_param(query: Mapping[str, str], name: str, default: int) -> int | None:
+    """The integer query parameter ``name``, ``default`` when absent, None when not an integer."""
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Query:
+    """A parsed search string: free words plus ``field:value`` filters (Spotify's syntax, also Deezer's)."""
+
+    words: tuple[str, ...]
+    filters: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> "_Query":
+        words: list[str] = []
+        filters: list[tuple[str, str]] = []
+        for match in _QUERY_TOKEN.finditer(text):
+            name = (match["field"] or "").lower()
+            if name in _QUERY_FIELDS:
+                value = match["quoted"] if match["quoted"] is not None else match["bare"]
+                filters.append((name, value.lower().strip()))
+            elif match["phrase"] is not None:
+                words.extend(match["phrase"].lower().split())
+            else:
+                words.append(match.group(0).lower())
+        return cls(tuple(words), tuple(filters))
+
+
+@dataclass(frozen=True)
+class _Record:
+    """The searchable view of a track or an album (lower-cased)."""
+
+    text: str  # what free words are matched against
+    artist: str
+    track: str
+    album: str
+    genre: str
+    year: int
+    isrcs: frozenset[str]
+    new: bool
+
+    def matches(self, query: _Query) -> bool:
+        if not all(word in self.text for word in query.words):
+            return False
+        return all(self._matches_filter(name, value) for name, value in query.filters)
+
+    def _matches_filter(self, name: str, value: str) -> bool:
+        if name in ("artist", "track", "album"):
+            return all(word in getattr(self, name) for word in value.split())
+        if name == "genre":
+            return " ".join(value.split()) == self.genre
+        if name == "year":
+            bounds = _YEAR_RANGE.match(value)
+            if bounds is None:
+                return False
+            low = int(bounds[1])
+            return low <= self.year <= int(bounds[2] or low)
+        if name == "isrc":
+            return value.upper() in self.isrcs
+        return name == "tag" and value == "new" and self.new
+
+
+@dataclass(frozen=True)
+class _Album:
+    album_id: str
+    name: str
+    artist_id: str
+    artist: str
+    release_date: str
+    tracks: tuple[CatalogTrack, ...]  # in track-number order
+    deezer_id: int
+
+
+class _CatalogIndex:
+    """Look-ups and search records over a synthetic catalog, built once at start-up."""
+
+    def __init__(self, catalog: list[CatalogTrack], today: datetime.date):
+        self.by_id = {track.track_id: track for track in catalog}
+        self.by_deezer_id = {track.deezer_id: track for track in catalog}
+        self.by_isrc = {track.isrc: track for track in catalog}
+        self.artist_deezer_ids: dict[str, int] = {}
+        grouped: dict[str, list[CatalogTrack]] = collections.defaultdict(list)
+        for track in catalog:
+            grouped[track.album_id].append(track)
+            self.artist_deezer_ids.setdefault(track.artist_id, 1_000 + len(self.artist_deezer_ids))
+        self.albums: dict[str, _Album] = {}
+        for number, (album_id, tracks) in enumerate(grouped.items()):
+            first = tracks[0]
+            self.albums[album_id] = _Album(
+                album_id=album_id,
+                name=first.album,
+                artist_id=first.artist_id,
+                artist=first.artist,
+                release_date=first.release_date,
+                tracks=tuple(sorted(tracks, key=lambda track: track.track_number)),
+                deezer_id=300_000 + number,
+            )
+        # Search answers in a stable order: most popular first.
+        self.tracks_by_rank = sorted(catalog, key=lambda track: (-track.popularity, track.index))
+        self.track_records = {
+            track.track_id: _Record(
+                text=f"{track.title} {track.artist} {track.album} {track.style}".lower(),
+                artist=track.artist.lower(),
+                track=track.title.lower(),
+                album=track.album.lower(),
+                genre=track.style,
+                year=int(track.release_date[:4]),
+                isrcs=frozenset({track.isrc}),
+                new=is_new_release(track.release_date, today),
+            )
+            for track in catalog
+        }
+        self.albums_by_rank = sorted(
+            self.albums.values(),
+            key=lambda album: (-max(track.popularity for track in album.tracks), album.tracks[0].index),
+        )
+        self.album_records = {
+            album.album_id: _Record(
+                text=f"{album.name} {album.artist} {album.tracks[0].style}".lower(),
+                artist=album.artist.lower(),
+                track=" | ".join(track.title.lower() for track in album.tracks),
+                album=album.name.lower(),
+                genre=album.tracks[0].style,
+                year=int(album.release_date[:4]),
+                isrcs=frozenset(track.isrc for track in album.tracks),
+                new=is_new_release(album.release_date, today),
+            )
+            for album in self.albums.values()
+        }
+
+
+# --------------------------------------------------------------------------- server
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class StandIn:
+    """The stand-in services, served by aiohttp on a daemon thread with its own event loop.
+
+    ``start()`` returns once the server listens; ``stop()`` shuts it down. The
+    catalog is available before ``start()``; URLs only after. ``stats`` counts
+    requests per route (``"GET /v1/search"``), injected faults (``"fault 429"``,
+    ``"fault 5xx"``, ``"fault deezer quota"``, ``"fault truncated"``) and issued
+    tokens (``"tokens issued"``); it is written on the server thread only, so
+    reading it afterwards from another thread is safe enough.
+    """
+
+    def __init__(self, config: StandInConfig | None = None):
+        self.config = config or StandInConfig()
+        self.today = self.config.today or datetime.date.today()
+        self.catalog: list[CatalogTrack] = build_catalog(self.config.n_tracks, seed=self.config.seed, today=self.today)
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._index = _CatalogIndex(self.catalog, self.today)
+        self._fault_rng = random.Random(self.config.faults.seed)
+        self._url_key = secrets.token_bytes(32)
+        self._tokens: dict[str, float] = {}  # access token -> expiry (unix time)
+        self._render_locks: dict[str, asyncio.Lock] = {}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._temp_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._cache: PreviewCache | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._port: int | None = None
+        self._startup_error: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> "StandIn":
+        """Start serving; returns once the socket listens. A StandIn starts only once."""
+        if self._thread is not None:
+            raise RuntimeError("this StandIn was already started")
+        if self.config.cache_dir is None:
+            self._temp_dir = tempfile.TemporaryDirectory(prefix="sonufy-standin-")
+            cache_dir = Path(self._temp_dir.name)
+        else:
+            cache_dir = Path(self.config.cache_dir)
+        self._cache = PreviewCache(cache_dir)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sonufy-render")
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(ready,), name="sonufy-standin", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if self._startup_error is not None:
+            self._thread.join()
+            self._release_resources()
+            raise RuntimeError(f"stand-in failed to start: {self._startup_error}") from self._startup_error
+        return self
+
+    def stop(self) -> None:
+        """Close the server, wait for the thread and remove the temporary preview cache."""
+        if self._thread is None or self._loop is None or not self._thread.is_alive():
+            self._release_resources()
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._release_resources()
+
+    def __enter__(self) -> "StandIn":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _serve(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._listen())
+        except BaseException as error:  # reported to start(), which re-raises it
+            self._startup_error = error
+            if self._runner is not None:
+                loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+            ready.set()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            assert self._runner is not None
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+    async def _listen(self) -> None:
+        self._runner = web.AppRunner(self._build_app(), shutdown_timeout=_SHUTDOWN_TIMEOUT_S, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        self._port = self._runner.addresses[0][1]
+
+    def _release_resources(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._temp_dir is not None:
+            self._temp_dir.cleanup()
+            self._temp_dir = None
+
+    # ------------------------------------------------------------------ public URLs
+
+    @property
+    def base_url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("the stand-in is not started")
+        return f"http://{self.config.host}:{self._port}"
+
+    @property
+    def spotify_api_base(self) -> str:
+        """Where the Web API lives; its paths start with ``/v1``."""
+        return self.base_url
+
+    @property
+    def spotify_accounts_base(self) -> str:
+        """Where the accounts service lives; the token endpoint is ``/api/token``."""
+        return self.base_url
+
+    @property
+    def deezer_api_base(self) -> str:
+        return f"{self.base_url}/deezer"
+
+    # ------------------------------------------------------------------ app
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._count_middleware(), self._fault_middleware(), self._auth_middleware()])
+        router = app.router
+        router.add_post("/api/token", self._token)
+
+        def get(path: str, handler: Handler) -> None:
+            # spotipy asks for some paths with a trailing slash ("tracks/?ids=", "albums/{id}/tracks/").
+            router.add_get(path, handler)
+            router.add_get(path + "/", handler)
+
+        get("/v1/search", self._search)
+        get("/v1/tracks/{track_id}", self._track)
+        get("/v1/albums/{album_id}", self._album)
+        get("/v1/albums/{album_id}/tracks", self._album_tracks)
+        for path in _REMOVED_ENDPOINTS:
+            get(path, self._removed)
+        router.add_route("*", "/v1/{tail:.*}", self._unknown_spotify_path)
+        router.add_get("/spotify-cdn/mp3-preview/{track_id}", self._spotify_preview)
+        get("/deezer/track/{key}", self._deezer_track)
+        get("/deezer/search", self._deezer_search)
+        router.add_get(r"/deezer-cdn/preview/{deezer_id:\d+}.mp3", self._deezer_preview)
+        return app
+
+    def _count_middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
+        @web.middleware
+        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+            resource = request.match_info.route.resource
+            route = resource.canonical.rstrip("/") if resource is not None else "<unmatched>"
+            self.stats[f"{request.method} {route}"] += 1
+            return await handler(request)
+
+        return count
+
+    def _fault_middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
+        faults = self.config.faults
+
+        @web.middleware
+        async def inject(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if faults.latency_ms:
+                await asyncio.sleep(faults.latency_ms / 1000)
+            if not request.path.startswith(("/v1/", "/deezer/")):
+                return await handler(request)
+            roll = self._fault_rng.random()
+            if roll < faults.rate_429:
+                self.stats["fault 429"] += 1
+                return _spotify_error(429, "API rate limit exceeded", {"Retry-After": str(faults.retry_after_s)})
+            if roll < faults.rate_429 + faults.rate_5xx:
+                self.stats["fault 5xx"] += 1
+                status = self._fault_rng.choice((502, 503))
+                return _spotify_error(status, "Bad gateway." if status == 502 else "Service unavailable")
+            if request.path.startswith("/deezer/") and self._fault_rng.random() < faults.deezer_quota_rate:
+                self.stats["fault deezer quota"] += 1
+                return _deezer_error("Exception", "Quota limit exceeded", 4)
+            return await handler(request)
+
+        return inject
+
+    def _auth_middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
+        @web.middleware
+        async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if not request.path.startswith("/v1/"):
+                return await handler(request)
+            header = request.headers.get("Authorization")
+            if not header:
+                return _spotify_error(401, "No token provided")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return _spotify_error(400, "Only valid bearer authentication supported")
+            expiry = self._tokens.get(token.strip())
+            if expiry is None:
+                return self._invalid_token("Invalid access token")
+            if time.time() >= expiry:
+                return self._invalid_token("The access token expired")
+            return await handler(request)
+
+        return require_token
+
+    @staticmethod
+    def _invalid_token(message: str) -> web.Response:
+        challenge = f'Bearer realm="spotify", error="invalid_token", error_description="{message}"'
+        return _spotify_error(401, message, {"WWW-Authenticate": challenge})
+
+    # ------------------------------------------------------------------ accounts service
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        header = request.headers.get("Authorization", "")
+        if header.lower().startswith("basic "):
+            try:
+                credentials = BasicAuth.decode(header)
+            except ValueError:
+                credentials = None
+            client_id, client_secret = (credentials.login, credentials.password) if credentials else (None, None)
+        valid_client = hmac.compare_digest(str(client_id), self.config.client_id) and hmac.compare_digest(
+            str(client_secret), self.config.client_secret
+        )
+        if not valid_client:
+            return web.json_response({"error": "invalid_client", "error_description": "Invalid client"}, status=400)
+        grant_type = form.get("grant_type")
+        if grant_type != "client_credentials":
+            description = (
+                "grant_type parameter is missing"
+                if not grant_type
+                else "grant_type must be client_credentials, authorization_code or refresh_token"
+            )
+            return web.json_response({"error": "unsupported_grant_type", "error_description": description}, status=400)
+        now = time.time()
+        self._tokens = {
+            token: expiry for token, expiry in self._tokens.items() if expiry > now - _EXPIRED_TOKEN_MEMORY_S
+        }
+        token = "BQ" + secrets.token_urlsafe(64)
+        self._tokens[token] = now + self.config.token_ttl_s
+        self.stats["tokens issued"] += 1
+        return web.json_response(
+            {"access_token": token, "token_type": "Bearer", "expires_in": self.config.token_ttl_s}
+        )
+
+    # ------------------------------------------------------------------ Spotify Web API
+
+    def _has_preview_url(self, track: CatalogTrack) -> bool:
+        return _unit_interval("spotify-preview", track.track_id) < self.config.preview_url_share
+
+    @staticmethod
+    def _artist_json(origin: str, artist_id: str, name: str) -> dict:
+        return {
+            "external_urls": {"spotify": f"https://open.spotify.com/artist/{artist_id}"},
+            "href": f"{origin}/v1/artists/{artist_id}",
+            "id": artist_id,
+            "name": name,
+            "type": "artist",
+            "uri": f"spotify:artist:{artist_id}",
+        }
+
+    def _album_json(self, origin: str, album: _Album) -> dict:
+        return {
+            "album_type": "album",
+            "artists": [self._artist_json(origin, album.artist_id, album.artist)],
+            "external_urls": {"spotify": f"https://open.spotify.com/album/{album.album_id}"},
+            "href": f"{origin}/v1/albums/{album.album_id}",
+            "id": album.album_id,
+            "images": [],
+            "name": album.name,
+            "release_date": album.release_date,
+            "release_date_precision": "day",
+            "total_tracks": len(album.tracks),
+            "type": "album",
+            "uri": f"spotify:album:{album.album_id}",
+        }
+
+    def _track_json(self, origin: str, track: CatalogTrack, simplified: bool = False) -> dict:
+        """A full track object, or the simplified one album endpoints return (no album, ISRC, popularity)."""
+        body = {
+            "artists": [self._artist_json(origin, track.artist_id, track.artist)],
+            "disc_number": 1,
+            "duration_ms": track.duration_ms,
+            "explicit": track.explicit,
+            "external_urls": {"spotify": f"https://open.spotify.com/track/{track.track_id}"},
+            "href": f"{origin}/v1/tracks/{track.track_id}",
+            "id": track.track_id,
+            "is_local": False,
+            "name": track.title,
+            "preview_url": (
+                f"{origin}/spotify-cdn/mp3-preview/{track.track_id}" if self._has_preview_url(track) else None
+            ),
+            "track_number": track.track_number,
+            "type": "track",
+            "uri": f"spotify:track:{track.track_id}",
+        }
+        if not simplified:
+            body["album"] = self._album_json(origin, self._index.albums[track.album_id])
+            body["external_ids"] = {"isrc": track.isrc}
+            body["popularity"] = track.popularity
+        return body
+
+    @staticmethod
+    def _paging(
+        request: web.Request,
+        items: list[dict],
+        *,
+        limit: int,
+        offset: int,
+        total: int,
+        params: dict[str, str],
+        max_offset: int | None = None,
+    ) -> dict:
+        """Spotify's paging object; ``next`` stops at the end and, for search, at the offset cap."""
+
+        def url(at: int) -> str:
+            return f"{_origin(request)}{request.path}?{urlencode({**params, 'offset': at, 'limit': limit})}"
+
+        next_offset = offset + limit
+        has_next = limit > 0 and next_offset < total and (max_offset is None or next_offset <= max_offset)
+        return {
+            "href": url(offset),
+            "items": items,
+            "limit": limit,
+            "next": url(next_offset) if has_next else None,
+            "offset": offset,
+            "previous": url(max(0, offset - limit)) if offset > 0 else None,
+            "total": total,
+        }
+
+    async def _search(self, request: web.Request) -> web.Response:
+        params = request.query
+        text = params.get("q") or params.get("query") or ""
+        if not text.strip():
+            return _spotify_error(400, "No search query")
+        types = params.get("type", "")
+        if not types:
+            return _spotify_error(400, "Missing parameter type")
+        kinds = [kind.strip() for kind in types.split(",")]
+        for kind in kinds:
+            if kind not in ("track", "album"):
+                return _spotify_error(400, f"Bad search type field {kind}")
+        limit = _int_param(params, "limit", 5)
+        if limit is None or not 0 <= limit <= _SEARCH_MAX_LIMIT:
+            return _spotify_error(400, "Invalid limit")
+        offset = _int_param(params, "offset", 0)
+        if offset is None or not 0 <= offset <= _SEARCH_MAX_OFFSET:
+            return _spotify_error(400, "Invalid offset")
+        query = _Query.parse(text)
+        link_params = {"query": text, "type": types}
+        if "market" in params:
+            link_params["market"] = params["market"]
+        origin = _origin(request)
+        body = {}
+        for kind in kinds:
+            if kind == "track":
+                tracks = [t for t in self._index.tracks_by_rank if self._index.track_records[t.track_id].matches(query)]
+                items = [self._track_json(origin, track) for track in tracks[offset:offset + limit]]
+                total = len(tracks)
+            else:
+                albums = [a for a in self._index.albums_by_rank if self._index.album_records[a.album_id].matches(query)]
+                items = [self._album_json(origin, album) for album in albums[offset:offset + limit]]
+                total = len(albums)
+            body[kind + "s"] = self._paging(
+                request, items, limit=limit, offset=offset, total=total, params=link_params,
+                max_offset=_SEARCH_MAX_OFFSET,
+            )
+        return web.json_response(body)
+
+    async def _track(self, request: web.Request) -> web.Response:
+        track_id = request.match_info["track_id"]
+        if not _BASE62_ID.match(track_id):
+            return _spotify_error(400, "Invalid base62 id")
+        track = self._index.by_id.get(track_id)
+        if track is None:
+            return _spotify_error(404, "Resource not found")
+        return web.json_response(self._track_json(_origin(request), track))
+
+    def _album_or_error(self, album_id: str) -> _Album | web.Response:
+        if not _BASE62_ID.match(album_id):
+            return _spotify_error(400, "Invalid base62 id")
+        return self._index.albums.get(album_id) or _spotify_error(404, "Resource not found")
+
+    async def _album(self, request: web.Request) -> web.Response:
+        album = self._album_or_error(request.match_info["album_id"])
+        if isinstance(album, web.Response):
+            return album
+        origin = _origin(request)
+        body = self._album_json(origin, album)
+        page = album.tracks[:_ALBUM_TRACKS_MAX_LIMIT]
+        body["tracks"] = {
+            "href": f"{origin}/v1/albums/{album.album_id}/tracks?offset=0&limit={_ALBUM_TRACKS_MAX_LIMIT}",
+            "items": [self._track_json(origin, track, simplified=True) for track in page],
+            "limit": _ALBUM_TRACKS_MAX_LIMIT,
+            "next": None,
+            "offset": 0,
+            "previous": None,
+            "total": len(album.tracks),
+        }
+        if len(album.tracks) > _ALBUM_TRACKS_MAX_LIMIT:
+            body["tracks"]["next"] = (
+                f"{origin}/v1/albums/{album.album_id}/tracks?offset={_ALBUM_TRACKS_MAX_LIMIT}"
+                f"&limit={_ALBUM_TRACKS_MAX_LIMIT}"
+            )
+        return web.json_response(body)
+
+    async def _album_tracks(self, request: web.Request) -> web.Response:
+        album = self._album_or_error(request.match_info["album_id"])
+        if isinstance(album, web.Response):
+            return album
+        limit = _int_param(request.query, "limit", 20)
+        if limit is None or not 1 <= limit <= _ALBUM_TRACKS_MAX_LIMIT:
+            return _spotify_error(400, "Invalid limit")
+        offset = _int_param(request.query, "offset", 0)
+        if offset is None or offset < 0:
+            return _spotify_error(400, "Invalid offset")
+        origin = _origin(request)
+        items = [self._track_json(origin, track, simplified=True) for track in album.tracks[offset:offset + limit]]
+        return web.json_response(
+            self._paging(request, items, limit=limit, offset=offset, total=len(album.tracks), params={})
+        )
+
+    async def _removed(self, request: web.Request) -> web.Response:
+        return _spotify_error(403, "Forbidden: this endpoint is not available to apps in development mode")
+
+    async def _unknown_spotify_path(self, request: web.Request) -> web.Response:
+        return _spotify_error(404, "Service not found")
+
+    # ------------------------------------------------------------------ previews
+
+    async def _mp3(self, track: CatalogTrack) -> web.Response:
+        """The track's preview, rendered off the event loop, once even under concurrent requests."""
+        assert self._cache is not None and self._executor is not None
+        lock = self._render_locks.setdefault(track.track_id, asyncio.Lock())
+        async with lock:
+            data = await asyncio.get_running_loop().run_in_executor(self._executor, self._cache.get, track)
+        if self._fault_rng.random() < self.config.faults.truncate_share:
+            self.stats["fault truncated"] += 1
+            data = data[: self._fault_rng.randint(*_TRUNCATED_BYTES)]
+        return web.Response(body=data, content_type="audio/mpeg")
+
+    async def _spotify_preview(self, request: web.Request) -> web.Response:
+        track = self._index.by_id.get(request.match_info["track_id"])
+        if track is None or not self._has_preview_url(track):
+            return web.Response(status=404, text="Not found")
+        return await self._mp3(track)
+
+    def _signed_preview_url(self, origin: str, track: CatalogTrack) -> str:
+        """A CDN URL signed like Akamai's ``hdnea`` tokens: expiry, path ACL and an HMAC over both."""
+        path = f"/deezer-cdn/preview/{track.deezer_id}.mp3"
+        token = f"exp={int(time.time()) + self.config.signed_url_ttl_s}~acl={path}"
+        signature = hmac.new(self._url_key, token.encode(), hashlib.sha256).hexdigest()
+        return f"{origin}{path}?hdnea={token}~hmac={signature}"
+
+    def _signature_problem(self, request: web.Request) -> str | None:
+        """Why the request's ``hdnea`` token is refused, or None when it is valid."""
+        token = request.query.get("hdnea", "")
+        signed, _, signature = token.rpartition("~hmac=")
+        expected = hmac.new(self._url_key, signed.encode(), hashlib.sha256).hexdigest()
+        if not signed or not hmac.compare_digest(signature, expected):
+            return "Invalid URL signature"
+        fields = dict(part.partition("=")[::2] for part in signed.split("~"))
+        if fields.get("acl") != request.path:
+            return "Invalid URL signature"
+        if not fields.get("exp", "").isdigit() or time.time() > int(fields["exp"]):
+            return "URL signature expired"
+        return None
+
+    async def _deezer_preview(self, request: web.Request) -> web.Response:
+        problem = self._signature_problem(request)
+        if problem is not None:
+            return web.Response(status=403, text=problem)
+        track = self._deezer_track_or_none(int(request.match_info["deezer_id"]))
+        if track is None:
+            return web.Response(status=404, text="Not found")
+        return await self._mp3(track)
+
+    # ------------------------------------------------------------------ Deezer API
+
+    def _in_deezer(self, track: CatalogTrack) -> bool:
+        return _unit_interval("deezer-missing", track.isrc) >= self.config.deezer_missing_share
+
+    def _deezer_track_or_none(self, deezer_id: int) -> CatalogTrack | None:
+        track = self._index.by_deezer_id.get(deezer_id)
+        return track if track is not None and self._in_deezer(track) else None
+
+    def _deezer_track_json(self, origin: str, track: CatalogTrack, in_search: bool = False) -> dict:
+        """Deezer's track object; search results carry fewer fields (no ISRC, no position)."""
+        album = self._index.albums[track.album_id]
+        artist_id = self._index.artist_deezer_ids[track.artist_id]
+        body = {
+            "id": track.deezer_id,
+            "readable": True,
+            "title": track.title,
+            "title_short": track.title,
+            "title_version": "",
+            "link": f"https://www.deezer.com/track/{track.deezer_id}",
+            "duration": track.duration_ms // 1000,
+            "rank": track.popularity * 10_000,
+            "explicit_lyrics": track.explicit,
+            "explicit_content_lyrics": 1 if track.explicit else 0,
+            "explicit_content_cover": 0,
+            "preview": self._signed_preview_url(origin, track),
+            "artist": {
+                "id": artist_id,
+                "name": track.artist,
+                "link": f"https://www.deezer.com/artist/{artist_id}",
+                "type": "artist",
+            },
+            "album": {"id": album.deezer_id, "title": album.name, "cover_xl": None, "type": "album"},
+            "type": "track",
+        }
+        if not in_search:
+            body["isrc"] = track.isrc
+            body["track_position"] = track.track_number
+            body["disk_number"] = 1
+            body["release_date"] = track.release_date
+        return body
+
+    async def _deezer_track(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        if key.lower().startswith("isrc:"):
+            track = self._index.by_isrc.get(key[5:].upper())
+            track = track if track is not None and self._in_deezer(track) else None
+        else:
+            track = self._deezer_track_or_none(int(key)) if key.isdigit() else None
+        if track is None:
+            return _deezer_error("DataException", "no data", 800)
+        return web.json_response(self._deezer_track_json(_origin(request), track))
+
+    async def _deezer_search(self, request: web.Request) -> web.Response:
+        params = request.query
+        text = params.get("q", "")
+        index = _int_param(params, "index", 0)
+        limit = _int_param(params, "limit", _DEEZER_DEFAULT_LIMIT)
+        if not text.strip():
+            return _deezer_error("MissingParameterException", "Missing parameters: q", 501)
+        if index is None or limit is None:
+            return _deezer_error("ParameterException", "Wrong parameter", 500)
+        index, limit = max(0, index), min(max(1, limit), _DEEZER_MAX_LIMIT)
+        query = _Query.parse(text)
+        matches = [
+            track
+            for track in self._index.tracks_by_rank
+            if self._in_deezer(track) and self._index.track_records[track.track_id].matches(query)
+        ]
+        origin = _origin(request)
+        body: dict = {
+            "data": [self._deezer_track_json(origin, track, in_search=True) for track in matches[index:index + limit]],
+            "total": len(matches),
+        }
+
+        def url(at: int) -> str:
+            return f"{origin}/deezer/search?{urlencode({'q': text, 'index': at, 'limit': limit})}"
+
+        if index > 0:
+            body["prev"] = url(max(0, index - limit))
+        if index + limit < len(matches):
+            body["next"] = url(index + limit)
+        return web.json_response(body)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the stand-in in the foreground until Ctrl-C or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sonufy_model.demo.standin",
+        description="Local stand-in for the Spotify Web API, Spotify accounts and Deezer (API and CDN).",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument("--tracks", type=int, default=300, help="catalog size")
+    parser.add_argument("--seed", type=int, default=0, help="catalog seed")
+    parser.add_argument("--preview-url-share", type=float, default=0.0, help="share of non-null Spotify preview_url")
+    parser.add_argument("--deezer-missing-share", type=float, default=0.0, help="share of ISRCs unknown to Deezer")
+    parser.add_argument("--token-ttl", type=int, default=3600, help="access token lifetime, seconds")
+    parser.add_argument("--signed-url-ttl", type=int, default=300, help="Deezer preview URL lifetime, seconds")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="keep rendered previews here")
+    parser.add_argument("--rate-429", type=float, default=0.0, help="share of API requests answered 429")
+    parser.add_argument("--retry-after", type=int, default=1, help="Retry-After of injected 429s, seconds")
+    parser.add_argument("--rate-5xx", type=float, default=0.0, help="share of API requests answered 502/503")
+    parser.add_argument("--latency-ms", type=int, default=0, help="delay added to every request")
+    parser.add_argument("--truncate-share", type=float, default=0.0, help="share of preview downloads cut short")
+    parser.add_argument("--deezer-quota-rate", type=float, default=0.0, help="share of Deezer calls over quota")
+    parser.add_argument("--fault-seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    config = StandInConfig(
+        n_tracks=args.tracks,
+        seed=args.seed,
+        host=args.host,
+        port=args.port,
+        token_ttl_s=args.token_ttl,
+        preview_url_share=args.preview_url_share,
+        deezer_missing_share=args.deezer_missing_share,
+        signed_url_ttl_s=args.signed_url_ttl,
+        cache_dir=args.cache_dir,
+        faults=Faults(
+            rate_429=args.rate_429,
+            retry_after_s=args.retry_after,
+            rate_5xx=args.rate_5xx,
+            latency_ms=args.latency_ms,
+            truncate_share=args.truncate_share,
+            deezer_quota_rate=args.deezer_quota_rate,
+            seed=args.fault_seed,
+        ),
+    )
+    stop_requested = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop_requested.set())
+    with StandIn(config) as server:
+        print(f"Sonufy stand-in listening on {server.base_url} ({len(server.catalog)} tracks)")
+        print(f"  Spotify API      {server.spotify_api_base}/v1/")
+        print(f"  Spotify token    {server.spotify_accounts_base}/api/token")
+        print(f"  Deezer API       {server.deezer_api_base}")
+        print(f"  client id        {config.client_id}")
+        print(f"  client secret    {config.client_secret}", flush=True)
+        stop_requested.wait()
+    print("stand-in stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Batch inference: spectrograms -> one embedding per track.
+
+A track's embedding is the mean of its encoder outputs over the fixed,
+evenly spaced tiles of :func:`sonufy_model.tiles.fixed_tiles`, so it depends
+only on the audio: not on which other tracks share the batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sonufy_model.model import TimeFreqAutoencoder
+from sonufy_model.tiles import fixed_tiles
+
+
+def load_encoder(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> TimeFreqAutoencoder:
+    """Load a trained autoencoder onto ``device``, in eval mode (BatchNorm uses running statistics)."""
+    model = TimeFreqAutoencoder.load_from_checkpoint(checkpoint_path, map_location=device)
+    return model.eval()
+
+
+@torch.inference_mode()
+def encode_spectrograms(
+    model: TimeFreqAutoencoder,
+    spectrograms_uint8: np.ndarray,
+    n_tiles: int = 32,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Embed each track as the mean of its fixed tiles' latents.
+
+    Args:
+        model: the autoencoder; it runs in eval mode on its own device (its
+            previous train/eval mode is restored afterwards).
+        spectrograms_uint8: ``(N, n_mels, n_frames)`` uint8 spectrograms; a
+            memmap works and is read one chunk of tracks at a time.
+        n_tiles: fixed tiles per track.
+        batch_size: tiles per forward pass, rounded down to whole tracks
+            (at least one track). Tiles of several tracks share a pass.
+
+    Returns:
+        float32 array ``(N, latent_dim)``: time half then frequency half.
+    """
+    if spectrograms_uint8.dtype != np.uint8 or spectrograms_uint8.ndim != 3:
+        raise ValueError(
+            f"expected uint8 spectrograms (N, n_mels, n_frames), got {spectrograms_uint8.dtype} "
+            f"{spectrograms_uint8.shape}"
+        )
+    device = next(model.parameters()).device
+    tracks_per_pass = max(1, batch_size // n_tiles)
+    embeddings = np.empty((len(spectrograms_uint8), model.latent_dim), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(spectrograms_uint8), tracks_per_pass):
+            chunk = spectrograms_uint8[start : start + tracks_per_pass]
+            tiles = fixed_tiles(chunk, n_tiles, model.tile_frames)  # (k, n_tiles, n_mels, tile_frames)
+            latents = model.encode(torch.from_numpy(tiles).flatten(0, 1).to(device))
+            embeddings[start : start + len(chunk)] = (
+                latents.view(len(chunk), n_tiles, -1).mean(dim=1).float().cpu().numpy()
+            )
+    finally:
+        model.train(was_training)
+    return embeddings

@@ -1,0 +1,308 @@
+"""Train the autoencoder in its own process.
+
+Run it as a command, never inside the orchestrator's process::
+
+    python -m sonufy_model.training --config train.yaml --result-json result.json \\
+        [--max-epochs N] [--max-time-s S] [--devices N] [--strategy ddp] ...
+
+Lightning's DDP launcher starts the other ranks by re-executing this command
+line, so the entry point must be a module that does nothing but train. Every
+rank runs :func:`train`; only global rank 0 writes the result JSON.
+
+Training resumes from ``<output_dir>/checkpoints/last.ckpt`` when it exists,
+so a time-boxed or interrupted run continues where it stopped when the same
+command is run again (with a larger ``max_epochs`` once that was reached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+
+from sonufy_model.datamodule import ManifestError, SpectrogramDataModule, load_manifest
+from sonufy_model.model import TimeFreqAutoencoder
+
+LAST_CHECKPOINT_NAME = "last.ckpt"
+
+
+class ConfigError(ValueError):
+    """The training configuration is missing, malformed or inconsistent."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; loadable from YAML.
+
+    ``batch_size`` is the GLOBAL batch: each of the ``devices × num_nodes``
+    processes gets ``batch_size // (devices × num_nodes)`` tiles per step, so
+    changing the device count keeps the optimisation roughly the same.
+    ``max_time_s`` time-boxes the run (Lightning stops after the current
+    step and still validates and checkpoints). ``limit_train_batches`` is
+    passed to the Trainer as-is (an int counts batches, a float is a
+    fraction of the epoch).
+    """
+
+    manifest: str
+    output_dir: str
+    max_epochs: int = 20
+    max_time_s: float | None = None
+    batch_size: int = 32
+    crops_per_track: int = 8
+    val_fraction: float = 0.1
+    val_tiles_per_track: int = 4
+    num_workers: int = 0
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_nodes: int = 1
+    limit_train_batches: float | int | None = None
+    early_stopping_patience: int = 5
+    enable_progress_bar: bool = False
+    log_every_n_steps: int = 10
+    # Model hyperparameters (see TimeFreqAutoencoder).
+    latent_dim: int = 256
+    filters: tuple[int, ...] = (32, 64, 128, 256)
+    learning_rate: float = 1e-3
+
+    def __post_init__(self) -> None:
+        # YAML and JSON give lists; the model's hyperparameters use a tuple.
+        self.filters = tuple(int(f) for f in self.filters)
+        self.manifest = str(self.manifest)
+        self.output_dir = str(self.output_dir)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Load a config from a YAML mapping of field names to values."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} must be a YAML mapping of TrainConfig fields")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"config {path} has unknown key(s) {unknown}")
+        missing = sorted(name for name in ("manifest", "output_dir") if name not in data)
+        if missing:
+            raise ConfigError(f"config {path} lacks required key(s) {missing}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-serialisable dict (``filters`` as a list)."""
+        data = dataclasses.asdict(self)
+        data["filters"] = list(self.filters)
+        return data
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`.
+
+    ``checkpoint_path`` is the checkpoint with the lowest ``val_mse`` (the
+    model to encode with) and ``val_mse`` its score. ``train_mse`` is the mean
+    training MSE of the last epoch run in this process (NaN when this process
+    had no epoch left to run). ``epochs`` counts the epochs run so far,
+    including those of the run this one resumed (``resumed_from``) and an
+    epoch cut short by the time box.
+    """
+
+    checkpoint_path: str
+    last_checkpoint_path: str
+    epochs: int
+    train_mse: float
+    val_mse: float
+    n_train_tracks: int
+    n_val_tracks: int
+    seconds: float
+    resumed_from: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Fit the autoencoder on ``config.manifest``; see :class:`TrainConfig`.
+
+    Raises:
+        ManifestError: the manifest or a shard is missing or unusable, or too
+            few tracks to hold one out for validation.
+        ConfigError: the global batch is smaller than the number of processes.
+    """
+    started = time.perf_counter()
+    manifest = load_manifest(config.manifest)  # fail fast, before any process group starts
+    L.seed_everything(config.seed, workers=True)
+
+    output_dir = Path(config.output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    checkpointing = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="best-{epoch:03d}-{val_mse:.5f}",
+        monitor="val_mse",
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+    )
+    trainer = L.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        precision=config.precision,
+        max_epochs=config.max_epochs,
+        max_time=None if config.max_time_s is None else timedelta(seconds=config.max_time_s),
+        limit_train_batches=config.limit_train_batches,
+        callbacks=[
+            checkpointing,
+            EarlyStopping(monitor="val_mse", mode="min", patience=config.early_stopping_patience),
+        ],
+        logger=CSVLogger(save_dir=output_dir, name="logs"),
+        default_root_dir=output_dir,
+        enable_progress_bar=config.enable_progress_bar,
+        log_every_n_steps=config.log_every_n_steps,
+    )
+
+    n_processes = trainer.num_devices * trainer.num_nodes
+    per_device_batch = config.batch_size // n_processes
+    if per_device_batch < 1:
+        raise ConfigError(f"batch_size {config.batch_size} is smaller than the {n_processes} training processes")
+    if per_device_batch * n_processes != config.batch_size:
+        rank_zero_warn(
+            f"batch_size {config.batch_size} is not divisible by {n_processes} processes; "
+            f"the effective global batch is {per_device_batch * n_processes}"
+        )
+
+    datamodule = SpectrogramDataModule(
+        manifest,
+        batch_size=per_device_batch,
+        val_fraction=config.val_fraction,
+        crops_per_track=config.crops_per_track,
+        val_tiles_per_track=config.val_tiles_per_track,
+        num_workers=config.num_workers,
+        seed=config.seed,
+    )
+    datamodule.setup("fit")
+    if not datamodule.val_track_ids:
+        raise ManifestError(
+            f"manifest {config.manifest} has {len(datamodule.train_track_ids)} track(s); "
+            "training needs at least 2 so that one is held out for validation"
+        )
+    assert datamodule.spectrogram_shape is not None
+    model = TimeFreqAutoencoder(
+        latent_dim=config.latent_dim,
+        n_mels=datamodule.spectrogram_shape[0],
+        filters=config.filters,
+        learning_rate=config.learning_rate,
+    )
+
+    last_checkpoint = checkpoint_dir / LAST_CHECKPOINT_NAME
+    resume_from = str(last_checkpoint) if last_checkpoint.is_file() else None
+    if resume_from:
+        rank_zero_info(f"Resuming from {resume_from}")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+
+    train_mse = trainer.callback_metrics.get("train_mse_epoch")
+    best_score = checkpointing.best_model_score
+    return TrainResult(
+        # Without any validation score (e.g. zero epochs ever ran) the last
+        # checkpoint is the best available model.
+        checkpoint_path=checkpointing.best_model_path or checkpointing.last_model_path,
+        last_checkpoint_path=checkpointing.last_model_path,
+        epochs=trainer.current_epoch,
+        train_mse=float("nan") if train_mse is None else float(train_mse),
+        val_mse=float("nan") if best_score is None else float(best_score),
+        n_train_tracks=len(datamodule.train_track_ids),
+        n_val_tracks=len(datamodule.val_track_ids),
+        seconds=time.perf_counter() - started,
+        resumed_from=resume_from,
+    )
+
+
+@rank_zero_only
+def _write_result_json(result: TrainResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+def _devices(text: str) -> str | int:
+    """``"2"`` -> 2 devices; anything else (``"auto"``, ``"0,1"``) as Lightning parses it."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _batch_limit(text: str) -> int | float:
+    """``"5"`` -> 5 batches; ``"0.25"`` -> a quarter of the epoch."""
+    return int(text) if text.isdigit() else float(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sonufy_model.training",
+        description="Train the Sonufy time/frequency autoencoder. Options after --config override the YAML.",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="YAML file of TrainConfig fields")
+    parser.add_argument("--result-json", type=Path, help="where global rank 0 writes the TrainResult")
+    # Overrides: absent options leave the config untouched (SUPPRESS keeps them out of the namespace).
+    overrides = parser.add_argument_group("overrides")
+    for flag, kind in (
+        ("--manifest", str),
+        ("--output-dir", str),
+        ("--max-epochs", int),
+        ("--max-time-s", float),
+        ("--batch-size", int),
+        ("--num-workers", int),
+        ("--seed", int),
+        ("--accelerator", str),
+        ("--devices", _devices),
+        ("--strategy", str),
+        ("--precision", str),
+        ("--num-nodes", int),
+        ("--limit-train-batches", _batch_limit),
+    ):
+        overrides.add_argument(flag, type=kind, default=argparse.SUPPRESS)
+    overrides.add_argument(
+        "--progress-bar",
+        dest="enable_progress_bar",
+        action=argparse.BooleanOptionalAction,
+        default=argparse.SUPPRESS,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit status.
+
+    Under DDP the other ranks re-run ``sys.argv``, so pass ``argv`` only for
+    single-process runs.
+    """
+    args = vars(_parser().parse_args(argv))
+    config_path, result_path = args.pop("config"), args.pop("result_json")
+    try:
+        config = dataclasses.replace(TrainConfig.from_yaml(config_path), **args)
+        result = train(config)
+    except (ConfigError, ManifestError) as exc:
+        print(f"sonufy_model.training: error: {exc}", file=sys.stderr)
+        return 2
+    rank_zero_info(f"Training finished: {json.dumps(result.to_dict())}")
+    if result_path is not None:
+        _write_result_json(result, result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
