@@ -126,6 +126,9 @@ def _print_recommendations(rows: list[dict], seed: str, as_json: bool) -> None:
 
 def _build(args: argparse.Namespace, source: str) -> dict:
     from flows.build import build
+    from flows.sources import parse_source
+
+    parse_source(source)  # a bad --source fails here, before any flow starts
 
     return build(
         source=source,
@@ -167,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_recommendations(rows, rows[0]["seed"], False)
             seed_id = rows[0]["seed_track_id"]
             print(f"\nDuckDB file: {result['db']}")
-            print("Ask it yourself (DuckDB CLI, or python -c \"import duckdb; ...\"):")
-            print(f"  SELECT * FROM similar_to('{seed_id}', 10);")
+            print("Ask it yourself in the DuckDB shell:")
+            print(f"  .venv/bin/duckdb -readonly {result['db']} -c \"SELECT * FROM similar_to('{seed_id}', 10)\"")
         elif args.command == "recommend":
             _recommend(args)
         elif args.command == "standin":

@@ -29,7 +29,7 @@ from typing import Any
 
 import lightning as L
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
@@ -37,6 +37,29 @@ from sonufy_model.datamodule import ManifestError, SpectrogramDataModule, load_m
 from sonufy_model.model import TimeFreqAutoencoder
 
 LAST_CHECKPOINT_NAME = "last.ckpt"
+
+
+class EpochReport(Callback):
+    """One line per epoch on stdout, for whoever launched this process.
+
+    The progress bar is off in pipelines; this keeps a time-boxed run from
+    being minutes of silence in the orchestrator's logs.
+    """
+
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        shown = ", ".join(
+            f"{name} {float(metrics[name]):.5f}" for name in ("train_mse_epoch", "val_mse") if name in metrics
+        )
+        print(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown} "
+            f"({time.perf_counter() - self._started:.0f} s)",
+            flush=True,
+        )
 
 
 class ConfigError(ValueError):
@@ -170,6 +193,7 @@ def train(config: TrainConfig) -> TrainResult:
         limit_train_batches=config.limit_train_batches,
         callbacks=[
             checkpointing,
+            EpochReport(),
             EarlyStopping(monitor="val_mse", mode="min", patience=config.early_stopping_patience),
         ],
         logger=CSVLogger(save_dir=output_dir, name="logs"),

@@ -64,7 +64,7 @@ def train_model(store: Store, paths: Paths, set_id: str, options: dict) -> str:
         for line in process.stdout:
             line = line.rstrip()
             tail.append(line)
-            if line and ("Epoch" in line or "mse" in line or "Error" in line):
+            if line.startswith(("epoch ", "Resuming")) or "Error" in line:
                 logger.info("trainer: %s", line[-300:])
     if process.returncode != 0 or not result_path.exists():
         raise RuntimeError(

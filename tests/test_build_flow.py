@@ -6,6 +6,10 @@ to the stand-in, a real training process.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pytest
@@ -74,6 +78,18 @@ def test_recommendations_exclude_the_query_and_are_sorted(built):
     ]
 
 
+def test_the_duckdb_shell_answers_similar_to_from_the_file(built):
+    db, result = built
+    seed_id = result["recommendations"][0]["seed_track_id"]
+    shell = Path(sys.executable).with_name("duckdb")
+    output = subprocess.run(
+        [str(shell), "-readonly", "-csv", "-noheader", str(db), "-c",
+         f"SELECT track_id FROM similar_to('{seed_id}', 10)"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.split()
+    assert output == [row["track_id"] for row in result["recommendations"]]
+
+
 def test_neighbours_share_the_style_far_above_chance(built):
     db, _ = built
     style = {track.track_id: track.style for track in build_catalog(N_TRACKS)}
@@ -106,3 +122,23 @@ def test_cli_recommend_prints_a_table_and_names_bad_input(built, capsys):
     assert "'Nobody - Nothing'" in capsys.readouterr().err
     assert cli(["recommend", "x", "--db", str(db.parent / "missing.duckdb")]) == 2
     assert "missing.duckdb" in capsys.readouterr().err
+
+
+def test_a_folder_of_own_files_builds_with_no_account(prefect_api, tmp_path):
+    import soundfile as sf
+
+    from sonufy_model.demo.synth import render_clip
+
+    music = tmp_path / "Music"
+    catalog = build_catalog(24)[:8]
+    for number, track in enumerate(catalog, start=1):
+        album = music / track.artist / track.album
+        album.mkdir(parents=True, exist_ok=True)
+        sf.write(album / f"{number:02d} {track.title}.flac", render_clip(track, seconds=40.0), 22050)
+    db = tmp_path / "own.duckdb"
+    result = build(source=f"folder:{music}", db=str(db), workers=1,
+                   training={"max_epochs": 1, "max_time_s": 60, "batch_size": 8, "crops_per_track": 2})
+    assert result["counts"]["total_embeddings"] == len(catalog)
+    rows = _sql(db, "SELECT artist, title, source, path FROM latent ORDER BY path")
+    assert {(artist, title) for artist, title, _, _ in rows} == {(t.artist, t.title) for t in catalog}
+    assert all(source == "folder" and Path(path).is_file() for _, _, source, path in rows)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from flows.cli import main as cli
 from flows.sources import parse_source
 from sonufy_model.folder import scan_folder, track_id_for
 
@@ -44,3 +45,12 @@ def test_bad_sources_are_named():
         parse_source("folder:/no/such/dir")
     with pytest.raises(ValueError, match="'itunes'"):
         parse_source("itunes")
+
+
+def test_cli_names_a_bad_source_and_exits_non_zero(tmp_path, capsys):
+    assert cli(["build", "--source", f"folder:{tmp_path / 'nope'}", "--db", str(tmp_path / "s.duckdb")]) == 2
+    assert "nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["build", "--tracks", "zero"])
+    assert exit_info.value.code == 2
+    assert "'zero' is not a whole number" in capsys.readouterr().err
