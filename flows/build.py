@@ -47,11 +47,15 @@ def build(
     max_failed_share: float = 0.5,
     training: dict | None = None,
     retrain: bool = False,
+    excerpts: int = 1,
+    placement: str = "middle",
 ) -> dict:
     """Build Sonufy's latent space from a source and print recommendations.
 
     source: "standin" (the embedded demo catalog), "spotify" (the real APIs,
     credentials from the environment) or "folder:PATH" (your own files).
+    Files longer than a clip are analysed on ``excerpts`` 30 s clips
+    (``placement``: "middle" or "spread"), their vectors averaged.
     A current model trained on the same spectrogram set is reused unless
     ``retrain`` is set, so that rerunning a failed build resumes quickly.
     """
@@ -59,25 +63,25 @@ def build(
     paths = Paths.for_db(db, data_dir)
     store = Store(paths.db)
     run_id = str(flow_run.id) if flow_run.id else "local"
-    params = MelParams()
+    params = MelParams(excerpts=excerpts, placement=placement)
     store.start_run(run_id, "build", {"source": source, "queries": queries})
     counts: dict = {}
     try:
         with open_source(source, demo_tracks, cache_dir=paths.data_dir / "standin-cache") as origin:
             # 1. scrape: the catalog's tracks into DuckDB
             if origin.folder is not None:
-                counts["tracks"] = scan_folder(store, str(origin.folder), run_id)
+                _add(counts, scan_folder(store, str(origin.folder), run_id))
             else:
                 pages = scrape_search_pages(origin.settings, queries or origin.queries, max_items_per_query)
                 counts["tracks"] = upsert_tracks(store, parse_tracks(pages))
-                # 2. fetch: previews, batches downloading concurrently
-                pending = tracks_without_preview(store)
-                fetches = [
-                    fetch_previews.submit(batch, origin.settings, paths.previews, number)
-                    for number, batch in enumerate(batches(pending, batch_size), start=1)
-                ]
-                for number, fetched in enumerate(fetches, start=1):
-                    _add(counts, record_previews(store, fetched.result(), run_id, number))
+                # 2. fetch: previews, concurrently within a batch; one batch at a
+                # time, so that the settings' concurrency, per-host and rate
+                # limits hold for the whole run, and each batch is recorded
+                # (a rerun resumes after the last recorded batch).
+                pending = tracks_without_preview(store, origin.settings.fetch_max_attempts)
+                for number, batch in enumerate(batches(pending, batch_size), start=1):
+                    fetched = fetch_previews(batch, origin.settings, paths.previews, number)
+                    _add(counts, record_previews(store, fetched, run_id, number, origin.settings))
             demo_query = origin.demo_query
 
         # 3-4. spectrograms, checked by the spectrogram suite before they are kept
@@ -96,7 +100,7 @@ def build(
 
         # 6. encode every track that has no vector for the current model
         pending_vectors = spectrograms_without_embedding(store, model)
-        for number, batch in enumerate(batches(pending_vectors, 4 * batch_size), start=1):
+        for number, batch in enumerate(batches(pending_vectors, 4 * batch_size, by="track_id"), start=1):
             _add(counts, encode_batch(store, model, batch, run_id, number))
 
         # 7. recommend: nearest neighbours of a demo track, by cosine in SQL

@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--train-minutes", type=_positive_float, default=5.0,
                        help="time box for training (default: 5)")
     build.add_argument("--epochs", type=_positive_int, default=20, help="most epochs to train (default: 20)")
+    build.add_argument("--excerpts", type=_positive_int, default=1,
+                       help="30 s clips analysed per file longer than that, vectors averaged (default: 1)")
+    build.add_argument("--placement", choices=("middle", "spread"), default="middle",
+                       help="where those clips lie: side by side around the middle, or spread over the file")
     build.add_argument("--retrain", action="store_true",
                        help="train a new model even if a current one exists")
     build.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -139,6 +143,8 @@ def _build(args: argparse.Namespace, source: str) -> dict:
         workers=getattr(args, "workers", min(2, os.cpu_count() or 1)),
         training={"max_time_s": args.train_minutes * 60, "max_epochs": getattr(args, "epochs", 20)},
         retrain=getattr(args, "retrain", False),
+        excerpts=getattr(args, "excerpts", 1),
+        placement=getattr(args, "placement", "middle"),
     )
 
 

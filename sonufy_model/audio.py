@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +20,9 @@ import soundfile as sf
 import soxr
 
 SILENCE_DBFS = -60.0
+PLACEMENTS = ("middle", "spread")
+# Decoded by ffmpeg, when it is installed; libsndfile reads the rest.
+FFMPEG_SUFFIXES = (".m4a", ".mp4", ".aac", ".alac")
 
 
 class AudioDecodeError(ValueError):
@@ -36,9 +41,19 @@ class MelParams:
     fmax: float = 8000.0
     top_db: float = 80.0
     n_frames: int = 512
-    # Where a longer file (a whole song) is excerpted: previews are analysed
-    # whole, songs on a clip from the middle, so that both are comparable.
-    excerpt: str = "middle"
+    # A file longer than a clip (a whole song) is analysed on `excerpts`
+    # clips, whose vectors are averaged: "middle" puts them side by side
+    # around the middle of the song, "spread" spreads them evenly over it.
+    # Previews are one clip long and analysed whole, so that a library and
+    # previews are comparable.
+    excerpts: int = 1
+    placement: str = "middle"
+
+    def __post_init__(self) -> None:
+        if self.excerpts < 1:
+            raise ValueError(f"excerpts must be at least 1, got {self.excerpts}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
 
     @property
     def set_id(self) -> str:
@@ -58,34 +73,86 @@ class MelParams:
         return asdict(self)
 
 
-def load_excerpt(path: str | Path, params: MelParams) -> tuple[np.ndarray, float]:
-    """Decode ``params.clip_seconds`` of mono audio at the analysis rate.
+def excerpt_starts(total_s: float, params: MelParams) -> list[float]:
+    """Start times (s) of the clips analysed in a file ``total_s`` long."""
+    clip = params.clip_seconds
+    if total_s <= clip:
+        return [0.0]
+    n = params.excerpts
+    if params.placement == "spread":
+        centres = [total_s * (i + 1) / (n + 1) for i in range(n)]
+    else:
+        centres = [total_s / 2 + (i - (n - 1) / 2) * clip for i in range(n)]
+    starts = [min(max(0.0, centre - clip / 2), total_s - clip) for centre in centres]
+    return sorted(set(round(start, 3) for start in starts))
 
-    Returns the samples, padded with silence to exactly the clip length, and
-    the duration of real audio in them (seconds), which checks use to reject
-    clips that are too short.
+
+def load_excerpts(path: str | Path, params: MelParams) -> list[tuple[np.ndarray, float]]:
+    """Decode the file's clips, each mono at the analysis rate.
+
+    Each clip is padded with silence to exactly the clip length; the float
+    beside it is the duration of real audio in it (seconds), which checks use
+    to reject clips that are too short.
     """
     path = Path(path)
+    if path.suffix.lower() in FFMPEG_SUFFIXES:
+        return [_fit(mono, params) for mono in _ffmpeg_excerpts(path, params)]
+    clips: list[tuple[np.ndarray, float]] = []
     try:
         with sf.SoundFile(str(path)) as audio:
-            native_rate = audio.samplerate
-            total_frames = audio.frames
-            wanted = int(round(params.clip_seconds * native_rate))
-            if total_frames > wanted and params.excerpt == "middle":
-                audio.seek((total_frames - wanted) // 2)
-            samples = audio.read(frames=min(wanted, total_frames), dtype="float32", always_2d=True)
+            rate, total = audio.samplerate, audio.frames
+            wanted = int(round(params.clip_seconds * rate))
+            for start_s in excerpt_starts(total / rate, params):
+                audio.seek(int(start_s * rate))
+                samples = audio.read(frames=min(wanted, total), dtype="float32", always_2d=True)
+                if samples.size == 0:
+                    raise AudioDecodeError(f"{path}: contains no audio samples")
+                mono = samples.mean(axis=1)
+                if rate != params.sample_rate:
+                    mono = soxr.resample(mono, rate, params.sample_rate).astype(np.float32)
+                clips.append(_fit(mono, params))
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         raise AudioDecodeError(f"{path}: does not decode as audio ({error})") from error
-    if samples.size == 0:
-        raise AudioDecodeError(f"{path}: contains no audio samples")
-    mono = samples.mean(axis=1)
-    if native_rate != params.sample_rate:
-        mono = soxr.resample(mono, native_rate, params.sample_rate).astype(np.float32)
-    duration_s = mono.size / params.sample_rate
+    return clips
+
+
+def load_excerpt(path: str | Path, params: MelParams) -> tuple[np.ndarray, float]:
+    """The first clip of :func:`load_excerpts` (the only one with one excerpt)."""
+    return load_excerpts(path, params)[0]
+
+
+def _fit(mono: np.ndarray, params: MelParams) -> tuple[np.ndarray, float]:
     clip = np.zeros(params.clip_samples, dtype=np.float32)
     n = min(mono.size, clip.size)
     clip[:n] = mono[:n]
-    return clip, duration_s
+    return clip, mono.size / params.sample_rate
+
+
+def ffmpeg_available() -> bool:
+    return shutil.which("ffmpeg") is not None
+
+
+def _ffmpeg_excerpts(path: Path, params: MelParams) -> list[np.ndarray]:
+    """Clips of a file libsndfile cannot read (AAC in .m4a), through ffmpeg."""
+    if not ffmpeg_available():
+        raise AudioDecodeError(f"{path}: decoding {path.suffix} needs ffmpeg, which is not installed")
+    try:
+        import mutagen
+
+        total_s = float(mutagen.File(str(path)).info.length)
+    except Exception as error:  # mutagen raises many types for broken files
+        raise AudioDecodeError(f"{path}: unreadable ({error})") from error
+    clips = []
+    for start_s in excerpt_starts(total_s, params):
+        result = subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-ss", str(start_s), "-t", str(params.clip_seconds),
+             "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(params.sample_rate), "-"],
+            capture_output=True, check=False,
+        )
+        if result.returncode != 0 or not result.stdout:
+            raise AudioDecodeError(f"{path}: ffmpeg could not decode it ({result.stderr.decode()[-200:]})")
+        clips.append(np.frombuffer(result.stdout, dtype=np.float32))
+    return clips
 
 
 @lru_cache(maxsize=8)
@@ -149,17 +216,20 @@ def to_uint8(spectrogram: np.ndarray) -> np.ndarray:
     return np.round(np.nan_to_num(spectrogram, nan=0.0) * 255.0).clip(0, 255).astype(np.uint8)
 
 
-def analyse(path: str | Path, params: MelParams) -> tuple[np.ndarray, dict]:
-    """A file's spectrogram (float32 in [0, 1]) and the facts checks look at."""
-    clip, duration_s = load_excerpt(path, params)
-    spectrogram = scaled_mel(clip, params)
-    stats = {
-        "n_mels": int(spectrogram.shape[0]),
-        "n_frames": int(spectrogram.shape[1]),
-        "min_value": float(np.nanmin(spectrogram)) if np.isfinite(spectrogram).any() else float("nan"),
-        "max_value": float(np.nanmax(spectrogram)) if np.isfinite(spectrogram).any() else float("nan"),
-        "non_finite": int(np.size(spectrogram) - np.count_nonzero(np.isfinite(spectrogram))),
-        "silent_share": silent_frame_share(clip, duration_s, params),
-        "duration_s": float(duration_s),
-    }
-    return spectrogram, stats
+def analyse(path: str | Path, params: MelParams) -> list[tuple[np.ndarray, dict]]:
+    """Each clip's spectrogram (float32 in [0, 1]) and the facts checks look at."""
+    results = []
+    for clip, duration_s in load_excerpts(path, params):
+        spectrogram = scaled_mel(clip, params)
+        finite = np.isfinite(spectrogram)
+        stats = {
+            "n_mels": int(spectrogram.shape[0]),
+            "n_frames": int(spectrogram.shape[1]),
+            "min_value": float(spectrogram[finite].min()) if finite.any() else float("nan"),
+            "max_value": float(spectrogram[finite].max()) if finite.any() else float("nan"),
+            "non_finite": int(spectrogram.size - np.count_nonzero(finite)),
+            "silent_share": silent_frame_share(clip, duration_s, params),
+            "duration_s": float(duration_s),
+        }
+        results.append((spectrogram, stats))
+    return results

@@ -287,15 +287,15 @@ class SpectrogramDataModule(L.LightningDataModule):
         if self.train_dataset is not None:
             return
         frame = load_manifest(self.manifest)
-        # One spectrogram per track: if a track is listed twice, use its first row.
-        frame = frame.unique(subset="track_id", keep="first", maintain_order=True)
+        # A long file may have several excerpts (rows of one track_id): each is
+        # a training example, and the split by track keeps them on one side.
         n_mels, n_frames = np.load(frame["shard"][0], mmap_mode="r").shape[1:]
         self.spectrogram_shape = (n_mels, n_frames)
         self.train_track_ids, self.val_track_ids = split_tracks(
             frame["track_id"].to_list(), self.val_fraction, self.seed
         )
-        train = frame.filter(pl.col("track_id").is_in(self.train_track_ids)).sort("track_id")
-        val = frame.filter(pl.col("track_id").is_in(self.val_track_ids)).sort("track_id")
+        train = frame.filter(pl.col("track_id").is_in(self.train_track_ids)).sort("track_id", "shard", "row")
+        val = frame.filter(pl.col("track_id").is_in(self.val_track_ids)).sort("track_id", "shard", "row")
         self.train_dataset = RandomCropDataset(
             train["shard"].to_list(),
             train["row"].to_numpy(),

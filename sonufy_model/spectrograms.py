@@ -22,6 +22,7 @@ from sonufy_model.audio import AudioDecodeError, MelParams, analyse, to_uint8
 
 STATS_SCHEMA: dict[str, pl.DataType] = {
     "track_id": pl.String,
+    "excerpt": pl.Int32,
     "n_mels": pl.Int64,
     "n_frames": pl.Int64,
     "min_value": pl.Float64,
@@ -32,19 +33,35 @@ STATS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+INDEX_SCHEMA: dict[str, pl.DataType] = {
+    "track_id": pl.String,
+    "excerpt": pl.Int32,
+    "set_id": pl.String,
+    "shard": pl.String,
+    "row": pl.Int32,
+}
+
+
 @dataclass
 class SpectrogramBatch:
-    """The outcome of converting one batch of audio files."""
+    """The outcome of converting one batch of audio files.
+
+    One row per clip: a file longer than a clip may give several excerpts,
+    numbered from 0, in consecutive rows.
+    """
 
     track_ids: list[str]
+    excerpts: list[int]
     spectrograms: np.ndarray  # uint8, (len(track_ids), n_mels, n_frames)
-    stats: pl.DataFrame  # one row per converted track (STATS_SCHEMA)
+    stats: pl.DataFrame  # one row per clip (STATS_SCHEMA)
     failures: pl.DataFrame  # track_id, reason: files that did not convert
 
     def only(self, keep_ids: set[str]) -> "SpectrogramBatch":
+        """The rows of the tracks in ``keep_ids`` (all their excerpts)."""
         rows = [i for i, track_id in enumerate(self.track_ids) if track_id in keep_ids]
         return SpectrogramBatch(
             track_ids=[self.track_ids[i] for i in rows],
+            excerpts=[self.excerpts[i] for i in rows],
             spectrograms=self.spectrograms[rows],
             stats=self.stats.filter(pl.col("track_id").is_in(list(keep_ids))),
             failures=self.failures,
@@ -59,15 +76,15 @@ def _limit_worker_threads() -> None:
     threadpool_limits(1)
 
 
-def _convert_one(task: tuple[str, str, MelParams]) -> tuple[str, np.ndarray | None, dict | None, str | None]:
+def _convert_one(task: tuple[str, str, MelParams]) -> tuple[str, list[tuple[np.ndarray, dict]], str | None]:
     track_id, path, params = task
     try:
-        spectrogram, stats = analyse(path, params)
+        clips = analyse(path, params)
     except AudioDecodeError as error:
-        return track_id, None, None, str(error)
+        return track_id, [], str(error)
     except (OSError, ValueError) as error:
-        return track_id, None, None, f"{path}: {type(error).__name__}: {error}"
-    return track_id, to_uint8(spectrogram), stats, None
+        return track_id, [], f"{path}: {type(error).__name__}: {error}"
+    return track_id, [(to_uint8(spectrogram), stats) for spectrogram, stats in clips], None
 
 
 def convert(files: pl.DataFrame, params: MelParams, workers: int = 1) -> SpectrogramBatch:
@@ -87,15 +104,22 @@ def convert(files: pl.DataFrame, params: MelParams, workers: int = 1) -> Spectro
             max_workers=workers, mp_context=get_context("spawn"), initializer=_limit_worker_threads
         ) as pool:
             results = list(pool.map(_convert_one, tasks, chunksize=4))
-    converted = [(tid, spec, stats) for tid, spec, stats, error in results if error is None]
-    failures = [(tid, error) for tid, _, _, error in results if error is not None]
+    converted = [
+        (track_id, excerpt, spectrogram, stats)
+        for track_id, clips, error in results
+        if error is None
+        for excerpt, (spectrogram, stats) in enumerate(clips)
+    ]
+    failures = [(track_id, error) for track_id, _, error in results if error is not None]
     shape = (len(converted), params.n_mels, params.n_frames)
-    arrays = np.stack([spec for _, spec, _ in converted]) if converted else np.zeros(shape, np.uint8)
+    arrays = np.stack([spec for _, _, spec, _ in converted]) if converted else np.zeros(shape, np.uint8)
     return SpectrogramBatch(
-        track_ids=[tid for tid, _, _ in converted],
+        track_ids=[track_id for track_id, _, _, _ in converted],
+        excerpts=[excerpt for _, excerpt, _, _ in converted],
         spectrograms=arrays,
         stats=pl.DataFrame(
-            [{"track_id": tid, **stats} for tid, _, stats in converted], schema=STATS_SCHEMA
+            [{"track_id": track_id, "excerpt": excerpt, **stats} for track_id, excerpt, _, stats in converted],
+            schema=STATS_SCHEMA,
         ),
         failures=pl.DataFrame(
             {"track_id": [t for t, _ in failures], "reason": [r for _, r in failures]},
@@ -111,9 +135,7 @@ def write_shard(batch: SpectrogramBatch, directory: Path, set_id: str) -> pl.Dat
     a killed run never sees half a file.
     """
     if not batch.track_ids:
-        return pl.DataFrame(
-            schema={"track_id": pl.String, "set_id": pl.String, "shard": pl.String, "row": pl.Int32}
-        )
+        return pl.DataFrame(schema=INDEX_SCHEMA)
     directory.mkdir(parents=True, exist_ok=True)
     shard = directory / f"shard-{uuid.uuid4().hex[:16]}.npy"
     temporary = shard.with_suffix(".npy.tmp")
@@ -125,11 +147,12 @@ def write_shard(batch: SpectrogramBatch, directory: Path, set_id: str) -> pl.Dat
     return pl.DataFrame(
         {
             "track_id": batch.track_ids,
+            "excerpt": batch.excerpts,
             "set_id": [set_id] * len(batch.track_ids),
             "shard": [str(shard)] * len(batch.track_ids),
             "row": list(range(len(batch.track_ids))),
         },
-        schema={"track_id": pl.String, "set_id": pl.String, "shard": pl.String, "row": pl.Int32},
+        schema=INDEX_SCHEMA,
     )
 
 

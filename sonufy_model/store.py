@@ -176,9 +176,10 @@ class Store:
             self._run_with_batch(con, "upsert_tracks", "tracks_batch", batch)
         return batch.height
 
-    def tracks_without_preview(self) -> pl.DataFrame:
+    def tracks_without_preview(self, max_attempts: int = 3) -> pl.DataFrame:
+        """Catalog tracks to fetch: no preview, and fewer than ``max_attempts`` failed runs."""
         with self.connect() as con:
-            return con.execute(sql.statement("tracks_without_preview")).pl()
+            return con.execute(sql.statement("tracks_without_preview"), {"max_attempts": max_attempts}).pl()
 
     # -- previews ------------------------------------------------------------
 
@@ -190,6 +191,38 @@ class Store:
         with self.transaction() as con:
             self._run_with_batch(con, "upsert_previews", "previews_batch", batch)
             self._release(con, "fetch", batch["track_id"])
+
+    # -- local files ---------------------------------------------------------
+
+    def known_files(self, root: str) -> dict[str, tuple[int, int]]:
+        """path -> (size, mtime_ns) of a folder source's files as last scanned."""
+        with self.connect() as con:
+            rows = con.execute(sql.statement("known_files"), {"root": root}).fetchall()
+        return {path: (size, mtime_ns) for path, size, mtime_ns in rows}
+
+    def record_scan(self, tracks: pl.DataFrame, previews: pl.DataFrame, files: pl.DataFrame,
+                    changed_track_ids: list[str]) -> None:
+        """A folder scan's new and changed files, in one transaction.
+
+        What was derived from a changed file (spectrograms, vectors) is
+        forgotten so that the next stages redo it.
+        """
+        with self.transaction() as con:
+            if changed_track_ids:
+                changed = pl.DataFrame({"track_id": changed_track_ids}, schema={"track_id": pl.String})
+                con.register("changed_batch", changed.to_arrow())
+                try:
+                    con.execute(sql.statement("forget_derived_spectrograms"))
+                    con.execute(sql.statement("forget_derived_embeddings"))
+                finally:
+                    con.unregister("changed_batch")
+                self._release(con, "spectrogram", changed["track_id"])
+            if not tracks.is_empty():
+                batch = tracks.select([pl.col(n).cast(t) for n, t in TRACK_SCHEMA.items()])
+                self._run_with_batch(con, "upsert_tracks", "tracks_batch", batch)
+                self._run_with_batch(con, "upsert_previews", "previews_batch", previews)
+                self._release(con, "fetch", previews["track_id"])
+                self._run_with_batch(con, "upsert_files", "files_batch", files)
 
     # -- quarantine ----------------------------------------------------------
 
@@ -213,7 +246,7 @@ class Store:
 
     def quarantined(self, stage: str | None = None) -> pl.DataFrame:
         with self.connect() as con:
-            rel = con.sql("SELECT track_id, stage, reason, run_id FROM quarantine ORDER BY track_id")
+            rel = con.sql("SELECT track_id, stage, reason, run_id, attempts FROM quarantine ORDER BY track_id")
             frame = rel.pl()
         return frame if stage is None else frame.filter(pl.col("stage") == stage)
 
@@ -317,8 +350,18 @@ class Store:
             return con.execute(sql.statement("recommend"), {"track_id": track_id, "k": k}).pl()
 
 
-def batches(frame: pl.DataFrame, size: int) -> Sequence[pl.DataFrame]:
-    """Split a frame into consecutive batches of at most ``size`` rows."""
+def batches(frame: pl.DataFrame, size: int, by: str | None = None) -> Sequence[pl.DataFrame]:
+    """Split a frame into consecutive batches of at most ``size`` rows.
+
+    With ``by``, rows sharing that column's value stay in one batch (a track's
+    excerpts are encoded together), and ``size`` counts distinct values.
+    """
     if size < 1:
         raise ValueError(f"batch size must be at least 1, got {size}")
-    return [frame.slice(offset, size) for offset in range(0, frame.height, size)]
+    if by is None:
+        return [frame.slice(offset, size) for offset in range(0, frame.height, size)]
+    keys = frame[by].unique(maintain_order=True)
+    return [
+        frame.filter(pl.col(by).is_in(keys.slice(offset, size).to_list()))
+        for offset in range(0, keys.len(), size)
+    ]

@@ -20,10 +20,14 @@ ON CONFLICT (track_id) DO UPDATE SET
     updated_at = now();
 
 -- name: tracks_without_preview
+-- Catalog tracks still to fetch: no preview yet, and not already quarantined
+-- at the fetch stage by $max_attempts runs (those wait to be released).
 SELECT t.track_id, t.title, t.artist, t.isrc, t.preview_url
 FROM tracks AS t
 LEFT JOIN previews AS p USING (track_id)
+LEFT JOIN quarantine AS q ON q.track_id = t.track_id AND q.stage = 'fetch'
 WHERE p.track_id IS NULL AND t.source = 'spotify'
+  AND coalesce(q.attempts, 0) < $max_attempts
 ORDER BY t.track_id;
 
 -- name: upsert_previews
@@ -42,20 +46,21 @@ INSERT INTO spectrogram_sets (set_id, params) VALUES ($set_id, $params)
 ON CONFLICT (set_id) DO NOTHING;
 
 -- name: insert_spectrograms
-INSERT OR REPLACE INTO spectrograms (track_id, set_id, shard, "row", created_at)
-SELECT track_id, set_id, shard, "row", current_timestamp FROM spectrograms_batch;
+INSERT OR REPLACE INTO spectrograms (track_id, set_id, excerpt, shard, "row", created_at)
+SELECT track_id, set_id, excerpt, shard, "row", current_timestamp FROM spectrograms_batch;
 
 -- name: spectrogram_manifest
 -- Every spectrogram of a set that is not quarantined, in shard order so that
 -- readers walk each shard once.
-SELECT s.track_id, s.shard, s."row"
+SELECT s.track_id, s.excerpt, s.shard, s."row"
 FROM spectrograms AS s
 WHERE s.set_id = $set_id
   AND s.track_id NOT IN (SELECT track_id FROM quarantine WHERE stage = 'spectrogram')
 ORDER BY s.shard, s."row";
 
 -- name: spectrograms_without_embedding
-SELECT s.track_id, s.shard, s."row"
+-- Every excerpt of each track without a vector, a track's rows together.
+SELECT s.track_id, s.excerpt, s.shard, s."row"
 FROM spectrograms AS s
 LEFT JOIN embeddings AS e ON e.track_id = s.track_id AND e.model_version = $model_version
 WHERE s.set_id = $set_id AND e.track_id IS NULL
@@ -83,8 +88,12 @@ SELECT track_id, model_version, raw::FLOAT[256], vector::FLOAT[256], current_tim
 FROM embeddings_batch;
 
 -- name: quarantine_tracks
-INSERT OR REPLACE INTO quarantine (track_id, stage, reason, run_id, quarantined_at)
-SELECT track_id, stage, reason, run_id, current_timestamp FROM quarantine_batch;
+-- The latest reason wins; quarantined again at the same stage counts one more attempt.
+INSERT INTO quarantine AS q (track_id, stage, reason, run_id, attempts, quarantined_at)
+SELECT track_id, stage, reason, run_id, 1, current_timestamp FROM quarantine_batch
+ON CONFLICT (track_id, stage) DO UPDATE SET
+    reason = excluded.reason, run_id = excluded.run_id,
+    attempts = q.attempts + 1, quarantined_at = excluded.quarantined_at;
 
 -- name: release_from_quarantine
 DELETE FROM quarantine WHERE stage = $stage AND track_id IN (SELECT track_id FROM released_batch);
@@ -119,3 +128,17 @@ SELECT
 -- name: first_track
 -- A stable default seed track for demos: the first of the current space.
 SELECT track_id, artist, title FROM latent ORDER BY artist, title, track_id LIMIT 1;
+
+-- name: known_files
+SELECT path, size, mtime_ns FROM files WHERE root = $root;
+
+-- name: upsert_files
+INSERT OR REPLACE INTO files (path, track_id, root, size, mtime_ns, scanned_at)
+SELECT path, track_id, root, size, mtime_ns, current_timestamp FROM files_batch;
+
+-- name: forget_derived_spectrograms
+-- A changed file's spectrograms and vectors describe audio that is gone.
+DELETE FROM spectrograms WHERE track_id IN (SELECT track_id FROM changed_batch);
+
+-- name: forget_derived_embeddings
+DELETE FROM embeddings WHERE track_id IN (SELECT track_id FROM changed_batch);

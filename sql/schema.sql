@@ -38,6 +38,18 @@ CREATE TABLE IF NOT EXISTS previews (
     fetched_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
 
+-- name: create_files
+-- Files of local folder sources as last scanned: a rescan skips a file whose
+-- size and modification time are unchanged.
+CREATE TABLE IF NOT EXISTS files (
+    path          VARCHAR PRIMARY KEY,
+    track_id      VARCHAR NOT NULL,
+    root          VARCHAR NOT NULL,
+    size          BIGINT NOT NULL,
+    mtime_ns      BIGINT NOT NULL,
+    scanned_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
 -- name: create_spectrogram_sets
 -- One row per set of spectrogram parameters: changing n_mels or hop makes a
 -- new set, never a mix of two in one set.
@@ -49,14 +61,16 @@ CREATE TABLE IF NOT EXISTS spectrogram_sets (
 
 -- name: create_spectrograms
 -- Spectrograms live in .npy shards on disk; this table says which shard and
--- row holds each track's spectrogram.
+-- row holds each clip. A long file may have several excerpts (0, 1, ...);
+-- a track's vector is the mean over all of them.
 CREATE TABLE IF NOT EXISTS spectrograms (
     track_id      VARCHAR NOT NULL,
     set_id        VARCHAR NOT NULL,
+    excerpt       INTEGER NOT NULL DEFAULT 0,
     shard         VARCHAR NOT NULL,
     "row"         INTEGER NOT NULL,
     created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
-    PRIMARY KEY (track_id, set_id)
+    PRIMARY KEY (track_id, set_id, excerpt)
 );
 
 -- name: create_models
@@ -95,12 +109,15 @@ CREATE TABLE IF NOT EXISTS embeddings (
 
 -- name: create_quarantine
 -- Tracks a stage could not process, with the reason. A later success at the
--- same stage removes the row.
+-- same stage removes the row. attempts counts the runs that quarantined the
+-- track at this stage; at the fetch stage, a track with fetch_max_attempts
+-- (default 3) is no longer tried until someone deletes its row (see README).
 CREATE TABLE IF NOT EXISTS quarantine (
     track_id      VARCHAR NOT NULL,
     stage         VARCHAR NOT NULL,
     reason        VARCHAR NOT NULL,
     run_id        VARCHAR,
+    attempts      INTEGER NOT NULL DEFAULT 1,
     quarantined_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
     PRIMARY KEY (track_id, stage)
 );

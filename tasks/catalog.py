@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -43,13 +45,17 @@ def upsert_tracks(store: Store, tracks: pl.DataFrame) -> int:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="scan[{root}]")
-def scan_folder(store: Store, root: str, run_id: str | None = None) -> int:
-    """Ingest a folder of audio files: tracks, and the files as their audio."""
-    tracks, files, rejected = folder.scan_folder(root)
+def scan_folder(store: Store, root: str, run_id: str | None = None) -> dict:
+    """Ingest a folder of audio files: new and changed files only, tags and all."""
+    root = str(Path(root).expanduser().resolve())
+    scan = folder.scan_folder(root, known=store.known_files(root))
     logger = get_run_logger()
-    for reason in rejected:
+    for reason in scan.rejected:
         logger.warning("skipped %s", reason)
-    store.upsert_tracks(tracks)
-    store.record_previews(files)
-    logger.info("found %d audio files under %s (%d skipped)", tracks.height, root, len(rejected))
-    return tracks.height
+    store.record_scan(scan.tracks, scan.previews, scan.files, scan.changed_track_ids)
+    logger.info(
+        "%s: %d new, %d changed, %d unchanged, %d skipped",
+        root, scan.new, len(scan.changed_track_ids), scan.unchanged, len(scan.rejected),
+    )
+    return {"new_files": scan.new, "changed_files": len(scan.changed_track_ids),
+            "unchanged_files": scan.unchanged, "skipped_files": len(scan.rejected)}

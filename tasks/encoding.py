@@ -15,6 +15,17 @@ from sonufy_model.spectrograms import read_spectrograms
 from sonufy_model.store import LATENT_DIM, ModelRecord, Store
 
 
+def mean_per_track(clip_track_ids: pl.Series, per_clip: np.ndarray) -> tuple[pl.Series, np.ndarray]:
+    """One vector per track: the mean of its clips' vectors, tracks in first-seen order."""
+    track_ids = clip_track_ids.unique(maintain_order=True)
+    position = {track_id: i for i, track_id in enumerate(track_ids)}
+    index = np.fromiter((position[t] for t in clip_track_ids), dtype=np.int64, count=len(clip_track_ids))
+    sums = np.zeros((len(track_ids), per_clip.shape[1]), dtype=np.float64)
+    np.add.at(sums, index, per_clip)
+    counts = np.bincount(index, minlength=len(track_ids))[:, None]
+    return track_ids, (sums / counts).astype(np.float32)
+
+
 @lru_cache(maxsize=2)
 def _encoder(checkpoint: str):
     # Loaded once per process and reused by every batch.
@@ -30,10 +41,13 @@ def spectrograms_without_embedding(store: Store, model: ModelRecord) -> pl.DataF
 def encode_batch(
     store: Store, model: ModelRecord, manifest: pl.DataFrame, run_id: str | None, batch_number: int
 ) -> dict:
-    """Encode, run the embedding suite, write the passing vectors, quarantine the rest."""
-    raw = encode_spectrograms(_encoder(model.checkpoint), read_spectrograms(manifest))
+    """Encode, run the embedding suite, write the passing vectors, quarantine the rest.
+
+    A track with several excerpts gets the mean of their vectors.
+    """
+    per_clip = encode_spectrograms(_encoder(model.checkpoint), read_spectrograms(manifest))
+    track_ids, raw = mean_per_track(manifest["track_id"], per_clip)
     vectors = model.standardiser.transform(raw)
-    track_ids = manifest["track_id"]
     stats = pl.DataFrame(
         {
             "track_id": track_ids,

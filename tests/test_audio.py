@@ -8,7 +8,15 @@ import pytest
 import soundfile as sf
 
 from sonufy_model import quality, spectrograms
-from sonufy_model.audio import AudioDecodeError, MelParams, analyse, load_excerpt, scaled_mel
+from sonufy_model.audio import (
+    AudioDecodeError,
+    MelParams,
+    analyse,
+    excerpt_starts,
+    load_excerpt,
+    load_excerpts,
+    scaled_mel,
+)
 from sonufy_model.evaluate import precision_at_k
 
 PARAMS = MelParams()
@@ -57,7 +65,7 @@ def test_matches_librosa_melspectrogram(clips):
 
 
 def test_spectrogram_shape_range_and_seed_parameters(clips):
-    spectrogram, stats = analyse(clips["low"], PARAMS)
+    [(spectrogram, stats)] = analyse(clips["low"], PARAMS)
     assert spectrogram.shape == (128, 512) and spectrogram.dtype == np.float32
     assert 0.0 <= spectrogram.min() and spectrogram.max() <= 1.0
     # 110 Hz sits in the lowest mel bands (fmax 8 kHz spreads 128 bands over 0-8 kHz).
@@ -75,6 +83,27 @@ def test_long_files_are_analysed_on_an_excerpt_from_the_middle(clips):
     assert freqs[spectrum.argmax()] == pytest.approx(2000, abs=5)
 
 
+def _dominant_hz(clip: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(clip))
+    return float(np.fft.rfftfreq(clip.size, 1 / PARAMS.sample_rate)[spectrum.argmax()])
+
+
+def test_several_excerpts_placed_as_configured(clips):
+    # The 90 s song: 220 Hz, then 2 kHz in its middle third, then 220 Hz.
+    spread = load_excerpts(clips["song"], MelParams(excerpts=3, placement="spread"))
+    assert [round(_dominant_hz(clip)) for clip, _ in spread] == [220, 2000, 220]
+    assert all(duration == pytest.approx(30.0, abs=0.01) for _, duration in spread)
+    middle = load_excerpts(clips["song"], MelParams(excerpts=3, placement="middle"))
+    assert [round(_dominant_hz(clip)) for clip, _ in middle] == [220, 2000, 220]
+    assert excerpt_starts(90.0, MelParams(excerpts=3, placement="middle")) == [0.0, 30.0, 60.0]
+    assert excerpt_starts(100.0, MelParams(excerpts=2, placement="spread")) == pytest.approx([18.333, 51.667])
+    # A preview is one clip long: analysed whole, once, whatever the setting.
+    assert len(load_excerpts(clips["low"], MelParams(excerpts=3))) == 1
+    assert MelParams(excerpts=3).set_id != PARAMS.set_id
+    with pytest.raises(ValueError, match="placement"):
+        MelParams(placement="random")
+
+
 def test_undecodable_file_names_itself(clips):
     with pytest.raises(AudioDecodeError, match="garbage.mp3"):
         load_excerpt(clips["garbage"], PARAMS)
@@ -85,6 +114,7 @@ def test_convert_in_parallel_equals_serial_and_reports_bad_files(clips, tmp_path
     serial = spectrograms.convert(files, PARAMS, workers=1)
     parallel = spectrograms.convert(files, PARAMS, workers=2)
     assert serial.track_ids == parallel.track_ids == ["low", "high", "silent", "short", "song"]
+    assert serial.excerpts == [0, 0, 0, 0, 0]
     assert np.array_equal(serial.spectrograms, parallel.spectrograms)
     assert serial.failures["track_id"].to_list() == ["garbage"]
     assert "garbage.mp3" in serial.failures["reason"][0]
@@ -110,7 +140,7 @@ def test_spectrogram_suite_names_the_tracks_and_the_expectation(clips):
 
 def test_nan_values_fail_the_suite():
     stats = pl.DataFrame(
-        {"track_id": ["nan"], "n_mels": [128], "n_frames": [512], "min_value": [float("nan")],
+        {"track_id": ["nan"], "excerpt": [0], "n_mels": [128], "n_frames": [512], "min_value": [float("nan")],
          "max_value": [1.0], "non_finite": [3], "silent_share": [0.0], "duration_s": [30.0]}
     )
     assert quality.check_spectrograms(stats, PARAMS).failures["track_id"].to_list() == ["nan"]
@@ -128,3 +158,19 @@ def test_precision_at_k_against_chance():
     assert noise["precision"] < 0.5
     # Excluding the own group (here: the label itself) leaves no same-label hit.
     assert precision_at_k(clustered, labels, k=5, exclude_groups=labels)["precision"] == 0.0
+
+
+def test_excerpts_become_rows_and_their_vectors_are_averaged(clips):
+    from tasks.encoding import mean_per_track
+
+    files = pl.DataFrame({"track_id": ["song", "low"], "path": [str(clips["song"]), str(clips["low"])]})
+    batch = spectrograms.convert(files, MelParams(excerpts=3, placement="spread"), workers=1)
+    assert list(zip(batch.track_ids, batch.excerpts)) == [("song", 0), ("song", 1), ("song", 2), ("low", 0)]
+    assert batch.stats["excerpt"].to_list() == [0, 1, 2, 0]
+    kept = batch.only({"song"})
+    assert kept.track_ids == ["song"] * 3 and kept.spectrograms.shape[0] == 3
+
+    per_clip = np.array([[1.0, 0.0], [3.0, 0.0], [5.0, 3.0], [7.0, 7.0]], dtype=np.float32)
+    track_ids, means = mean_per_track(pl.Series(batch.track_ids), per_clip)
+    assert track_ids.to_list() == ["song", "low"]
+    assert means.tolist() == [[3.0, 1.0], [7.0, 7.0]]

@@ -136,9 +136,12 @@ def test_a_folder_of_own_files_builds_with_no_account(prefect_api, tmp_path):
         album.mkdir(parents=True, exist_ok=True)
         sf.write(album / f"{number:02d} {track.title}.flac", render_clip(track, seconds=40.0), 22050)
     db = tmp_path / "own.duckdb"
-    result = build(source=f"folder:{music}", db=str(db), workers=1,
+    result = build(source=f"folder:{music}", db=str(db), workers=1, excerpts=2,
                    training={"max_epochs": 1, "max_time_s": 60, "batch_size": 8, "crops_per_track": 2})
     assert result["counts"]["total_embeddings"] == len(catalog)
+    # 40 s files, two 30 s excerpts each, one vector per track (their mean).
+    assert result["counts"]["total_spectrograms"] == 2 * len(catalog)
+    assert _sql(db, "SELECT count(DISTINCT excerpt) FROM spectrograms")[0][0] == 2
     rows = _sql(db, "SELECT artist, title, source, path FROM latent ORDER BY path")
     assert {(artist, title) for artist, title, _, _ in rows} == {(t.artist, t.title) for t in catalog}
     assert all(source == "folder" and Path(path).is_file() for _, _, source, path in rows)
