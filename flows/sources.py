@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sonufy_model.config import Secret, ServiceSettings
+from sonufy_model.config import ServiceSettings
 
 # Queries for real Spotify when none are configured: this fortnight's releases.
 DEFAULT_SPOTIFY_QUERIES = ("tag:new",)
@@ -53,15 +53,11 @@ def open_source(source: str, demo_tracks: int = 300, cache_dir: Path | None = No
     from sonufy_model.demo.standin import StandIn, StandInConfig
     from sonufy_model.demo.synth import STYLES
 
-    config = StandInConfig(n_tracks=demo_tracks, cache_dir=cache_dir)
+    # Some tracks re-released on compilations (same ISRC, new id), as in real
+    # catalogs: the genre searches find both, and the scrape keeps one.
+    config = StandInConfig(n_tracks=demo_tracks, cache_dir=cache_dir, compilation_share=0.1)
     with StandIn(config) as standin:
-        settings = ServiceSettings(
-            spotify_client_id=config.client_id,
-            spotify_client_secret=Secret(config.client_secret),
-            spotify_api_base=standin.spotify_api_base,
-            spotify_accounts_base=standin.spotify_accounts_base,
-            deezer_api_base=standin.deezer_api_base,
-        )
+        settings = standin.service_settings()
         first = standin.catalog[0]
         yield Source(
             name=kind,

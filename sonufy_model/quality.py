@@ -23,6 +23,11 @@ logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 MIN_CLIP_SECONDS = 25.0
 MAX_SILENT_SHARE = 0.5
+# Scraped track metadata (check_tracks).
+SPOTIFY_TRACK_ID = r"^[0-9A-Za-z]{22}$"
+ISRC = r"^[A-Z]{2}[A-Z0-9]{3}\d{7}$"
+MIN_TRACK_MS = 10_000  # shorter is a jingle or a broken entry, not music to compare
+MAX_TRACK_MS = 2 * 60 * 60 * 1000
 
 
 class DataQualityError(RuntimeError):
@@ -104,9 +109,24 @@ def _run_suite(name: str, frame: pl.DataFrame, expectations: list) -> QualityRep
 
 
 def _describe(expectation_type: str, kwargs: dict) -> str:
-    shown = {k: v for k, v in kwargs.items() if k not in ("batch_id", "result_format") and v is not None}
+    hidden = ("batch_id", "result_format", "row_condition", "condition_parser")
+    shown = {k: v for k, v in kwargs.items() if k not in hidden and v is not None}
     args = ", ".join(f"{k}={v}" for k, v in shown.items())
-    return f"{expectation_type}({args})"
+    return f"{expectation_type}({args})" + _describe_condition(kwargs.get("row_condition"))
+
+
+def _describe_condition(condition: object) -> str:
+    """' where source == 'spotify'' for a row condition as GE keeps it (a dict), '' for none."""
+    if not condition:
+        return ""
+    if isinstance(condition, dict):
+        if "pass_through_filter" in condition:
+            condition = condition["pass_through_filter"]
+        elif {"column", "operator"} <= condition.keys():
+            column = condition["column"]
+            name = column.get("name") if isinstance(column, dict) else column
+            condition = f"{name} {condition['operator']} {condition.get('parameter')!r}"
+    return f" where {condition}"
 
 
 def check_spectrograms(stats: pl.DataFrame, params: MelParams) -> QualityReport:
@@ -132,6 +152,33 @@ def check_spectrograms(stats: pl.DataFrame, params: MelParams) -> QualityReport:
     return _run_suite("spectrograms", frame, expectations)
 
 
+def check_downloads(
+    stats: pl.DataFrame,
+    max_bytes: int = 4 * 1024 * 1024,
+    min_seconds: float = 20.0,
+    max_seconds: float = 40.0,
+) -> QualityReport:
+    """The downloads suite: a size within (0, cap], decodable, a preview's length.
+
+    stats: one row per downloaded file with track_id, bytes, decodable (1 or
+    0) and duration_s, read from the file on disk (see previews.download_stats).
+    """
+    import great_expectations as gx
+
+    x = gx.expectations
+    expectations = [
+        x.ExpectColumnValuesToBeBetween(column="bytes", min_value=0, strict_min=True, max_value=max_bytes),
+        x.ExpectColumnValuesToBeBetween(column="decodable", min_value=1, max_value=1),
+        x.ExpectColumnValuesToBeBetween(column="duration_s", min_value=min_seconds, max_value=max_seconds),
+    ]
+    frame = stats.with_columns(
+        pl.col("bytes").fill_null(-1),
+        pl.col("decodable").cast(pl.Int64).fill_null(0),
+        pl.col("duration_s").fill_nan(-1.0).fill_null(-1.0),
+    )
+    return _run_suite("downloads", frame, expectations)
+
+
 def check_embeddings(stats: pl.DataFrame, latent_dim: int = 256) -> QualityReport:
     """The latent-vector suite: right length, finite, non-zero norm.
 
@@ -148,3 +195,37 @@ def check_embeddings(stats: pl.DataFrame, latent_dim: int = 256) -> QualityRepor
     ]
     frame = stats.with_columns(pl.col("norm").fill_nan(-1.0).fill_null(-1.0))
     return _run_suite("embeddings", frame, expectations)
+
+
+def check_tracks(tracks: pl.DataFrame) -> QualityReport:
+    """The scraped-metadata suite, run before tracks are written.
+
+    tracks: rows of the tracks table (store.TRACK_SCHEMA). Spotify track ids
+    are 22 base62 characters and unique; an ISRC, when there is one, is two
+    letters, three letters or digits and seven digits; the duration lies
+    between 10 s and 2 h; title and artist are not empty.
+    """
+    import great_expectations as gx
+    from great_expectations.expectations.row_conditions import Column
+
+    x = gx.expectations
+    expectations = [
+        x.ExpectColumnValuesToBeUnique(column="track_id"),
+        x.ExpectColumnValuesToMatchRegex(
+            column="track_id", regex=SPOTIFY_TRACK_ID, row_condition=Column("source") == "spotify"
+        ),
+        x.ExpectColumnValuesToMatchRegex(column="isrc", regex=ISRC),  # nulls (no ISRC) are skipped
+        x.ExpectColumnValuesToBeBetween(column="duration_ms", min_value=MIN_TRACK_MS, max_value=MAX_TRACK_MS),
+        x.ExpectColumnValuesToMatchRegex(column="title", regex=r"\S"),
+        x.ExpectColumnValuesToMatchRegex(column="artist", regex=r"\S"),
+    ]
+    # GE skips nulls: a missing duration, title or artist must fail, not pass.
+    frame = tracks.select(
+        "track_id",
+        pl.col("source").fill_null(""),
+        "isrc",
+        pl.col("duration_ms").cast(pl.Int64).fill_null(-1),
+        pl.col("title").fill_null(""),
+        pl.col("artist").fill_null(""),
+    )
+    return _run_suite("tracks", frame, expectations)

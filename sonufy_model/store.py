@@ -166,15 +166,50 @@ class Store:
     # -- tracks --------------------------------------------------------------
 
     def upsert_tracks(self, tracks: pl.DataFrame) -> int:
-        """Insert new tracks and refresh known ones; reruns change nothing."""
+        """Insert new tracks and refresh changed ones; reruns change nothing.
+
+        Returns how many rows were inserted or changed. A track whose ISRC is
+        already here under another track id is not inserted (see sql/queries.sql).
+        """
         if tracks.is_empty():
             return 0
-        batch = tracks.select(
+        batch = self._tracks_batch(tracks)
+        with self.transaction() as con:
+            return self._upsert_tracks(con, batch)
+
+    def record_scraped_tracks(self, tracks: pl.DataFrame, failures: pl.DataFrame) -> int:
+        """Scraped tracks that passed the metadata suite, and the quarantine rows of those that did not.
+
+        One transaction: the passing tracks are upserted and released from the
+        'scrape' quarantine, the failing ones quarantined (and not written).
+        Returns how many tracks were inserted or changed.
+        """
+        written = 0
+        with self.transaction() as con:
+            if not tracks.is_empty():
+                batch = self._tracks_batch(tracks)
+                written = self._upsert_tracks(con, batch)
+                self._release(con, "scrape", batch["track_id"])
+            if not failures.is_empty():
+                quarantined = failures.select(
+                    [pl.col(name).cast(dtype) for name, dtype in QUARANTINE_SCHEMA.items()]
+                ).unique(["track_id", "stage"], keep="first", maintain_order=True)
+                self._run_with_batch(con, "quarantine_tracks", "quarantine_batch", quarantined)
+        return written
+
+    @staticmethod
+    def _tracks_batch(tracks: pl.DataFrame) -> pl.DataFrame:
+        return tracks.select(
             [pl.col(name).cast(dtype) for name, dtype in TRACK_SCHEMA.items()]
         ).unique("track_id", keep="last", maintain_order=True)
-        with self.transaction() as con:
-            self._run_with_batch(con, "upsert_tracks", "tracks_batch", batch)
-        return batch.height
+
+    def _upsert_tracks(self, con: duckdb.DuckDBPyConnection, batch: pl.DataFrame) -> int:
+        con.register("tracks_batch", batch.to_arrow())
+        try:
+            written = con.execute(sql.statement("upsert_tracks")).fetchone()
+        finally:
+            con.unregister("tracks_batch")
+        return int(written[0]) if written else 0
 
     def tracks_without_preview(self, max_attempts: int = 3) -> pl.DataFrame:
         """Catalog tracks to fetch: no preview, and fewer than ``max_attempts`` failed runs."""
@@ -191,6 +226,27 @@ class Store:
         with self.transaction() as con:
             self._run_with_batch(con, "upsert_previews", "previews_batch", batch)
             self._release(con, "fetch", batch["track_id"])
+
+    def drop_previews(self, track_ids: list[str]) -> int:
+        """Delete downloaded preview files once their spectrograms are stored.
+
+        The user's own files (folder sources) are never touched. The rows stay,
+        with a NULL path: the track has had its audio, and a rerun does not
+        download it again.
+        """
+        if not track_ids:
+            return 0
+        dropped = pl.DataFrame({"track_id": track_ids}, schema={"track_id": pl.String})
+        with self.transaction() as con:
+            con.register("dropped_batch", dropped.to_arrow())
+            try:
+                rows = con.execute(sql.statement("droppable_previews")).fetchall()
+                con.execute(sql.statement("forget_preview_paths"))
+            finally:
+                con.unregister("dropped_batch")
+        for _, path in rows:
+            Path(path).unlink(missing_ok=True)
+        return len(rows)
 
     # -- local files ---------------------------------------------------------
 

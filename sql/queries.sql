@@ -3,12 +3,20 @@
 
 -- name: upsert_tracks
 -- From a staged batch (tracks_batch) that was de-duplicated by track_id
--- before this runs. first_seen survives reruns.
+-- before this runs. first_seen survives reruns. One track per recording: a
+-- row whose ISRC the table already holds under another track id is not
+-- written (the track that came first stays, with its previews and vectors),
+-- and of several batch rows with one ISRC only the earliest release (then the
+-- smallest id) is, as catalog.one_per_isrc chooses. Returns the rows written.
 INSERT INTO tracks AS t (track_id, source, title, artist, artists, artist_id, album, album_id,
                          release_date, duration_ms, isrc, explicit, popularity, uri, preview_url, path, found_by)
 SELECT track_id, source, title, artist, artists, artist_id, album, album_id,
        release_date, duration_ms, isrc, explicit, popularity, uri, preview_url, path, found_by
-FROM tracks_batch
+FROM tracks_batch AS b
+WHERE b.isrc IS NULL
+   OR NOT EXISTS (SELECT 1 FROM tracks AS held WHERE held.isrc = b.isrc AND held.track_id <> b.track_id)
+QUALIFY b.isrc IS NULL
+   OR row_number() OVER (PARTITION BY b.isrc ORDER BY b.release_date NULLS LAST, b.track_id) = 1
 ON CONFLICT (track_id) DO UPDATE SET
     source = excluded.source, title = excluded.title, artist = excluded.artist,
     artists = excluded.artists, artist_id = excluded.artist_id, album = excluded.album,
@@ -17,7 +25,16 @@ ON CONFLICT (track_id) DO UPDATE SET
     popularity = coalesce(excluded.popularity, t.popularity), uri = excluded.uri,
     preview_url = excluded.preview_url,
     path = excluded.path, found_by = coalesce(t.found_by, excluded.found_by),
-    updated_at = now();
+    updated_at = now()
+-- Only rows that changed are touched, so a rerun writes nothing and
+-- updated_at says when a track's metadata last changed.
+WHERE (t.source, t.title, t.artist, t.artists, t.artist_id, t.album, t.album_id, t.release_date,
+       t.duration_ms, t.isrc, t.explicit, t.popularity, t.uri, t.preview_url, t.path)
+      IS DISTINCT FROM
+      (excluded.source, excluded.title, excluded.artist, excluded.artists, excluded.artist_id,
+       excluded.album, excluded.album_id, excluded.release_date, excluded.duration_ms, excluded.isrc,
+       excluded.explicit, coalesce(excluded.popularity, t.popularity), excluded.uri,
+       excluded.preview_url, excluded.path);
 
 -- name: tracks_without_preview
 -- Catalog tracks still to fetch: no preview yet, and not already quarantined
@@ -142,3 +159,12 @@ DELETE FROM spectrograms WHERE track_id IN (SELECT track_id FROM changed_batch);
 
 -- name: forget_derived_embeddings
 DELETE FROM embeddings WHERE track_id IN (SELECT track_id FROM changed_batch);
+
+-- name: droppable_previews
+-- Downloaded previews (never a user's own files) of the tracks in dropped_batch.
+SELECT p.track_id, p.path FROM previews AS p
+WHERE p.provider <> 'folder' AND p.path IS NOT NULL
+  AND p.track_id IN (SELECT track_id FROM dropped_batch);
+
+-- name: forget_preview_paths
+UPDATE previews SET path = NULL WHERE track_id IN (SELECT track_id FROM dropped_batch);

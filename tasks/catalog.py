@@ -1,4 +1,4 @@
-"""Catalog tasks: scrape Spotify search pages, parse them, upsert tracks; scan a folder."""
+"""Catalog tasks: scrape Spotify (queries, albums, playlists), parse, check, upsert; scan a folder."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from sonufy_model import catalog, folder
+from sonufy_model import catalog, folder, quality
 from sonufy_model.config import ServiceSettings
+from sonufy_model.quality import QualityReport
+from sonufy_model.scrape_config import ScrapeConfig
 from sonufy_model.store import Store
 
 
@@ -19,29 +21,59 @@ from sonufy_model.store import Store
     cache_policy=NO_CACHE,
     task_run_name="scrape[{settings.spotify_api_base}]",
 )
-def scrape_search_pages(
-    settings: ServiceSettings, queries: list[str], max_items_per_query: int | None = None
-) -> list[catalog.SearchPage]:
-    """Network only: every page of search results for the queries."""
-    pages = catalog.fetch_search_pages(settings, queries, max_items_per_query)
-    get_run_logger().info("fetched %d search pages for %d queries", len(pages), len(queries))
-    return pages
+def scrape_catalog(settings: ServiceSettings, config: ScrapeConfig) -> catalog.ScrapeResult:
+    """Network only: every page of the configured queries, albums and playlists."""
+    result = catalog.fetch_catalog(settings, config)
+    logger = get_run_logger()
+    for problem in result.problems:
+        logger.warning("not scraped: %s", problem)
+    for capped in result.capped:
+        logger.warning("%s", capped)
+    logger.info(
+        "fetched %d pages for %d queries, %d albums and %d playlists in %d requests (%d pauses for 429)",
+        len(result.pages), len(config.queries), len(config.album_ids), len(config.playlist_ids),
+        result.requests, result.pauses,
+    )
+    return result
 
 
 @task(cache_policy=NO_CACHE, task_run_name="parse-tracks")
-def parse_tracks(pages: list[catalog.SearchPage]) -> pl.DataFrame:
+def parse_tracks(result: catalog.ScrapeResult) -> pl.DataFrame:
     """Parsing only: the tracks of the pages, one row per track id."""
-    tracks, rejected = catalog.parse_search_pages(pages)
+    tracks, rejected = catalog.parse_scrape(result)
     logger = get_run_logger()
     for item in rejected:
-        logger.warning("skipped a search result: %s", item)
+        logger.warning("skipped an item: %s", item)
     logger.info("parsed %d distinct tracks", tracks.height)
     return tracks
 
 
+@task(cache_policy=NO_CACHE, task_run_name="check-tracks[{tracks.height} tracks]")
+def check_tracks(tracks: pl.DataFrame) -> QualityReport:
+    """The metadata suite on the parsed tracks, before anything is written."""
+    report = quality.check_tracks(tracks)
+    logger = get_run_logger()
+    for row in report.failures.head(20).iter_rows(named=True):
+        logger.warning("quarantined %s: %s", row["track_id"], row["reason"])
+    logger.info("%d of %d tracks passed the metadata suite", tracks.height - report.failures.height, tracks.height)
+    return report
+
+
 @task(cache_policy=NO_CACHE, task_run_name="upsert[{tracks.height} tracks]")
-def upsert_tracks(store: Store, tracks: pl.DataFrame) -> int:
-    return store.upsert_tracks(tracks)
+def upsert_tracks(store: Store, tracks: pl.DataFrame, report: QualityReport, run_id: str | None = None) -> dict:
+    """Tracks that passed, one per ISRC, upserted; those that failed quarantined (stage 'scrape')."""
+    passing = tracks.filter(~pl.col("track_id").is_in(report.failures["track_id"].implode()))
+    kept, duplicates = catalog.one_per_isrc(passing)
+    failures = report.failures.select(
+        "track_id", pl.lit("scrape").alias("stage"), "reason", pl.lit(run_id, dtype=pl.String).alias("run_id")
+    )
+    written = store.record_scraped_tracks(kept, failures)
+    get_run_logger().info(
+        "%d tracks (%d new or changed), %d re-releases of a recording already kept, %d quarantined",
+        kept.height, written, duplicates.height, failures.height,
+    )
+    return {"tracks": kept.height, "tracks_written": written, "isrc_duplicates": duplicates.height,
+            "quarantined_scrape": failures.height}
 
 
 @task(cache_policy=NO_CACHE, task_run_name="scan[{root}]")

@@ -1,4 +1,4 @@
-"""Preview tasks: download a batch of previews (network), record the outcome (DuckDB)."""
+"""Preview tasks: download a batch of previews (network), check and record the outcome (DuckDB)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from sonufy_model.store import Store
 
 
 @task(cache_policy=NO_CACHE, task_run_name="pending-previews")
-def tracks_without_preview(store: Store) -> pl.DataFrame:
-    return store.tracks_without_preview()
+def tracks_without_preview(store: Store, max_attempts: int = 3) -> pl.DataFrame:
+    """Tracks with no preview that fewer than ``max_attempts`` runs have quarantined."""
+    return store.tracks_without_preview(max_attempts)
 
 
 @task(
@@ -35,20 +36,17 @@ def fetch_previews(
 
 
 @task(cache_policy=NO_CACHE, task_run_name="record-previews[batch {batch_number}]")
-def record_previews(store: Store, outcomes: pl.DataFrame, run_id: str | None, batch_number: int) -> dict:
-    """Fetched previews into the previews table, failures into quarantine with their reason."""
-    fetched = outcomes.filter(pl.col("error").is_null())
-    failed = outcomes.filter(pl.col("error").is_not_null())
-    store.record_previews(fetched.select("track_id", "provider", "path", "bytes", "duration_s"))
-    store.quarantine(
-        failed.select(
-            "track_id",
-            pl.lit("fetch").alias("stage"),
-            pl.col("error").alias("reason"),
-            pl.lit(run_id).alias("run_id"),
-        )
-    )
+def record_previews(
+    store: Store,
+    outcomes: pl.DataFrame,
+    run_id: str | None,
+    batch_number: int,
+    settings: ServiceSettings | None = None,
+) -> dict:
+    """The downloads suite on the fetched files, then: previews into the previews
+    table, failures (fetch errors and broken expectations) into quarantine."""
+    counts, failures = previews.record_outcomes(store, outcomes, run_id, settings)
     logger = get_run_logger()
-    for row in failed.head(10).iter_rows(named=True):
-        logger.warning("quarantined %s: %s", row["track_id"], row["error"])
-    return {"fetched": fetched.height, "failed": failed.height}
+    for row in failures.head(10).iter_rows(named=True):
+        logger.warning("quarantined %s: %s", row["track_id"], row["reason"])
+    return counts

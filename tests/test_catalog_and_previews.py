@@ -6,19 +6,12 @@ import polars as pl
 import pytest
 
 from sonufy_model import catalog, previews
-from sonufy_model.config import Secret, ServiceSettings
+from sonufy_model.config import ServiceSettings
 from sonufy_model.demo.standin import Faults, StandIn, StandInConfig
 
 
 def _settings(standin: StandIn, **changes) -> ServiceSettings:
-    return ServiceSettings(
-        spotify_client_id=standin.config.client_id,
-        spotify_client_secret=Secret(standin.config.client_secret),
-        spotify_api_base=standin.spotify_api_base,
-        spotify_accounts_base=standin.spotify_accounts_base,
-        deezer_api_base=standin.deezer_api_base,
-        **changes,
-    )
+    return standin.service_settings(**changes)
 
 
 def _tracks(standin: StandIn, n: int) -> pl.DataFrame:

@@ -318,7 +318,7 @@ def test_deezer_isrc_lookup_and_preview_download(server):
     assert download.status_code == 200 and download.headers["Content-Type"] == "audio/mpeg"
     assert int(download.headers["Content-Length"]) == len(download.content)
     samples, rate = soundfile.read(io.BytesIO(download.content))
-    assert rate == 22050 and 29.0 <= len(samples) / rate <= 31.0
+    assert rate == 44100 and 29.0 <= len(samples) / rate <= 31.0
 
 
 def test_deezer_unknown_isrc_is_an_http_200_error(server):

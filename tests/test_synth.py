@@ -109,11 +109,13 @@ def test_clips_are_normalised_mono_float(clips):
         assert np.sqrt(np.mean(clip**2)) > 0.02, "never silent"
 
 
-def test_mp3_decodes_to_thirty_seconds(catalog):
+def test_mp3_decodes_to_thirty_seconds_like_a_deezer_preview(catalog):
     data = synth.preview_mp3(catalog[0])
     samples, rate = soundfile.read(io.BytesIO(data))
-    assert rate == SR
-    assert samples.ndim == 1
+    assert rate == 44100
+    assert samples.ndim == 2 and samples.shape[1] == 2
+    # 128 kbps CBR: about 16 kB a second.
+    assert 0.9 * 16_000 * 30 <= len(data) <= 1.1 * 16_000 * 30.5
     assert 29.0 <= len(samples) / rate <= 31.0
     assert np.max(np.abs(samples)) > 0.5
 

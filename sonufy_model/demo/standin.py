@@ -7,7 +7,11 @@ with JSON shaped like the real services as of 2026 (Spotify's development-mode
 restrictions included), serves synthetic previews from
 :mod:`sonufy_model.demo.synth`, and can inject the failures a real crawl meets:
 429s with ``Retry-After``, 5xx, latency, Deezer's quota errors (HTTP 200 with
-an error body), truncated mp3 downloads and expired signed CDN URLs.
+an error body), connection resets, truncated or non-audio mp3 downloads and
+expired signed CDN URLs. It also serves a few playlists the app owns (and
+refuses others, as 2026's development mode does), can re-release tracks on
+compilations (a new track id, the same ISRC) and can serve malformed track
+objects, so that deduplication and the metadata checks meet real cases.
 
 Run it in the foreground with ``python -m sonufy_model.demo.standin --port 8765``,
 or in-process with ``with StandIn(StandInConfig(n_tracks=60)) as server: ...``.
@@ -36,18 +40,29 @@ from urllib.parse import urlencode
 
 from aiohttp import BasicAuth, web
 
-from sonufy_model.demo.synth import CatalogTrack, PreviewCache, build_catalog, is_new_release
+from sonufy_model.config import Secret, ServiceSettings
+from sonufy_model.demo.synth import CatalogTrack, PreviewCache, build_catalog, build_compilations, is_new_release
 
-__all__ = ["Faults", "StandIn", "StandInConfig", "main"]
+__all__ = ["DEFECTS", "DEMO_PLAYLIST_IDS", "Faults", "StandIn", "StandInConfig", "main"]
 
 _SEARCH_MAX_LIMIT = 10  # development-mode cap since February 2026
 _SEARCH_MAX_OFFSET = 1000
 _ALBUM_TRACKS_MAX_LIMIT = 50
+_PLAYLIST_ITEMS_MAX_LIMIT = 50
 _DEEZER_DEFAULT_LIMIT = 25
 _DEEZER_MAX_LIMIT = 100
 _TRUNCATED_BYTES = (2048, 8192)  # a broken download keeps only a few KB
+_RESET_AFTER_SHARE = (0.1, 0.6)  # a reset preview download sends this share of its body first
+# What a CDN error page served as audio looks like: HTML, not mp3 frames.
+_GARBAGE_BODY = (
+    b"<!DOCTYPE html><html><head><title>503 Service Unavailable</title></head><body>"
+    + b"<p>The server is temporarily unable to service your request.</p>" * 300
+    + b"</body></html>"
+)
 _EXPIRED_TOKEN_MEMORY_S = 86_400  # remember expired tokens this long, to answer "expired" rather than "invalid"
 _SHUTDOWN_TIMEOUT_S = 2.0
+_PREVIEW_ROUTES = ("/deezer-cdn/", "/spotify-cdn/")
+_RESET_MID_BODY = web.RequestKey("reset_mid_body", bool)  # set by the fault middleware, read by _mp3
 _BASE62_ID = re.compile(r"^[0-9A-Za-z]{22}$")
 _QUERY_TOKEN = re.compile(
     r'(?P<field>[A-Za-z_]+):(?:"(?P<quoted>[^"]*)"|(?P<bare>\S+))'  # field:"two words" or field:word
@@ -72,7 +87,15 @@ _REMOVED_ENDPOINTS = (
     "/v1/audio-analysis/{track_id}",
     "/v1/artists/{artist_id}/top-tracks",
     "/v1/artists/{artist_id}/related-artists",
+    "/v1/playlists/{playlist_id}/tracks",  # renamed to /items in February 2026
 )
+
+#: Spotify's own id of "Various Artists", the album artist of compilations.
+_VARIOUS_ARTISTS_ID = "0LyfQWJT6nXafLPZqxe9Of"
+#: Spotify's editorial playlists (ids starting like this) are not the app's: 403 since 2026.
+_EDITORIAL_PLAYLIST_PREFIX = "37i9dQZF1"
+#: What a malformed track object gets wrong (Faults.malformed_share).
+DEFECTS = ("isrc", "name", "duration", "artist")
 
 
 @dataclass
@@ -81,9 +104,14 @@ class Faults:
 
     ``rate_429``, ``rate_5xx`` and ``deezer_quota_rate`` hit API routes (``/v1/*``,
     ``/deezer/*``; never the token endpoint), ``truncate_share`` hits preview
-    downloads, ``latency_ms`` is added to every request. Decisions come from a
+    downloads, ``latency_ms`` is added to every request. ``reset_rate`` cuts the
+    connection of requests to ``reset_routes`` (before any answer on API
+    routes, part-way through the body on preview downloads), ``garbage_share``
+    answers preview downloads with a body that is not audio (served as
+    ``audio/mpeg`` all the same), and ``expired_url_share`` signs Deezer preview
+    URLs that have already expired. Decisions come from a
     ``random.Random(seed)``, so a run with the same requests in the same order
-    meets the same faults.
+    meets the same faults; a fault left at 0 draws no random number.
     """
 
     rate_429: float = 0.0
@@ -92,7 +120,15 @@ class Faults:
     latency_ms: int = 0
     truncate_share: float = 0.0
     deezer_quota_rate: float = 0.0
+    reset_rate: float = 0.0
+    reset_routes: tuple[str, ...] = ("/v1/", "/deezer/", "/deezer-cdn/", "/spotify-cdn/")
+    garbage_share: float = 0.0
+    expired_url_share: float = 0.0
     seed: int = 0
+    # Share of tracks whose track objects come malformed, the same way every
+    # time (a hyphenated ISRC, an empty name, a 0 ms duration or an artist
+    # without a name; see StandIn.defect_of). Draws no random number.
+    malformed_share: float = 0.0
 
 
 @dataclass
@@ -112,6 +148,10 @@ class StandInConfig:
     cache_dir: Path | None = None  # None: a temporary directory removed on stop()
     today: datetime.date | None = None
     faults: Faults = field(default_factory=Faults)
+    # Share of tracks also released on a later compilation: a new track id, the
+    # same ISRC (see synth.build_compilations). Search and the album and track
+    # endpoints serve them; Deezer knows each ISRC once, as the original.
+    compilation_share: float = 0.0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -214,15 +254,19 @@ class _Album:
     release_date: str
     tracks: tuple[CatalogTrack, ...]  # in track-number order
     deezer_id: int
+    album_type: str = "album"
 
 
 class _CatalogIndex:
     """Look-ups and search records over a synthetic catalog, built once at start-up."""
 
-    def __init__(self, catalog: list[CatalogTrack], today: datetime.date):
-        self.by_id = {track.track_id: track for track in catalog}
+    def __init__(self, catalog: list[CatalogTrack], today: datetime.date, compilations: list[CatalogTrack] = ()):
+        # Deezer knows each recording once, as the original; Spotify serves re-releases too.
         self.by_deezer_id = {track.deezer_id: track for track in catalog}
         self.by_isrc = {track.isrc: track for track in catalog}
+        self.deezer_tracks_by_rank = sorted(catalog, key=lambda track: (-track.popularity, track.index))
+        catalog = [*catalog, *compilations]
+        self.by_id = {track.track_id: track for track in catalog}
         self.artist_deezer_ids: dict[str, int] = {}
         grouped: dict[str, list[CatalogTrack]] = collections.defaultdict(list)
         for track in catalog:
@@ -231,14 +275,16 @@ class _CatalogIndex:
         self.albums: dict[str, _Album] = {}
         for number, (album_id, tracks) in enumerate(grouped.items()):
             first = tracks[0]
+            various = len({track.artist_id for track in tracks}) > 1
             self.albums[album_id] = _Album(
                 album_id=album_id,
                 name=first.album,
-                artist_id=first.artist_id,
-                artist=first.artist,
+                artist_id=_VARIOUS_ARTISTS_ID if various else first.artist_id,
+                artist="Various Artists" if various else first.artist,
                 release_date=first.release_date,
                 tracks=tuple(sorted(tracks, key=lambda track: track.track_number)),
                 deezer_id=300_000 + number,
+                album_type="compilation" if various else "album",
             )
         # Search answers in a stable order: most popular first.
         self.tracks_by_rank = sorted(catalog, key=lambda track: (-track.popularity, track.index))
@@ -274,6 +320,51 @@ class _CatalogIndex:
         }
 
 
+@dataclass(frozen=True)
+class _Playlist:
+    playlist_id: str
+    name: str
+    owner_id: str
+    # Catalog tracks, or (name, artist, duration_ms) for a local file.
+    entries: tuple[CatalogTrack | tuple[str, str, int], ...]
+    added_at: str = "2026-01-01T00:00:00Z"
+
+
+#: The demo playlists' ids: fixed, readable, and valid base62 ids.
+DEMO_PLAYLIST_IDS = {
+    "each_style": "SonufyDemoEachStyle001",
+    "deep_cuts": "SonufyDemoDeepCuts0002",
+    "reissues": "SonufyDemoReissues0003",
+}
+
+
+def _demo_playlists(
+    catalog: list[CatalogTrack], compilations: list[CatalogTrack], owner_id: str
+) -> dict[str, _Playlist]:
+    """A few playlists the app owns, over the demo catalog.
+
+    "each style": the first track of every style, and a local file (no id, as in
+    real playlists); "deep cuts": every third track (more than one page from 150
+    tracks up); "reissues": each re-released track next to its original (the
+    first five tracks when there are no compilations).
+    """
+    first_of_style: dict[str, CatalogTrack] = {}
+    for track in catalog:
+        first_of_style.setdefault(track.style, track)
+    by_isrc = {track.isrc: track for track in catalog}
+    reissues: list[CatalogTrack] = []
+    for track in compilations:
+        reissues.extend((track, by_isrc[track.isrc]))
+    playlists = [
+        _Playlist(DEMO_PLAYLIST_IDS["each_style"], "Sonufy Demo: One of Each Style", owner_id,
+                  (*first_of_style.values(), ("My Demo Tape", "Me", 181_000))),
+        _Playlist(DEMO_PLAYLIST_IDS["deep_cuts"], "Sonufy Demo: Deep Cuts", owner_id, tuple(catalog[::3])),
+        _Playlist(DEMO_PLAYLIST_IDS["reissues"], "Sonufy Demo: Reissues", owner_id,
+                  tuple(reissues) if reissues else tuple(catalog[:5])),
+    ]
+    return {playlist.playlist_id: playlist for playlist in playlists}
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -286,8 +377,10 @@ class StandIn:
     ``start()`` returns once the server listens; ``stop()`` shuts it down. The
     catalog is available before ``start()``; URLs only after. ``stats`` counts
     requests per route (``"GET /v1/search"``), injected faults (``"fault 429"``,
-    ``"fault 5xx"``, ``"fault deezer quota"``, ``"fault truncated"``) and issued
-    tokens (``"tokens issued"``); it is written on the server thread only, so
+    ``"fault 5xx"``, ``"fault deezer quota"``, ``"fault truncated"``, ``"fault reset"``,
+    ``"fault garbage"``, ``"fault expired url"``) and issued
+    tokens (``"tokens issued"``) and requests refused for an expired token
+    (``"expired token"``); it is written on the server thread only, so
     reading it afterwards from another thread is safe enough.
     """
 
@@ -296,7 +389,13 @@ class StandIn:
         self.today = self.config.today or datetime.date.today()
         self.catalog: list[CatalogTrack] = build_catalog(self.config.n_tracks, seed=self.config.seed, today=self.today)
         self.stats: collections.Counter[str] = collections.Counter()
-        self._index = _CatalogIndex(self.catalog, self.today)
+        #: Re-releases of catalog tracks (same ISRC, new track id), served in addition to ``catalog``.
+        self.compilations: list[CatalogTrack] = build_compilations(
+            self.catalog, self.config.compilation_share, seed=self.config.seed, today=self.today
+        )
+        self._index = _CatalogIndex(self.catalog, self.today, self.compilations)
+        #: The demo playlists the app "owns", by id (see _demo_playlists).
+        self.playlists: dict[str, _Playlist] = _demo_playlists(self.catalog, self.compilations, self.config.client_id)
         self._fault_rng = random.Random(self.config.faults.seed)
         self._url_key = secrets.token_bytes(32)
         self._tokens: dict[str, float] = {}  # access token -> expiry (unix time)
@@ -332,6 +431,17 @@ class StandIn:
             self._release_resources()
             raise RuntimeError(f"stand-in failed to start: {self._startup_error}") from self._startup_error
         return self
+
+    def service_settings(self, **changes) -> ServiceSettings:
+        """Settings that point Sonufy's real clients at this stand-in, with its demo credentials."""
+        return ServiceSettings(
+            spotify_client_id=self.config.client_id,
+            spotify_client_secret=Secret(self.config.client_secret),
+            spotify_api_base=self.spotify_api_base,
+            spotify_accounts_base=self.spotify_accounts_base,
+            deezer_api_base=self.deezer_api_base,
+            **changes,
+        )
 
     def stop(self) -> None:
         """Close the server, wait for the thread and remove the temporary preview cache."""
@@ -422,6 +532,7 @@ class StandIn:
         get("/v1/tracks/{track_id}", self._track)
         get("/v1/albums/{album_id}", self._album)
         get("/v1/albums/{album_id}/tracks", self._album_tracks)
+        get("/v1/playlists/{playlist_id}/items", self._playlist_items)
         for path in _REMOVED_ENDPOINTS:
             get(path, self._removed)
         router.add_route("*", "/v1/{tail:.*}", self._unknown_spotify_path)
@@ -448,6 +559,18 @@ class StandIn:
         async def inject(request: web.Request, handler: Handler) -> web.StreamResponse:
             if faults.latency_ms:
                 await asyncio.sleep(faults.latency_ms / 1000)
+            if (
+                faults.reset_rate
+                and request.path.startswith(tuple(faults.reset_routes))
+                and self._fault_rng.random() < faults.reset_rate
+            ):
+                self.stats["fault reset"] += 1
+                if request.path.startswith(_PREVIEW_ROUTES):
+                    request[_RESET_MID_BODY] = True  # _mp3 cuts the body part-way
+                else:
+                    assert request.transport is not None
+                    request.transport.abort()  # the client sees the server disconnect
+                    return web.Response(status=500)  # never written: the transport is gone
             if not request.path.startswith(("/v1/", "/deezer/")):
                 return await handler(request)
             roll = self._fault_rng.random()
@@ -480,6 +603,7 @@ class StandIn:
             if expiry is None:
                 return self._invalid_token("Invalid access token")
             if time.time() >= expiry:
+                self.stats["expired token"] += 1
                 return self._invalid_token("The access token expired")
             return await handler(request)
 
@@ -544,7 +668,7 @@ class StandIn:
 
     def _album_json(self, origin: str, album: _Album) -> dict:
         return {
-            "album_type": "album",
+            "album_type": album.album_type,
             "artists": [self._artist_json(origin, album.artist_id, album.artist)],
             "external_urls": {"spotify": f"https://open.spotify.com/album/{album.album_id}"},
             "href": f"{origin}/v1/albums/{album.album_id}",
@@ -581,7 +705,24 @@ class StandIn:
             body["album"] = self._album_json(origin, self._index.albums[track.album_id])
             body["external_ids"] = {"isrc": track.isrc}
             body["popularity"] = track.popularity
+        defect = self.defect_of(track.track_id)
+        if defect == "isrc" and not simplified:
+            isrc = track.isrc
+            body["external_ids"] = {"isrc": f"{isrc[:2]}-{isrc[2:5]}-{isrc[5:7]}-{isrc[7:]}".lower()}
+        elif defect == "name":
+            body["name"] = ""
+        elif defect == "duration":
+            body["duration_ms"] = 0
+        elif defect == "artist":
+            body["artists"][0]["name"] = ""
         return body
+
+    def defect_of(self, track_id: str) -> str | None:
+        """What the track's objects get wrong under ``Faults.malformed_share`` (one of DEFECTS), or None."""
+        share = self.config.faults.malformed_share
+        if not share or _unit_interval("malformed", track_id) >= share:
+            return None
+        return DEFECTS[int(_unit_interval("defect", track_id) * len(DEFECTS))]
 
     @staticmethod
     def _paging(
@@ -703,6 +844,67 @@ class StandIn:
             self._paging(request, items, limit=limit, offset=offset, total=len(album.tracks), params={})
         )
 
+    async def _playlist_items(self, request: web.Request) -> web.Response:
+        """A playlist's entries (2026: ``/items``, each entry's object under ``item``, ``track`` kept too).
+
+        Development-mode apps read only playlists they own or collaborate on:
+        the demo playlists here; an editorial playlist answers 403, any other 404.
+        """
+        playlist_id = request.match_info["playlist_id"]
+        if not _BASE62_ID.match(playlist_id):
+            return _spotify_error(400, "Invalid base62 id")
+        playlist = self.playlists.get(playlist_id)
+        if playlist is None:
+            if playlist_id.startswith(_EDITORIAL_PLAYLIST_PREFIX):
+                return _spotify_error(403, "Forbidden")
+            return _spotify_error(404, "Resource not found")
+        limit = _int_param(request.query, "limit", 20)
+        if limit is None or not 1 <= limit <= _PLAYLIST_ITEMS_MAX_LIMIT:
+            return _spotify_error(400, "Invalid limit")
+        offset = _int_param(request.query, "offset", 0)
+        if offset is None or offset < 0:
+            return _spotify_error(400, "Invalid offset")
+        origin = _origin(request)
+        added_by = {
+            "id": playlist.owner_id,
+            "type": "user",
+            "uri": f"spotify:user:{playlist.owner_id}",
+            "href": f"{origin}/v1/users/{playlist.owner_id}",
+        }
+        items = []
+        for entry in playlist.entries[offset:offset + limit]:
+            if isinstance(entry, CatalogTrack):
+                obj = self._track_json(origin, entry)
+            else:  # a local file: in the playlist, not in the catalog
+                name, artist, duration_ms = entry
+                obj = {
+                    "album": {"id": None, "name": "Local Files", "type": "album", "uri": None},
+                    "artists": [{"id": None, "name": artist, "type": "artist", "uri": None}],
+                    "duration_ms": duration_ms,
+                    "explicit": False,
+                    "external_ids": {},
+                    "id": None,
+                    "is_local": True,
+                    "name": name,
+                    "popularity": 0,
+                    "preview_url": None,
+                    "type": "track",
+                    "uri": f"spotify:local:{artist}:Local+Files:{name}:{duration_ms // 1000}".replace(" ", "+"),
+                }
+            items.append({
+                "added_at": playlist.added_at,
+                "added_by": added_by,
+                "is_local": obj["is_local"],
+                "item": obj,
+                "track": obj,  # deprecated since February 2026, still sent
+            })
+        params = {}
+        if "additional_types" in request.query:
+            params["additional_types"] = request.query["additional_types"]
+        return web.json_response(
+            self._paging(request, items, limit=limit, offset=offset, total=len(playlist.entries), params=params)
+        )
+
     async def _removed(self, request: web.Request) -> web.Response:
         return _spotify_error(403, "Forbidden: this endpoint is not available to apps in development mode")
 
@@ -711,27 +913,45 @@ class StandIn:
 
     # ------------------------------------------------------------------ previews
 
-    async def _mp3(self, track: CatalogTrack) -> web.Response:
+    async def _mp3(self, request: web.Request, track: CatalogTrack) -> web.StreamResponse:
         """The track's preview, rendered off the event loop, once even under concurrent requests."""
         assert self._cache is not None and self._executor is not None
+        faults = self.config.faults
         lock = self._render_locks.setdefault(track.track_id, asyncio.Lock())
         async with lock:
             data = await asyncio.get_running_loop().run_in_executor(self._executor, self._cache.get, track)
-        if self._fault_rng.random() < self.config.faults.truncate_share:
+        if self._fault_rng.random() < faults.truncate_share:
             self.stats["fault truncated"] += 1
             data = data[: self._fault_rng.randint(*_TRUNCATED_BYTES)]
+        elif faults.garbage_share and self._fault_rng.random() < faults.garbage_share:
+            self.stats["fault garbage"] += 1
+            data = _GARBAGE_BODY
+        if request.get(_RESET_MID_BODY):
+            # Announce the whole body, send part of it, then drop the connection.
+            response = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
+            response.content_length = len(data)
+            await response.prepare(request)
+            await response.write(data[: int(len(data) * self._fault_rng.uniform(*_RESET_AFTER_SHARE))])
+            assert request.transport is not None
+            request.transport.abort()
+            return response
         return web.Response(body=data, content_type="audio/mpeg")
 
     async def _spotify_preview(self, request: web.Request) -> web.Response:
         track = self._index.by_id.get(request.match_info["track_id"])
         if track is None or not self._has_preview_url(track):
             return web.Response(status=404, text="Not found")
-        return await self._mp3(track)
+        return await self._mp3(request, track)
 
     def _signed_preview_url(self, origin: str, track: CatalogTrack) -> str:
         """A CDN URL signed like Akamai's ``hdnea`` tokens: expiry, path ACL and an HMAC over both."""
         path = f"/deezer-cdn/preview/{track.deezer_id}.mp3"
-        token = f"exp={int(time.time()) + self.config.signed_url_ttl_s}~acl={path}"
+        expires = int(time.time()) + self.config.signed_url_ttl_s
+        faults = self.config.faults
+        if faults.expired_url_share and self._fault_rng.random() < faults.expired_url_share:
+            self.stats["fault expired url"] += 1
+            expires = int(time.time()) - 60  # signed by a node whose clock is ahead, or held too long
+        token = f"exp={expires}~acl={path}"
         signature = hmac.new(self._url_key, token.encode(), hashlib.sha256).hexdigest()
         return f"{origin}{path}?hdnea={token}~hmac={signature}"
 
@@ -756,7 +976,7 @@ class StandIn:
         track = self._deezer_track_or_none(int(request.match_info["deezer_id"]))
         if track is None:
             return web.Response(status=404, text="Not found")
-        return await self._mp3(track)
+        return await self._mp3(request, track)
 
     # ------------------------------------------------------------------ Deezer API
 
@@ -824,7 +1044,7 @@ class StandIn:
         query = _Query.parse(text)
         matches = [
             track
-            for track in self._index.tracks_by_rank
+            for track in self._index.deezer_tracks_by_rank
             if self._in_deezer(track) and self._index.track_records[track.track_id].matches(query)
         ]
         origin = _origin(request)
@@ -867,6 +1087,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=int, default=0, help="delay added to every request")
     parser.add_argument("--truncate-share", type=float, default=0.0, help="share of preview downloads cut short")
     parser.add_argument("--deezer-quota-rate", type=float, default=0.0, help="share of Deezer calls over quota")
+    parser.add_argument("--reset-rate", type=float, default=0.0, help="share of requests whose connection is cut")
+    parser.add_argument("--garbage-share", type=float, default=0.0, help="share of preview downloads that are not audio")
+    parser.add_argument("--expired-url-share", type=float, default=0.0,
+                        help="share of Deezer preview URLs issued already expired")
+    parser.add_argument("--compilation-share", type=float, default=0.0,
+                        help="share of tracks also on a later compilation (new track id, same ISRC)")
+    parser.add_argument("--malformed-share", type=float, default=0.0,
+                        help="share of tracks whose track objects are malformed")
     parser.add_argument("--fault-seed", type=int, default=0)
     args = parser.parse_args(argv)
     config = StandInConfig(
@@ -879,6 +1107,7 @@ def main(argv: list[str] | None = None) -> None:
         deezer_missing_share=args.deezer_missing_share,
         signed_url_ttl_s=args.signed_url_ttl,
         cache_dir=args.cache_dir,
+        compilation_share=args.compilation_share,
         faults=Faults(
             rate_429=args.rate_429,
             retry_after_s=args.retry_after,
@@ -886,6 +1115,10 @@ def main(argv: list[str] | None = None) -> None:
             latency_ms=args.latency_ms,
             truncate_share=args.truncate_share,
             deezer_quota_rate=args.deezer_quota_rate,
+            reset_rate=args.reset_rate,
+            garbage_share=args.garbage_share,
+            expired_url_share=args.expired_url_share,
+            malformed_share=args.malformed_share,
             seed=args.fault_seed,
         ),
     )
@@ -897,6 +1130,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  Spotify API      {server.spotify_api_base}/v1/")
         print(f"  Spotify token    {server.spotify_accounts_base}/api/token")
         print(f"  Deezer API       {server.deezer_api_base}")
+        print(f"  playlists        {', '.join(server.playlists)}")
         print(f"  client id        {config.client_id}")
         print(f"  client secret    {config.client_secret}", flush=True)
         stop_requested.wait()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lameenc
+import soxr
 import numpy as np
 from scipy import signal
 
@@ -42,6 +43,7 @@ __all__ = [
     "CatalogTrack",
     "PreviewCache",
     "build_catalog",
+    "build_compilations",
     "encode_mp3",
     "is_new_release",
     "preview_mp3",
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 #: Bump whenever the rendered audio changes, so stale cached previews are not reused.
-SYNTH_VERSION = "1"
+SYNTH_VERSION = "2"  # 2: previews are 44.1 kHz stereo 128 kbps, as Deezer serves them
 SAMPLE_RATE = 22050
 PREVIEW_SECONDS = 30.0
 #: Spotify's ``tag:new`` covers albums released in the last two weeks.
@@ -465,6 +467,60 @@ def build_catalog(
             )
         )
     return catalog
+
+
+#: Compilations come out this many days before ``today``: just outside ``tag:new``.
+COMPILATION_AGE_DAYS = NEW_RELEASE_DAYS + 1
+
+
+def build_compilations(
+    catalog: list[CatalogTrack], share: float, seed: int = 0, today: datetime.date | None = None
+) -> list[CatalogTrack]:
+    """Re-releases of about ``share`` of ``catalog``'s tracks, on one compilation album per style.
+
+    A re-release is the same recording on a later album (a best-of, an
+    anniversary edition): a new track id, album, release date and track number,
+    but the same ISRC, title, artist, duration and audio (the same ``seed``).
+    Only tracks released before the compilation are picked, so the original is
+    always the earlier release. ``build_catalog`` is left as it was: these come
+    in addition, deterministic for ``(catalog, share, seed, today)``.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    today = today or datetime.date.today()
+    released = today - datetime.timedelta(days=COMPILATION_AGE_DAYS)
+    picked: dict[str, list[CatalogTrack]] = {}
+    for track in catalog:
+        chance = _stable_int("compilation", seed, track.isrc) % 1_000_000 / 1_000_000
+        if chance < share and datetime.date.fromisoformat(track.release_date) < released:
+            picked.setdefault(track.style, []).append(track)
+    compilations = []
+    index = len(catalog)
+    for style in STYLES:
+        album_id = _base62_id("compilation", seed, style)
+        for track_number, original in enumerate(picked.get(style, []), start=1):
+            compilations.append(
+                CatalogTrack(
+                    index=index,
+                    track_id=_base62_id("reissue", seed, original.track_id),
+                    isrc=original.isrc,
+                    title=original.title,
+                    artist=original.artist,
+                    artist_id=original.artist_id,
+                    album=f"{style.title()} Essentials",
+                    album_id=album_id,
+                    release_date=released.isoformat(),
+                    track_number=track_number,
+                    duration_ms=original.duration_ms,
+                    explicit=original.explicit,
+                    popularity=max(0, original.popularity - 10),
+                    style=style,
+                    deezer_id=original.deezer_id,
+                    seed=original.seed,
+                )
+            )
+            index += 1
+    return compilations
 
 
 # --------------------------------------------------------------------------- sound design
@@ -897,15 +953,27 @@ def render_clip(track: CatalogTrack, seconds: float = PREVIEW_SECONDS, sr: int =
 # --------------------------------------------------------------------------- mp3
 
 
-def encode_mp3(samples: np.ndarray, sr: int = SAMPLE_RATE, bitrate_kbps: int = 64) -> bytes:
-    """Mono CBR mp3 of float samples in [-1, 1], the format of real 30-second previews."""
+# Deezer's 30-second previews are 128 kbps CBR mp3 at 44.1 kHz, in stereo;
+# the stand-in serves the same, so decoding and resampling cost what they do
+# on real previews.
+PREVIEW_RATE = 44100
+PREVIEW_KBPS = 128
+
+
+def encode_mp3(
+    samples: np.ndarray, sr: int = SAMPLE_RATE, bitrate_kbps: int = PREVIEW_KBPS, out_rate: int = PREVIEW_RATE
+) -> bytes:
+    """Stereo CBR mp3 at ``out_rate`` of mono float samples in [-1, 1] at ``sr``."""
     if samples.ndim != 1:
         raise ValueError("encode_mp3 expects mono samples (a 1-D array)")
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    if out_rate != sr:
+        samples = soxr.resample(samples, sr, out_rate)
+    mono = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    pcm = np.repeat(mono, 2)  # interleaved L/R: the same signal in both channels
     encoder = lameenc.Encoder()
     encoder.set_bit_rate(bitrate_kbps)
-    encoder.set_in_sample_rate(sr)
-    encoder.set_channels(1)
+    encoder.set_in_sample_rate(out_rate)
+    encoder.set_channels(2)
     encoder.set_quality(7)
     return bytes(encoder.encode(pcm.tobytes()) + encoder.flush())
 
