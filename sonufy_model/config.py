@@ -47,8 +47,12 @@ class ServiceSettings:
     spotify_api_base: str = SPOTIFY_API_BASE
     spotify_accounts_base: str = SPOTIFY_ACCOUNTS_BASE
     deezer_api_base: str = DEEZER_API_BASE
-    # Preview sources in the order they are tried.
+    # Preview sources in the order they are tried: "spotify" (the track's
+    # preview_url), "deezer" (by ISRC, else artist + title), "folder" (a file
+    # of the user's own under preview_folder, matched by ISRC tag, else by
+    # artist + title).
     preview_sources: tuple[str, ...] = ("spotify", "deezer")
+    preview_folder: str | None = None
     # Requests in flight at once, per service.
     spotify_concurrency: int = 4
     download_concurrency: int = 8
@@ -80,6 +84,8 @@ class ServiceSettings:
     allowed_hosts: tuple[str, ...] = PRODUCTION_ALLOWED_HOSTS
 
     def __post_init__(self) -> None:
+        if "folder" in self.preview_sources and not self.preview_folder:
+            raise ValueError("the 'folder' preview source needs preview_folder (--preview-folder PATH)")
         for name in ("spotify_rate_per_s", "deezer_rate_per_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")

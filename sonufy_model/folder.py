@@ -66,6 +66,12 @@ def track_id_for(path: Path) -> str:
     return "file:" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:20]
 
 
+def describe_file(path: Path, root: Path) -> dict[str, str | None]:
+    """artist, title, album (tags, else the path) and isrc (tags only) of a file."""
+    tags, _ = _from_tags(path)
+    return {"isrc": None, **_from_path(path, root), **tags}
+
+
 def _from_path(path: Path, root: Path) -> dict[str, str | None]:
     parts = path.relative_to(root).parts
     title = _TRACK_NUMBER.sub("", path.stem).strip() or path.stem
@@ -90,7 +96,7 @@ def _from_tags(path: Path) -> tuple[dict[str, str], float | None]:
     if audio is None:
         return {}, None
     tags: dict[str, str] = {}
-    for key in ("artist", "album", "title"):
+    for key in ("artist", "album", "title", "isrc"):
         values = (audio.tags or {}).get(key) if audio.tags is not None else None
         if values and str(values[0]).strip():
             tags[key] = str(values[0]).strip()
@@ -136,7 +142,7 @@ def scan_folder(root: str | Path, known: dict[str, tuple[int, int]] | None = Non
         except (sf.LibsndfileError, RuntimeError, ValueError) as error:
             rejected.append(f"{path}: does not decode as audio ({error})")
             continue
-        described = {**_from_path(path, root), **tags}
+        described = {**_from_path(path, root), **tags}  # an ISRC tag is kept for matching only
         track_id = track_id_for(path)
         if before is not None:
             changed.append(track_id)

@@ -36,6 +36,7 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -271,8 +272,8 @@ class PreviewSource(Protocol):
 
     name: str
 
-    async def resolve(self, session: aiohttp.ClientSession, track: dict) -> str | None:
-        """A URL to download now, or None when this source has no preview."""
+    async def resolve(self, session: aiohttp.ClientSession, track: dict) -> str | Path | None:
+        """A URL to download now, a local file to use as it is, or None when this source has none."""
 
 
 class SpotifyPreviewSource:
@@ -371,6 +372,56 @@ class DeezerPreviewSource:
         return payload
 
 
+class FolderPreviewSource:
+    """The user's own files: a file whose ISRC tag, else artist and title, match the track.
+
+    The file is analysed where it lies (never copied, never deleted); a whole
+    song is analysed on an excerpt, like a folder source's tracks.
+    """
+
+    name = "folder"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise ValueError(f"preview folder {self.root} is not a directory")
+        self._by_isrc, self._by_name = _folder_index(str(self.root))
+
+    async def resolve(self, session: aiohttp.ClientSession, track: dict) -> Path | None:
+        isrc = (track.get("isrc") or "").strip().upper()
+        if isrc and isrc in self._by_isrc:
+            return self._by_isrc[isrc]
+        return self._by_name.get((normalise_name(track.get("artist")), normalise_name(track.get("title"))))
+
+
+@lru_cache(maxsize=4)
+def _folder_index(root: str) -> tuple[dict[str, Path], dict[tuple[str, str], Path]]:
+    """ISRC -> file and (artist, title) -> file for every audio file under root (first wins)."""
+    from sonufy_model.folder import audio_suffixes, describe_file
+
+    by_isrc: dict[str, Path] = {}
+    by_name: dict[tuple[str, str], Path] = {}
+    suffixes = audio_suffixes()
+    base = Path(root)
+    for path in sorted(p for p in base.rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
+        described = describe_file(path, base)
+        if described.get("isrc"):
+            by_isrc.setdefault(str(described["isrc"]).replace("-", "").upper(), path)
+        by_name.setdefault((normalise_name(described["artist"]), normalise_name(described["title"])), path)
+    return by_isrc, by_name
+
+
+def _local_file(path: Path) -> tuple[int, float]:
+    """Size and duration of a local file, or PermanentError if it is not audio."""
+    try:
+        duration = float(sf.info(str(path)).duration)
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise PermanentError(f"{path}: does not decode as audio ({error})") from error
+    if duration < MIN_PREVIEW_SECONDS:
+        raise PermanentError(f"{path}: only {duration:.1f} s of audio")
+    return path.stat().st_size, duration
+
+
 def preview_sources(
     settings: ServiceSettings,
     policy: UrlPolicy | None = None,
@@ -387,6 +438,7 @@ def preview_sources(
             settings.max_retry_after_s,
             settings.deezer_quota_wait_s,
         ),
+        "folder": lambda: FolderPreviewSource(settings.preview_folder),
     }
     unknown = [name for name in settings.preview_sources if name not in known]
     if unknown:
@@ -565,6 +617,9 @@ async def _fetch_one(fetch: _Fetch, sources: Sequence[PreviewSource], track: dic
                         url = await source.resolve(fetch.session, track)
                         if url is None:
                             break
+                        if isinstance(url, Path):  # the user's own file, used where it lies
+                            size, duration = await asyncio.to_thread(_local_file, url)
+                            return _outcome(track, source.name, url, size, duration, None)
                         size, duration = await download(
                             fetch.session,
                             url,
@@ -666,10 +721,13 @@ def record_outcomes(
     max_bytes = settings.max_preview_bytes if settings else MAX_PREVIEW_BYTES
     fetched = outcomes.filter(pl.col("error").is_null())
     failures = outcomes.filter(pl.col("error").is_not_null()).select("track_id", pl.col("error").alias("reason"))
-    if not fetched.is_empty():
-        report = quality.check_downloads(download_stats(fetched), max_bytes=max_bytes)
+    # The suite is for downloads: a user's own file (provider "folder") is a
+    # whole song, checked when it was matched, and never deleted.
+    downloaded = fetched.filter(pl.col("provider") != "folder")
+    if not downloaded.is_empty():
+        report = quality.check_downloads(download_stats(downloaded), max_bytes=max_bytes)
         if not report.success:
-            rejected = fetched.filter(pl.col("track_id").is_in(report.failures["track_id"].implode()))
+            rejected = downloaded.filter(pl.col("track_id").is_in(report.failures["track_id"].implode()))
             for path in rejected["path"]:
                 if path:
                     Path(path).unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -78,3 +79,55 @@ def test_failures_are_outcomes_with_reasons(tmp_path):
     assert "deezer: TransientError" in truncated and "truncated" in truncated
     assert "hmac" not in truncated  # signed URLs never reach logs or the database
     assert not list((tmp_path / "previews").glob("*.mp3"))
+
+
+def test_a_folder_of_own_files_is_a_preview_source_tried_in_order(tmp_path):
+    import mutagen
+    import soundfile as sf
+
+    from sonufy_model.demo.synth import render_clip
+    from sonufy_model.store import Store
+
+    # Deezer knows none of these tracks and has no search match: only own files can help.
+    config = StandInConfig(n_tracks=20, deezer_missing_share=1.0, cache_dir=tmp_path / "cache")
+    with StandIn(config) as server:
+        by_isrc, by_name, missing = server.catalog[:3]
+        music = tmp_path / "Music"
+        (music / "misc").mkdir(parents=True)
+        tagged = music / "misc" / "untitled.mp3"  # matched by its ISRC tag alone
+        sf.write(tagged, np.tile(render_clip(by_isrc), 2), 22050, format="MP3")  # a 60 s "song"
+        audio = mutagen.File(str(tagged), easy=True)
+        audio.add_tags()
+        audio["isrc"] = by_isrc.isrc
+        audio.save()
+        named = music / by_name.artist / "Some Album" / f"03 {by_name.title}.flac"  # matched by path
+        named.parent.mkdir(parents=True)
+        sf.write(named, render_clip(by_name), 22050)
+
+        tracks = pl.DataFrame(
+            {
+                "track_id": [t.track_id for t in (by_isrc, by_name, missing)],
+                "isrc": [by_isrc.isrc, None, missing.isrc],
+                "artist": [t.artist for t in (by_isrc, by_name, missing)],
+                "title": [t.title for t in (by_isrc, by_name, missing)],
+                "preview_url": [None, None, None],
+            }
+        )
+        settings = _settings(server, preview_sources=("folder", "deezer"), preview_folder=str(music))
+        outcomes = previews.fetch_previews(tracks, settings, tmp_path / "previews")
+        store = Store(tmp_path / "s.duckdb")
+        counts, _ = previews.record_outcomes(store, outcomes, None, settings)
+
+    rows = {row["track_id"]: row for row in outcomes.iter_rows(named=True)}
+    assert (rows[by_isrc.track_id]["provider"], rows[by_isrc.track_id]["path"]) == ("folder", str(tagged))
+    assert (rows[by_name.track_id]["provider"], rows[by_name.track_id]["path"]) == ("folder", str(named))
+    assert rows[missing.track_id]["error"] == "folder: no preview; deezer: no preview"
+    # Own files are used where they lie: not copied, not deleted, a whole song allowed.
+    assert counts == {"fetched": 2, "failed": 1}
+    assert tagged.is_file() and named.is_file()
+    assert not list((tmp_path / "previews").glob("*.mp3"))
+
+
+def test_the_folder_source_needs_its_folder():
+    with pytest.raises(ValueError, match="preview_folder"):
+        ServiceSettings(preview_sources=("folder",))

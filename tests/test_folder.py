@@ -115,3 +115,7 @@ def test_cli_names_a_bad_source_and_exits_non_zero(tmp_path, capsys):
         cli(["build", "--tracks", "zero"])
     assert exit_info.value.code == 2
     assert "'zero' is not a whole number" in capsys.readouterr().err
+    assert cli(["build", "--preview-sources", "spotify,itunes", "--db", str(tmp_path / "s.duckdb")]) == 2
+    assert "'spotify,itunes'" in capsys.readouterr().err
+    assert cli(["build", "--preview-folder", str(tmp_path / "gone"), "--db", str(tmp_path / "s.duckdb")]) == 2
+    assert "--preview-folder" in capsys.readouterr().err
