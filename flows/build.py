@@ -6,22 +6,28 @@ Every stage skips work already done, so a failed run can simply be rerun.
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import replace
+
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.sources import open_source
 from sonufy_model.audio import MelParams
-from sonufy_model.config import Paths
+from sonufy_model.config import Paths, ServiceSettings
 from sonufy_model.store import Store, batches
-from tasks.catalog import parse_tracks, scan_folder, scrape_search_pages, upsert_tracks
+from sonufy_model.scrape_config import ScrapeConfig
+from tasks.catalog import check_tracks, parse_tracks, scan_folder, scrape_catalog, upsert_tracks
 from tasks.encoding import encode_batch, spectrograms_without_embedding
 from tasks.previews import fetch_previews, record_previews, tracks_without_preview
 from tasks.recommend import recommend
 from tasks.spectrograms import (
     check_spectrograms,
+    drop_previews,
     compute_spectrograms,
     previews_without_spectrogram,
-    store_spectrograms,
+    record_spectrograms,
+    write_spectrogram_shard,
 )
 from tasks.training import train_model
 
@@ -41,6 +47,8 @@ def build(
     data_dir: str | None = None,
     queries: list[str] | None = None,
     max_items_per_query: int | None = None,
+    album_ids: list[str] | None = None,
+    playlist_ids: list[str] | None = None,
     demo_tracks: int = 300,
     batch_size: int = 128,
     workers: int = 2,
@@ -49,13 +57,25 @@ def build(
     retrain: bool = False,
     excerpts: int = 1,
     placement: str = "middle",
+    batches_in_flight: int = 2,
+    keep_previews: bool = True,
+    preview_sources: list[str] | None = None,
+    preview_folder: str | None = None,
 ) -> dict:
     """Build Sonufy's latent space from a source and print recommendations.
 
     source: "standin" (the embedded demo catalog), "spotify" (the real APIs,
     credentials from the environment) or "folder:PATH" (your own files).
+    What to scrape: ``queries``, ``album_ids`` and ``playlist_ids`` (see
+    ``sonufy build --scrape-config``); none of them means the source's own
+    default queries.
+    Previews come from ``preview_sources`` in order ("spotify", "deezer",
+    "folder"); with a ``preview_folder`` of the user's own files and no
+    explicit order, that folder is tried first.
     Files longer than a clip are analysed on ``excerpts`` 30 s clips
     (``placement``: "middle" or "spread"), their vectors averaged.
+    ``keep_previews=False`` deletes each downloaded mp3 once its spectrogram
+    is stored (a new spectrogram set then needs the previews fetched again).
     A current model trained on the same spectrogram set is reused unless
     ``retrain`` is set, so that rerunning a failed build resumes quickly.
     """
@@ -64,7 +84,17 @@ def build(
     store = Store(paths.db)
     run_id = str(flow_run.id) if flow_run.id else "local"
     params = MelParams(excerpts=excerpts, placement=placement)
-    store.start_run(run_id, "build", {"source": source, "queries": queries})
+    scrape = ScrapeConfig(
+        queries=tuple(queries or ()),
+        album_ids=tuple(album_ids or ()),
+        playlist_ids=tuple(playlist_ids or ()),
+        max_items_per_query=max_items_per_query,
+        source="build parameters",
+    )  # a bad id fails here, before any request
+    store.start_run(
+        run_id, "build",
+        {"source": source, "queries": queries, "album_ids": album_ids, "playlist_ids": playlist_ids},
+    )
     counts: dict = {}
     try:
         with open_source(source, demo_tracks, cache_dir=paths.data_dir / "standin-cache") as origin:
@@ -72,24 +102,37 @@ def build(
             if origin.folder is not None:
                 _add(counts, scan_folder(store, str(origin.folder), run_id))
             else:
-                pages = scrape_search_pages(origin.settings, queries or origin.queries, max_items_per_query)
-                counts["tracks"] = upsert_tracks(store, parse_tracks(pages))
+                if scrape.empty:
+                    scrape = scrape.merged(origin.queries)
+                # parse → check (the metadata suite) → one track per ISRC, upserted; failures quarantined
+                tracks = parse_tracks(scrape_catalog(origin.settings, scrape))
+                _add(counts, upsert_tracks(store, tracks, check_tracks(tracks), run_id))
                 # 2. fetch: previews, concurrently within a batch; one batch at a
                 # time, so that the settings' concurrency, per-host and rate
                 # limits hold for the whole run, and each batch is recorded
                 # (a rerun resumes after the last recorded batch).
-                pending = tracks_without_preview(store, origin.settings.fetch_max_attempts)
+                settings = with_preview_sources(origin.settings, preview_sources, preview_folder)
+                pending = tracks_without_preview(store, settings.fetch_max_attempts)
                 for number, batch in enumerate(batches(pending, batch_size), start=1):
-                    fetched = fetch_previews(batch, origin.settings, paths.previews, number)
-                    _add(counts, record_previews(store, fetched, run_id, number, origin.settings))
+                    fetched = fetch_previews(batch, settings, paths.previews, number)
+                    _add(counts, record_previews(store, fetched, run_id, number, settings))
             demo_query = origin.demo_query
 
-        # 3-4. spectrograms, checked by the spectrogram suite before they are kept
+        # 3-4. spectrograms, checked by the spectrogram suite, written as shards
+        # on the task runner's workers (Dask, or this machine), then indexed in
+        # DuckDB here, a batch at a time, so that a rerun resumes after the
+        # last indexed batch.
         files = previews_without_spectrogram(store, params)
-        for number, batch in enumerate(batches(files, batch_size), start=1):
-            converted = compute_spectrograms(batch, params, workers, number)
-            report = check_spectrograms(converted, params, max_failed_share, number)
-            _add(counts, store_spectrograms(store, converted, report, params, paths.spectrograms, run_id, number))
+
+        def convert(number: int, batch):
+            converted = compute_spectrograms.submit(batch, params, workers, number)
+            report = check_spectrograms.submit(converted, params, max_failed_share, number)
+            return write_spectrogram_shard.submit(converted, report, params, paths.spectrograms, number)
+
+        for shard in pipelined(batches(files, batch_size), convert, window=batches_in_flight):
+            _add(counts, record_spectrograms(store, shard, run_id))
+            if not keep_previews:
+                _add(counts, drop_previews(store, shard))
 
         # 5. train a model version on every checked spectrogram
         model = store.current_model()
@@ -112,6 +155,32 @@ def build(
     store.finish_run(run_id, "completed", counts)
     logger.info("build finished: %s", counts)
     return {"db": str(paths.db), "counts": counts, "recommendations": recommendations.to_dicts()}
+
+
+def with_preview_sources(
+    settings: ServiceSettings, sources: list[str] | None, folder: str | None
+) -> ServiceSettings:
+    """The settings with the run's preview sources: your own files first, if any."""
+    if folder and not sources:
+        sources = ["folder", *settings.preview_sources]
+    if not sources and not folder:
+        return settings
+    return replace(settings, preview_sources=tuple(sources or settings.preview_sources), preview_folder=folder)
+
+
+def pipelined(batches, submit, window: int):
+    """Submit each batch's work, yielding results in order, ``window`` batches in flight.
+
+    The window keeps a cluster busy while bounding memory: a result is
+    consumed (and dropped) before more than ``window`` batches are pending.
+    """
+    in_flight: deque = deque()
+    for number, batch in enumerate(batches, start=1):
+        in_flight.append(submit(number, batch))
+        if len(in_flight) >= window:
+            yield in_flight.popleft().result()
+    while in_flight:
+        yield in_flight.popleft().result()
 
 
 def _add(totals: dict, more: dict) -> None:

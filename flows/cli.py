@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--data-dir", help="where previews, spectrograms and models go (default: DB.data/)")
     build.add_argument("--query", action="append", dest="queries", metavar="Q",
                        help="a Spotify search query to scrape (repeatable; default: per source)")
+    build.add_argument("--scrape-config", metavar="PATH",
+                       help="a YAML file saying what to scrape: queries, album_ids, playlist_ids, "
+                       "max_items_per_query (see deployments/scrape.yaml); --query adds to its queries")
     build.add_argument("--tracks", type=_positive_int, default=300,
                        help="size of the demo catalog for --source standin (default: 300)")
     build.add_argument("--workers", type=_positive_int, default=min(2, os.cpu_count() or 1),
@@ -77,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
                        help="30 s clips analysed per file longer than that, vectors averaged (default: 1)")
     build.add_argument("--placement", choices=("middle", "spread"), default="middle",
                        help="where those clips lie: side by side around the middle, or spread over the file")
+    build.add_argument("--preview-folder", metavar="PATH",
+                       help="your own audio files, matched to catalog tracks by ISRC tag or artist + title "
+                       "and used instead of downloading (tried first)")
+    build.add_argument("--preview-sources", metavar="LIST",
+                       help="preview sources in the order to try, comma-separated: spotify, deezer, folder "
+                       "(default: spotify,deezer; folder first when --preview-folder is given)")
+    build.add_argument("--drop-previews", action="store_true",
+                       help="delete each downloaded mp3 once its spectrogram is stored (never your own files)")
+    build.add_argument("--runner", choices=("threads", "dask"), default="threads",
+                       help="where batches of spectrograms (and downloads) run: this machine's "
+                       "worker processes, or a Dask cluster (default: threads)")
+    build.add_argument("--dask-address", metavar="tcp://HOST:8786",
+                       help="a running Dask scheduler; without it --runner dask starts a local cluster")
     build.add_argument("--retrain", action="store_true",
                        help="train a new model even if a current one exists")
     build.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -130,22 +146,69 @@ def _print_recommendations(rows: list[dict], seed: str, as_json: bool) -> None:
 
 def _build(args: argparse.Namespace, source: str) -> dict:
     from flows.build import build
+    from flows.runners import task_runner
     from flows.sources import parse_source
 
-    parse_source(source)  # a bad --source fails here, before any flow starts
+    kind, _ = parse_source(source)  # a bad --source fails here, before any flow starts
+    scrape = _scrape_parameters(args, kind)  # and so does a bad --scrape-config
+    if getattr(args, "runner", "threads") == "dask":
+        build = build.with_options(
+            task_runner=task_runner("dask", args.dask_address, dask_workers=args.workers)
+        )
 
     return build(
         source=source,
         db=args.db,
         data_dir=getattr(args, "data_dir", None),
-        queries=getattr(args, "queries", None),
+        **scrape,
         demo_tracks=args.tracks,
         workers=getattr(args, "workers", min(2, os.cpu_count() or 1)),
         training={"max_time_s": args.train_minutes * 60, "max_epochs": getattr(args, "epochs", 20)},
         retrain=getattr(args, "retrain", False),
         excerpts=getattr(args, "excerpts", 1),
         placement=getattr(args, "placement", "middle"),
+        keep_previews=not getattr(args, "drop_previews", False),
+        preview_sources=_preview_sources(getattr(args, "preview_sources", None)),
+        preview_folder=_existing_dir(getattr(args, "preview_folder", None), "--preview-folder"),
     )
+
+
+def _preview_sources(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    sources = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in sources if name not in ("spotify", "deezer", "folder")]
+    if unknown or not sources:
+        raise CommandError(f"--preview-sources {text!r}: expected names among spotify, deezer, folder")
+    return sources
+
+
+def _existing_dir(path: str | None, option: str) -> str | None:
+    if path is None:
+        return None
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise CommandError(f"{option} {path}: not a directory")
+    return str(folder.resolve())
+
+
+def _scrape_parameters(args: argparse.Namespace, kind: str) -> dict:
+    """The build flow's scrape parameters from --scrape-config and --query."""
+    queries = getattr(args, "queries", None)
+    path = getattr(args, "scrape_config", None)
+    if path is None:
+        return {"queries": queries}
+    if kind == "folder":
+        raise CommandError("--scrape-config applies to --source spotify or standin, not to a folder")
+    from sonufy_model.scrape_config import ScrapeConfig
+
+    config = ScrapeConfig.from_yaml(path).merged(queries or ())
+    return {
+        "queries": list(config.queries) or None,
+        "album_ids": list(config.album_ids) or None,
+        "playlist_ids": list(config.playlist_ids) or None,
+        "max_items_per_query": config.max_items_per_query,
+    }
 
 
 def _recommend(args: argparse.Namespace) -> None:

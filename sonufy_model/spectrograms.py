@@ -8,15 +8,19 @@ fit in memory at once.
 
 from __future__ import annotations
 
+import atexit
 import os
+import threading
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import current_process, get_context
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from threadpoolctl import threadpool_limits
 
 from sonufy_model.audio import AudioDecodeError, MelParams, analyse, to_uint8
 
@@ -71,9 +75,38 @@ class SpectrogramBatch:
 def _limit_worker_threads() -> None:
     # Parallelism comes from the processes; BLAS threads on top would fight
     # over the same cores.
-    from threadpoolctl import threadpool_limits
-
     threadpool_limits(1)
+
+
+_pools: dict[int, ProcessPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes, started once and reused by every batch.
+
+    Starting a worker costs seconds (imports, numba's cache), as much as
+    converting a hundred clips, so pools outlive batches. spawn, not fork:
+    the caller may be a multi-threaded orchestrator, and forking a process
+    with threads running can deadlock the child.
+    """
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = ProcessPoolExecutor(
+                max_workers=workers, mp_context=get_context("spawn"), initializer=_limit_worker_threads
+            )
+            _pools[workers] = pool
+        return pool
+
+
+@atexit.register
+def shutdown_pools() -> None:
+    """Stop the worker processes (also run at interpreter exit)."""
+    with _pools_lock:
+        for pool in _pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+        _pools.clear()
 
 
 def _convert_one(task: tuple[str, str, MelParams]) -> tuple[str, list[tuple[np.ndarray, dict]], str | None]:
@@ -94,16 +127,23 @@ def convert(files: pl.DataFrame, params: MelParams, workers: int = 1) -> Spectro
     file must not cost the batch.
     """
     tasks = [(row["track_id"], row["path"], params) for row in files.iter_rows(named=True)]
+    if current_process().daemon:
+        # A Dask worker (or any daemon process) may not start children: the
+        # cluster's own workers are the parallelism there.
+        workers = 1
     if workers <= 1 or len(tasks) <= 1:
-        _limit_worker_threads()
-        results = [_convert_one(task) for task in tasks]
+        with threadpool_limits(1):
+            results = [_convert_one(task) for task in tasks]
     else:
-        # spawn, not fork: the caller may be a multi-threaded orchestrator, and
-        # forking a process with threads running can deadlock the child.
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=get_context("spawn"), initializer=_limit_worker_threads
-        ) as pool:
+        pool = _pool(workers)
+        try:
             results = list(pool.map(_convert_one, tasks, chunksize=4))
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): the next call starts afresh.
+            with _pools_lock:
+                if _pools.get(workers) is pool:
+                    del _pools[workers]
+            raise
     converted = [
         (track_id, excerpt, spectrogram, stats)
         for track_id, clips, error in results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -44,22 +45,42 @@ def check_spectrograms(
     return report
 
 
-@task(cache_policy=NO_CACHE, task_run_name="store-spectrograms[batch {batch_number}]")
-def store_spectrograms(
-    store: Store,
+@dataclass
+class ShardWritten:
+    """A batch's shard on disk, ready to be indexed; its failures, ready to quarantine."""
+
+    index: pl.DataFrame
+    failures: pl.DataFrame  # track_id, reason
+    batch_number: int
+
+
+@task(cache_policy=NO_CACHE, task_run_name="write-shard[batch {batch_number}]")
+def write_spectrogram_shard(
     batch: spectrograms.SpectrogramBatch,
     report: quality.QualityReport,
     params: MelParams,
     directory: Path,
-    run_id: str | None,
     batch_number: int,
-) -> dict:
-    """Passing spectrograms into a shard and the index; the rest into quarantine."""
+) -> ShardWritten:
+    """The passing tracks' spectrograms as one shard (file I/O only: runs on any worker)."""
     failed_ids = set(report.failures["track_id"].to_list())
     passing = batch.only(set(batch.track_ids) - failed_ids)
     index = spectrograms.write_shard(passing, directory / params.set_id, params.set_id)
-    failures = pl.concat([batch.failures, report.failures]).select(
+    failures = pl.concat([batch.failures, report.failures]).unique("track_id", keep="first", maintain_order=True)
+    return ShardWritten(index=index, failures=failures, batch_number=batch_number)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="record-spectrograms[batch {shard.batch_number}]")
+def record_spectrograms(store: Store, shard: ShardWritten, run_id: str | None) -> dict:
+    """Index the shard in DuckDB and quarantine the failures, in one transaction."""
+    failures = shard.failures.select(
         "track_id", pl.lit("spectrogram").alias("stage"), "reason", pl.lit(run_id).alias("run_id")
     )
-    store.record_spectrograms(index, failures)
-    return {"stored": index.height, "quarantined": failures.height}
+    store.record_spectrograms(shard.index, failures)
+    return {"stored": shard.index["track_id"].n_unique(), "quarantined": failures.height}
+
+
+@task(cache_policy=NO_CACHE, task_run_name="drop-previews[batch {shard.batch_number}]")
+def drop_previews(store: Store, shard: ShardWritten) -> dict:
+    """Delete the downloaded mp3s whose spectrograms are now stored (as the seed did)."""
+    return {"previews_dropped": store.drop_previews(shard.index["track_id"].unique().to_list())}

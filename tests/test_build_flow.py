@@ -136,7 +136,7 @@ def test_a_folder_of_own_files_builds_with_no_account(prefect_api, tmp_path):
         album.mkdir(parents=True, exist_ok=True)
         sf.write(album / f"{number:02d} {track.title}.flac", render_clip(track, seconds=40.0), 22050)
     db = tmp_path / "own.duckdb"
-    result = build(source=f"folder:{music}", db=str(db), workers=1, excerpts=2,
+    result = build(source=f"folder:{music}", db=str(db), workers=1, excerpts=2, keep_previews=False,
                    training={"max_epochs": 1, "max_time_s": 60, "batch_size": 8, "crops_per_track": 2})
     assert result["counts"]["total_embeddings"] == len(catalog)
     # 40 s files, two 30 s excerpts each, one vector per track (their mean).
@@ -144,4 +144,6 @@ def test_a_folder_of_own_files_builds_with_no_account(prefect_api, tmp_path):
     assert _sql(db, "SELECT count(DISTINCT excerpt) FROM spectrograms")[0][0] == 2
     rows = _sql(db, "SELECT artist, title, source, path FROM latent ORDER BY path")
     assert {(artist, title) for artist, title, _, _ in rows} == {(t.artist, t.title) for t in catalog}
+    # Dropping previews never touches the user's own files.
     assert all(source == "folder" and Path(path).is_file() for _, _, source, path in rows)
+    assert result["counts"].get("previews_dropped", 0) == 0
