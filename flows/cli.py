@@ -116,6 +116,43 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-minutes", type=_positive_float, default=5.0,
                       help="time box for training (default: 5)")
 
+    train = commands.add_parser(
+        "train",
+        help="train a new model version on the current spectrogram set and make it current",
+        description="Run the train flow: train the autoencoder in its own process (DDP-ready) on the "
+        "spectrograms of the current set, register the model version, make it current and encode "
+        "every track with it. Options override the --config YAML (keys: TrainConfig fields).",
+    )
+    add_db(train)
+    train.add_argument("--config", metavar="PATH",
+                       help="a YAML file of training settings (see deployments/train.yaml)")
+    train.add_argument("--max-epochs", type=_positive_int, help="most epochs to train")
+    train.add_argument("--train-minutes", type=_positive_float, help="time box for training")
+    train.add_argument("--devices", help="Lightning devices: a count, 'auto' or a list such as '0,1'")
+    train.add_argument("--strategy", help="Lightning strategy, e.g. 'ddp' (default: auto)")
+    train.add_argument("--precision", help="Lightning precision, e.g. 'bf16-mixed' on GPUs (default: 32-true)")
+    train.add_argument("--no-promote", dest="promote", action="store_false",
+                       help="register the new version without making it current")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="precision@k and MAP of same-label neighbours: latent space vs MFCC and random baselines",
+        description="Score the current latent space: for each track, do its k nearest tracks by cosine "
+        "share its label? Against MFCC statistics and random vectors on the same tracks, with chance "
+        "levels; the rows are stored in the evaluations table.",
+    )
+    add_db(evaluate)
+    evaluate.add_argument("--label", action="append", dest="labels", metavar="LABEL",
+                          help="artist, album, genre or csv:PATH:COLUMN (a CSV with track_id and COLUMN); "
+                          "repeatable (default: genre and artist)")
+    evaluate.add_argument("-k", type=_positive_int, default=10, help="neighbours per track (default: 10)")
+    artist_filter = evaluate.add_mutually_exclusive_group()
+    artist_filter.add_argument("--artist-filter", dest="artist_filter", action="store_const", const=True,
+                               help="only the rows that do not count same-artist neighbours")
+    artist_filter.add_argument("--no-artist-filter", dest="artist_filter", action="store_const", const=False,
+                               help="only the rows that count every neighbour (default: both)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     standin = commands.add_parser(
         "standin",
         help="run the local Spotify/Deezer stand-in in the foreground",
@@ -211,6 +248,71 @@ def _scrape_parameters(args: argparse.Namespace, kind: str) -> dict:
     }
 
 
+def _train(args: argparse.Namespace) -> str:
+    """The train flow's config from --config and the options that override it."""
+    config: dict = {}
+    if args.config is not None:
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise CommandError(f"--config {args.config}: no such file")
+        config = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(config, dict):
+            raise CommandError(f"--config {args.config}: expected a YAML mapping of training settings")
+    if args.max_epochs is not None:
+        config["max_epochs"] = args.max_epochs
+    if args.train_minutes is not None:
+        config["max_time_s"] = args.train_minutes * 60
+    if args.devices is not None:
+        config["devices"] = int(args.devices) if args.devices.isdigit() else args.devices
+    for name in ("strategy", "precision"):
+        if getattr(args, name) is not None:
+            config[name] = getattr(args, name)
+    if not Path(args.db).exists():
+        raise CommandError(f"--db {args.db}: no such file; run `sonufy build` first")
+    from flows.train import train, training_options
+
+    training_options(config)  # a bad key fails here, before any flow starts
+    return train(db=args.db, config=config, promote=args.promote)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from sonufy_model.evaluate import evaluate_store, parse_label
+    from sonufy_model.store import Store
+
+    labels = args.labels or ["genre", "artist"]
+    for label in labels:
+        parse_label(label)  # an unknown label fails before the database is opened
+    db = Path(args.db)
+    if not db.is_file():
+        raise CommandError(f"--db {args.db}: no such file; run `sonufy build` first")
+    filters = (False, True) if args.artist_filter is None else (args.artist_filter,)
+    result = evaluate_store(Store(db), labels, k=args.k, artist_filters=filters)
+    if not result["rows"]:
+        raise CommandError("nothing could be scored: " + "; ".join(result["notes"]))
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"precision@{args.k} and MAP, model {result['model_version']}, "
+                  f"{result['tracks']} tracks")
+    for column in ("label", "artist filter", "space", f"P@{args.k}", "chance", "MAP", "MAP chance", "tracks"):
+        table.add_column(column, justify="left" if column in ("label", "artist filter", "space") else "right")
+    for row in result["rows"]:
+        table.add_row(
+            row["label"], "on" if row["artist_filter"] else "off", row["space"],
+            f"{row['precision']:.3f}", f"{row['chance']:.3f}", f"{row['map']:.3f}",
+            f"{row['map_chance']:.3f}", str(row["tracks"]),
+        )
+    console = Console()
+    console.print(table)
+    for note in result["notes"]:
+        console.print(f"skipped: {note}")
+
+
 def _recommend(args: argparse.Namespace) -> None:
     from sonufy_model.store import Store
 
@@ -243,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  .venv/bin/duckdb -readonly {result['db']} -c \"SELECT * FROM similar_to('{seed_id}', 10)\"")
         elif args.command == "recommend":
             _recommend(args)
+        elif args.command == "train":
+            version = _train(args)
+            print(f"model version {version}" + (" is current" if args.promote else " registered"))
+        elif args.command == "evaluate":
+            _evaluate(args)
         elif args.command == "standin":
             from sonufy_model.demo.standin import main as standin_main
 

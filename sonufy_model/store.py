@@ -356,6 +356,19 @@ class Store:
                     sql.statement("promote_model"), {"model_version": record["model_version"]}
                 )
 
+    def model(self, model_version: str) -> ModelRecord:
+        with self.connect() as con:
+            rows = con.execute(sql.statement("model_by_version"), {"model_version": model_version}).fetchall()
+        if not rows:
+            raise LookupError(f"no model version {model_version!r} in {self.path}")
+        return ModelRecord(*rows[0])
+
+    def promote(self, model_version: str) -> None:
+        """Make ``model_version`` the one current model, in one statement."""
+        self.model(model_version)  # a clear error for an unknown version
+        with self.transaction() as con:
+            con.execute(sql.statement("promote_model"), {"model_version": model_version})
+
     def current_model(self) -> ModelRecord | None:
         with self.connect() as con:
             rows = con.execute(sql.statement("current_model")).fetchall()
@@ -379,6 +392,42 @@ class Store:
         )
         with self.transaction() as con:
             self._run_with_batch(con, "insert_embeddings", "embeddings_batch", batch)
+
+    # -- evaluations ---------------------------------------------------------
+
+    def evaluation_space(self) -> dict:
+        """The current model's vectors with labels: model_version, set_id, and
+        tracks (track_id, vector, artist, album, genre; see sql/queries.sql)."""
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no such DuckDB file; run `sonufy build` first")
+        with self.connect() as con:
+            frame = con.execute(sql.statement("evaluation_space")).pl()
+        if frame.is_empty():
+            raise TrackNotFound(f"{self.path}: the latent space is empty: run `sonufy build` first")
+        return {
+            "model_version": frame["model_version"][0],
+            "set_id": frame["set_id"][0],
+            "tracks": frame.drop("model_version", "set_id"),
+        }
+
+    def record_evaluations(self, model_version: str, rows: Sequence[dict]) -> None:
+        """rows: space, label, artist_filter, k, precision, map, chance, map_chance, tracks."""
+        if not rows:
+            return
+        schema = {"space": pl.String, "label": pl.String, "artist_filter": pl.Boolean, "k": pl.Int32,
+                  "precision": pl.Float64, "map": pl.Float64, "chance": pl.Float64,
+                  "map_chance": pl.Float64, "tracks": pl.Int32}
+        batch = pl.DataFrame([{name: row.get(name) for name in schema} for row in rows], schema=schema)
+        with self.transaction() as con:
+            con.register("evaluations_batch", batch.to_arrow())
+            try:
+                con.execute(sql.statement("insert_evaluations"), {"model_version": model_version})
+            finally:
+                con.unregister("evaluations_batch")
+
+    def evaluations(self) -> pl.DataFrame:
+        with self.connect() as con:
+            return con.execute(sql.statement("evaluations")).pl()
 
     # -- recommendations -----------------------------------------------------
 

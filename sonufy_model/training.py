@@ -62,6 +62,26 @@ class EpochReport(Callback):
         )
 
 
+class RankReport(Callback):
+    """One line per process at its first training batch: rank, world size and batch.
+
+    Every rank prints it (not only rank 0), so the launcher's output shows
+    that all processes trained and how many tiles each one got per step.
+    """
+
+    def __init__(self) -> None:
+        self._reported = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if not self._reported:
+            self._reported = True
+            print(
+                f"rank {trainer.global_rank}/{trainer.world_size}: "
+                f"first training batch of {len(batch)} tiles",
+                flush=True,
+            )
+
+
 class ConfigError(ValueError):
     """The training configuration is missing, malformed or inconsistent."""
 
@@ -194,6 +214,7 @@ def train(config: TrainConfig) -> TrainResult:
         callbacks=[
             checkpointing,
             EpochReport(),
+            RankReport(),
             EarlyStopping(monitor="val_mse", mode="min", patience=config.early_stopping_patience),
         ],
         logger=CSVLogger(save_dir=output_dir, name="logs"),

@@ -99,6 +99,9 @@ UPDATE models SET is_current = (model_version = $model_version);
 -- name: current_model
 SELECT model_version, checkpoint, set_id, latent_mean, latent_scale FROM models WHERE is_current;
 
+-- name: model_by_version
+SELECT model_version, checkpoint, set_id, latent_mean, latent_scale FROM models WHERE model_version = $model_version;
+
 -- name: insert_embeddings
 INSERT OR REPLACE INTO embeddings (track_id, model_version, raw, vector, created_at)
 SELECT track_id, model_version, raw::FLOAT[256], vector::FLOAT[256], current_timestamp
@@ -168,3 +171,29 @@ WHERE p.provider <> 'folder' AND p.path IS NOT NULL
 
 -- name: forget_preview_paths
 UPDATE previews SET path = NULL WHERE track_id IN (SELECT track_id FROM dropped_batch);
+
+-- name: evaluation_space
+-- The current latent space with the labels `sonufy evaluate` knows: genre is
+-- the search query's genre:"..." (the style, for the demo catalog), album the
+-- album id (else artist and album name).
+SELECT l.track_id, l.model_version, m.set_id, l.vector, t.artist,
+       coalesce(t.album_id, CASE WHEN t.album IS NOT NULL THEN t.artist || ' / ' || t.album END) AS album,
+       nullif(regexp_extract(t.found_by, 'genre:"([^"]+)"', 1), '') AS genre
+FROM latent AS l
+JOIN tracks AS t USING (track_id)
+JOIN models AS m ON m.model_version = l.model_version
+ORDER BY l.track_id;
+
+-- name: insert_evaluations
+-- One run's rows share evaluated_at (current_timestamp is the transaction's).
+INSERT INTO evaluations (evaluated_at, model_version, space, label, artist_filter, k,
+                         precision, map, chance, map_chance, tracks)
+SELECT current_timestamp, $model_version, space, label, artist_filter, k,
+       precision, map, chance, map_chance, tracks
+FROM evaluations_batch;
+
+-- name: evaluations
+SELECT evaluated_at, model_version, space, label, artist_filter, k, precision, map, chance,
+       map_chance, tracks
+FROM evaluations
+ORDER BY evaluated_at, label, artist_filter, space;

@@ -155,3 +155,23 @@ FROM latent AS l, (SELECT vector FROM latent WHERE track_id = query_track_id) AS
 WHERE l.track_id <> query_track_id
 ORDER BY cosine DESC, l.track_id
 LIMIT k;
+
+-- name: create_evaluations
+-- `sonufy evaluate`: how often a track's k nearest neighbours share its label,
+-- per space (latent: the model's; mfcc and random: baselines on the same
+-- tracks), with and without the artist filter (same-artist neighbours not
+-- counted as candidates). map is over the full ranking; chance and map_chance
+-- are what a random ranking scores; tracks is how many seeds were scored.
+CREATE TABLE IF NOT EXISTS evaluations (
+    evaluated_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    model_version VARCHAR NOT NULL,
+    space         VARCHAR NOT NULL,          -- 'latent' | 'mfcc' | 'random'
+    label         VARCHAR NOT NULL,          -- 'genre' | 'artist' | 'album' | 'csv:COLUMN'
+    artist_filter BOOLEAN NOT NULL,
+    k             INTEGER NOT NULL,
+    precision     DOUBLE NOT NULL,
+    map           DOUBLE NOT NULL,
+    chance        DOUBLE NOT NULL,
+    map_chance    DOUBLE,
+    tracks        INTEGER NOT NULL
+);

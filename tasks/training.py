@@ -37,8 +37,11 @@ def new_model_version() -> str:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="train[{set_id}]")
-def train_model(store: Store, paths: Paths, set_id: str, options: dict) -> str:
-    """Train a model version on every checked spectrogram of ``set_id``; make it current."""
+def train_model(store: Store, paths: Paths, set_id: str, options: dict, promote: bool = True) -> str:
+    """Train a model version on every checked spectrogram of ``set_id``; register it.
+
+    The new version becomes the current one unless ``promote`` is false.
+    """
     logger = get_run_logger()
     manifest = store.spectrogram_manifest(set_id)
     if manifest.height < 2:
@@ -90,7 +93,7 @@ def train_model(store: Store, paths: Paths, set_id: str, options: dict) -> str:
             "latent_mean": standardiser.mean,
             "latent_scale": standardiser.scale,
         },
-        make_current=True,
+        make_current=promote,
     )
     logger.info(
         "model %s: %d epochs in %.0f s, train MSE %.4f, validation MSE %.4f",

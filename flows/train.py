@@ -1,0 +1,87 @@
+"""The train flow: a new model version on the current spectrogram set.
+
+Training runs in its own process (``python -m sonufy_model.training``, see
+:func:`tasks.training.train_model`), never in this one: DDP re-executes the
+trainer's command line. ``config`` holds :class:`sonufy_model.training.TrainConfig`
+fields, e.g. from a YAML file such as ``deployments/train.yaml``; the flow
+fills in ``manifest`` and ``output_dir`` itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from flows.build import DEFAULT_TRAINING
+from sonufy_model.audio import MelParams
+from sonufy_model.config import Paths
+from sonufy_model.store import Store, batches
+from sonufy_model.training import TrainConfig
+from tasks.encoding import encode_batch, spectrograms_without_embedding
+from tasks.training import train_model
+
+#: Set by the flow for each model version, not by the config.
+FLOW_OWNED_KEYS = ("manifest", "output_dir")
+ENCODE_BATCH = 512
+
+
+def training_options(config: dict | None) -> dict:
+    """The build's training defaults overlaid with ``config``, checked against TrainConfig."""
+    config = dict(config or {})
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"training config has unknown key(s) {unknown}; expected TrainConfig fields")
+    owned = sorted(set(config) & set(FLOW_OWNED_KEYS))
+    if owned:
+        raise ValueError(f"training config must not set {owned}: the train flow sets them per model version")
+    return {**DEFAULT_TRAINING, **config}
+
+
+@flow(name="train", log_prints=True)
+def train(
+    db: str = "sonufy.duckdb",
+    config: dict | None = None,
+    promote: bool = True,
+    data_dir: str | None = None,
+) -> str:
+    """Train a model version on the current spectrogram set; return its version.
+
+    The current set is the current model's, or else that of the default
+    spectrogram parameters (what ``sonufy build`` computes). With ``promote``
+    every track is encoded with the new version and then it becomes current
+    (recommendations switch at once, never to a half-encoded space); without,
+    it is only registered.
+    """
+    logger = get_run_logger()
+    options = training_options(config)  # a bad config fails here, before any work
+    paths = Paths.for_db(db, data_dir)
+    if not paths.db.exists():
+        raise FileNotFoundError(f"{paths.db}: no such DuckDB file; run `sonufy build` first")
+    store = Store(paths.db)
+    run_id = str(flow_run.id) if flow_run.id else "local"
+    current = store.current_model()
+    set_id = current.set_id if current is not None else MelParams().set_id
+    store.start_run(run_id, "train", {"config": options, "promote": promote, "set_id": set_id})
+    counts: dict = {}
+    try:
+        # Registered, not yet current: queries keep answering from the
+        # current version until every track has a vector in the new one,
+        # then the switch is one UPDATE.
+        version = train_model(store, paths, set_id, options, promote=False)
+        counts["model_version"] = version
+        if promote:
+            model = store.model(version)
+            pending = spectrograms_without_embedding(store, model)
+            for number, batch in enumerate(batches(pending, ENCODE_BATCH, by="track_id"), start=1):
+                for key, value in encode_batch(store, model, batch, run_id, number).items():
+                    counts[key] = counts.get(key, 0) + value
+            store.promote(version)
+    except BaseException:
+        store.finish_run(run_id, "failed", counts)
+        raise
+    store.finish_run(run_id, "completed", counts)
+    logger.info("model %s trained on set %s%s", version, set_id, " and made current" if promote else "")
+    return version
