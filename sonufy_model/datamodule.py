@@ -14,6 +14,9 @@ Design choices:
   of workers, devices or restarts sees the same crops. The epoch reaches the
   dataset through the sampler (see :class:`EpochShuffleSampler`), which
   Lightning keeps, wrapped and sharded, under DDP.
+* With ``pairs=True`` (the contrastive variant of the model) a training item
+  is two different random crops of one track, ``(2, n_mels, tile_frames)``,
+  again a pure function of ``(seed, epoch, item)``.
 * Validation (and test) tiles are fixed, evenly spaced tiles
   (:func:`sonufy_model.tiles.fixed_tile_offsets`), as in batch encoding.
 """
@@ -192,6 +195,31 @@ class RandomCropDataset(_ShardTileDataset):
         return self._read_tile(item // self.crops_per_track, self.crop_offset(index))
 
 
+class RandomCropPairDataset(RandomCropDataset):
+    """Like :class:`RandomCropDataset`, but item ``i`` is a pair of crops of one track.
+
+    Returns ``(2, n_mels, tile_frames)``: two crops of track
+    ``i // crops_per_track`` at different offsets (when the track is longer
+    than a tile), drawn from an RNG seeded by ``(seed, epoch, i)`` — the
+    positives of the contrastive objective.
+    """
+
+    def crop_offsets(self, index: int) -> tuple[int, int]:
+        """Start frames of the two crops for (epoch-encoded) ``index``; distinct when possible."""
+        epoch, item = divmod(int(index), len(self))
+        rng = np.random.default_rng((self.seed, epoch, item))
+        first = int(rng.integers(0, self.max_offset + 1))
+        if self.max_offset == 0:
+            return first, first
+        second = int(rng.integers(0, self.max_offset))  # one of the other max_offset offsets
+        return first, second + (second >= first)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        track = (int(index) % len(self)) // self.crops_per_track
+        first, second = self.crop_offsets(index)
+        return torch.stack([self._read_tile(track, first), self._read_tile(track, second)])
+
+
 class FixedTileDataset(_ShardTileDataset):
     """``tiles_per_track`` fixed, evenly spaced tiles per track (validation/test)."""
 
@@ -248,6 +276,10 @@ class SpectrogramDataModule(L.LightningDataModule):
         tile_frames: tile width in frames.
         num_workers: DataLoader worker processes.
         seed: split hash salt and crop/shuffle RNG seed.
+        pairs: training items are pairs of crops of one track,
+            ``(2, n_mels, tile_frames)`` (:class:`RandomCropPairDataset`),
+            for the contrastive objective; ``crops_per_track`` then counts
+            pairs. Validation tiles stay single.
 
     Validation and test dataloaders serve the same tiles: the held-out tracks.
     """
@@ -262,6 +294,7 @@ class SpectrogramDataModule(L.LightningDataModule):
         tile_frames: int = 128,
         num_workers: int = 0,
         seed: int = 0,
+        pairs: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -276,6 +309,7 @@ class SpectrogramDataModule(L.LightningDataModule):
         self.tile_frames = tile_frames
         self.num_workers = num_workers
         self.seed = seed
+        self.pairs = pairs
         self.spectrogram_shape: tuple[int, int] | None = None  # (n_mels, n_frames), known after setup
         self.train_track_ids: list[str] = []
         self.val_track_ids: list[str] = []
@@ -296,7 +330,8 @@ class SpectrogramDataModule(L.LightningDataModule):
         )
         train = frame.filter(pl.col("track_id").is_in(self.train_track_ids)).sort("track_id", "shard", "row")
         val = frame.filter(pl.col("track_id").is_in(self.val_track_ids)).sort("track_id", "shard", "row")
-        self.train_dataset = RandomCropDataset(
+        train_class = RandomCropPairDataset if self.pairs else RandomCropDataset
+        self.train_dataset = train_class(
             train["shard"].to_list(),
             train["row"].to_numpy(),
             n_frames=n_frames,

@@ -15,6 +15,16 @@ features and the two are concatenated. Downstream code relies on that layout:
 
 The decoder only exists to train the encoder (reconstruction loss); inference
 uses :meth:`TimeFreqAutoencoder.encode`.
+
+Optional contrastive objective (``contrastive_weight > 0``): training batches
+are then *pairs* of crops, ``(B, 2, n_mels, tile_frames)``, two random crops
+of the same track per item. The loss is the reconstruction MSE of both crops
+plus ``contrastive_weight`` × NT-Xent (InfoNCE) over the L2-normalised
+latents: each crop's positive is the other crop of its track, its negatives
+every crop of the other items in the batch. With weight 0 the model is the
+reference autoencoder (same parameters, same loss). ``{stage}_mse`` is always
+the reconstruction MSE alone, so checkpoint monitoring on ``val_mse`` stays
+comparable across variants.
 """
 
 from __future__ import annotations
@@ -75,6 +85,11 @@ class TimeFreqAutoencoder(L.LightningModule):
             resolution, so ``n_mels`` and ``tile_frames`` must be divisible
             by ``2 ** len(filters)`` (16 for the default four stages).
         learning_rate: Adam learning rate.
+        contrastive_weight: weight of the NT-Xent term added to the MSE; 0
+            (the default) is the plain reference autoencoder. Above 0,
+            batches of crop pairs ``(B, 2, n_mels, tile_frames)`` add the
+            term; single-tile batches (validation) still score MSE only.
+        temperature: NT-Xent softmax temperature over cosine similarities.
     """
 
     def __init__(
@@ -84,6 +99,8 @@ class TimeFreqAutoencoder(L.LightningModule):
         tile_frames: int = 128,
         filters: tuple[int, ...] = (32, 64, 128, 256),
         learning_rate: float = 1e-3,
+        contrastive_weight: float = 0.0,
+        temperature: float = 0.1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -102,6 +119,12 @@ class TimeFreqAutoencoder(L.LightningModule):
         self.n_mels = n_mels
         self.tile_frames = tile_frames
         self.learning_rate = learning_rate
+        if contrastive_weight < 0:
+            raise ValueError(f"contrastive_weight must be >= 0, got {contrastive_weight}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.contrastive_weight = float(contrastive_weight)
+        self.temperature = float(temperature)
 
         half = latent_dim // 2
         # Time branch: mel bands are channels, convolve along time.
@@ -146,18 +169,46 @@ class TimeFreqAutoencoder(L.LightningModule):
         """Reconstruction of ``x`` as ``(B, 1, n_mels, tile_frames)``."""
         return self.decode(self.encode(x))
 
+    def _as_pairs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``(B, 2, n_mels, tile_frames)`` crop pairs, or None for a batch of single tiles."""
+        if x.ndim == 4 and x.shape[1] == 2 and tuple(x.shape[2:]) == (self.n_mels, self.tile_frames):
+            return x
+        return None
+
     def _shared_step(self, batch: torch.Tensor, stage: str) -> torch.Tensor:
-        """Reconstruction MSE of one batch of tiles, logged as ``{stage}_mse``."""
-        tiles = self._as_tiles(batch)
-        loss = F.mse_loss(self(tiles), tiles.unsqueeze(1))
-        self.log(
-            f"{stage}_mse",
-            loss,
-            prog_bar=stage in ("train", "val"),
-            on_epoch=True,
-            sync_dist=True,
-            batch_size=tiles.shape[0],
-        )
+        """Loss of one batch, logging ``{stage}_mse``, ``{stage}_contrastive`` and ``{stage}_loss``.
+
+        A batch is either single tiles ``(B, n_mels, tile_frames)`` /
+        ``(B, 1, n_mels, tile_frames)`` or crop pairs
+        ``(B, 2, n_mels, tile_frames)``. ``{stage}_mse`` is the reconstruction
+        MSE of every tile in the batch. The contrastive term (NT-Xent over the
+        pairs) is only computed for pair batches; otherwise it is logged as 0.
+        The returned loss is ``mse + contrastive_weight * contrastive``.
+        """
+        pairs = self._as_pairs(batch)
+        if pairs is not None:
+            n_items = pairs.shape[0]
+            # (B, 2, H, W) -> (2B, H, W): first crops of every item, then second crops.
+            tiles = pairs.transpose(0, 1).reshape(2 * n_items, self.n_mels, self.tile_frames)
+        else:
+            tiles = self._as_tiles(batch)
+        latents = self.encode(tiles)
+        mse = F.mse_loss(self.decode(latents), tiles.unsqueeze(1))
+        if pairs is not None and self.contrastive_weight > 0 and n_items > 1:
+            contrastive = nt_xent(latents[:n_items], latents[n_items:], self.temperature)
+        else:
+            contrastive = mse.new_zeros(())
+        loss = mse + self.contrastive_weight * contrastive if self.contrastive_weight > 0 else mse
+        batch_size = tiles.shape[0]
+        for name, value in (("mse", mse), ("contrastive", contrastive), ("loss", loss)):
+            self.log(
+                f"{stage}_{name}",
+                value,
+                prog_bar=stage in ("train", "val") and (name == "mse" or self.contrastive_weight > 0),
+                on_epoch=True,
+                sync_dist=True,
+                batch_size=batch_size,
+            )
         return loss
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -171,3 +222,21 @@ class TimeFreqAutoencoder(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.learning_rate)
+
+
+def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent (SimCLR's InfoNCE) between two views ``(B, D)`` of ``B`` items.
+
+    The latents are L2-normalised; for each of the ``2B`` views the positive
+    is the other view of its item and the negatives are the ``2B - 2`` views
+    of the other items. Returns the mean cross-entropy over all ``2B`` views
+    (``log(2B - 1)`` for uninformative latents).
+    """
+    n_items = first.shape[0]
+    views = F.normalize(torch.cat([first, second], dim=0), dim=1)
+    logits = views @ views.T / temperature
+    # A view is never its own candidate.
+    logits = logits.masked_fill(torch.eye(2 * n_items, dtype=torch.bool, device=logits.device), float("-inf"))
+    index = torch.arange(n_items, device=logits.device)
+    targets = torch.cat([index + n_items, index])
+    return F.cross_entropy(logits, targets)

@@ -53,7 +53,7 @@ class EpochReport(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
         shown = ", ".join(
-            f"{name} {float(metrics[name]):.5f}" for name in ("train_mse_epoch", "val_mse") if name in metrics
+            f"{name} {float(metrics[name]):.5f}" for name in ("train_mse_epoch", "train_contrastive_epoch", "val_mse") if name in metrics
         )
         print(
             f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown} "
@@ -122,6 +122,10 @@ class TrainConfig:
     latent_dim: int = 256
     filters: tuple[int, ...] = (32, 64, 128, 256)
     learning_rate: float = 1e-3
+    # Contrastive variant: > 0 adds weight x NT-Xent between two crops of one
+    # track (training batches become crop pairs); 0 is the reference.
+    contrastive_weight: float = 0.0
+    temperature: float = 0.1
 
     def __post_init__(self) -> None:
         # YAML and JSON give lists; the model's hyperparameters use a tuple.
@@ -241,6 +245,7 @@ def train(config: TrainConfig) -> TrainResult:
         val_tiles_per_track=config.val_tiles_per_track,
         num_workers=config.num_workers,
         seed=config.seed,
+        pairs=config.contrastive_weight > 0,
     )
     datamodule.setup("fit")
     if not datamodule.val_track_ids:
@@ -254,6 +259,8 @@ def train(config: TrainConfig) -> TrainResult:
         n_mels=datamodule.spectrogram_shape[0],
         filters=config.filters,
         learning_rate=config.learning_rate,
+        contrastive_weight=config.contrastive_weight,
+        temperature=config.temperature,
     )
 
     last_checkpoint = checkpoint_dir / LAST_CHECKPOINT_NAME

@@ -23,9 +23,9 @@ import yaml
 from torch.utils.data import DataLoader
 
 from sonufy_model import training
-from sonufy_model.datamodule import EpochShuffleSampler, SpectrogramDataModule, split_tracks
+from sonufy_model.datamodule import EpochShuffleSampler, RandomCropPairDataset, SpectrogramDataModule, split_tracks
 from sonufy_model.encoding import encode_spectrograms, load_encoder
-from sonufy_model.model import TimeFreqAutoencoder
+from sonufy_model.model import TimeFreqAutoencoder, nt_xent
 from sonufy_model.tiles import fixed_tile_offsets, fixed_tiles
 
 N_MELS, N_FRAMES, TILE = 128, 512, 128
@@ -296,3 +296,142 @@ def test_bad_manifest_exits_non_zero_naming_the_path(shards, tmp_path, capsys):
     )
     assert training.main(["--config", str(config_path), "--manifest", str(tmp_path / "empty.parquet")]) != 0
     assert "empty.parquet" in capsys.readouterr().err
+
+
+# --- Contrastive variant (contrastive_weight > 0): crop pairs + NT-Xent -------------------------
+
+
+def _pair_datamodule(shards: dict, **kwargs) -> SpectrogramDataModule:
+    return _datamodule(shards, pairs=True, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`:UserWarning")
+def test_contrastive_weight_zero_is_exactly_the_reference():
+    n_params = sum(p.numel() for p in TimeFreqAutoencoder().parameters())
+    assert n_params == 7_924_993
+    # The contrastive term adds no parameters (it works on the latents themselves).
+    assert sum(p.numel() for p in TimeFreqAutoencoder(contrastive_weight=0.0).parameters()) == n_params
+    assert sum(p.numel() for p in TimeFreqAutoencoder(contrastive_weight=1.0).parameters()) == n_params
+
+    torch.manual_seed(0)
+    reference = TimeFreqAutoencoder(filters=SMALL_FILTERS)
+    zero = TimeFreqAutoencoder(filters=SMALL_FILTERS, contrastive_weight=0.0)
+    zero.load_state_dict(reference.state_dict())
+    tiles = torch.rand(6, N_MELS, TILE)
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(reference(tiles), tiles.unsqueeze(1))
+        torch.testing.assert_close(reference._shared_step(tiles, "train"), expected, rtol=0, atol=0)
+        torch.testing.assert_close(zero._shared_step(tiles, "train"), expected, rtol=0, atol=0)
+        # With weight > 0, single-tile batches (validation) still score the plain MSE.
+        weighted = TimeFreqAutoencoder(filters=SMALL_FILTERS, contrastive_weight=1.0)
+        weighted.load_state_dict(reference.state_dict())
+        torch.testing.assert_close(weighted._shared_step(tiles, "val"), expected, rtol=0, atol=0)
+        # A pair batch adds weight x NT-Xent to the MSE of both crops.
+        pairs = tiles.view(3, 2, N_MELS, TILE)
+        both = torch.cat([pairs[:, 0], pairs[:, 1]])
+        mse = torch.nn.functional.mse_loss(reference(both), both.unsqueeze(1))
+        torch.testing.assert_close(zero._shared_step(pairs, "train"), mse)
+        latents = reference.encode(both)
+        contrastive = nt_xent(latents[:3], latents[3:], 0.1)
+        torch.testing.assert_close(weighted._shared_step(pairs, "train"), mse + contrastive)
+
+    with pytest.raises(ValueError, match="contrastive_weight"):
+        TimeFreqAutoencoder(contrastive_weight=-1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        TimeFreqAutoencoder(temperature=0.0)
+
+
+def test_nt_xent_rewards_matching_views():
+    torch.manual_seed(0)
+    first = torch.randn(8, 16)
+    matched = nt_xent(first, first + 0.01 * torch.randn(8, 16), temperature=0.1)
+    shuffled = nt_xent(first, first[torch.randperm(8)], temperature=0.1)
+    uninformative = nt_xent(torch.ones(8, 16), torch.ones(8, 16), temperature=0.1)
+    assert matched < 0.01 < shuffled
+    torch.testing.assert_close(uninformative, torch.tensor(math.log(15.0)))
+
+
+def test_pair_dataset_returns_two_different_crops_of_one_track(shards):
+    datamodule = _pair_datamodule(shards)
+    dataset = datamodule.train_dataset
+    assert isinstance(dataset, RandomCropPairDataset)
+    assert len(dataset) == len(datamodule.train_track_ids) * 4
+    assert isinstance(datamodule.val_dataset[0], torch.Tensor) and datamodule.val_dataset[0].shape == (N_MELS, TILE)
+
+    pair = dataset[5]  # crop pair 1 of the second training track
+    assert pair.shape == (2, N_MELS, TILE) and pair.dtype == torch.float32
+    track = shards["manifest"].filter(pl.col("track_id") == datamodule.train_track_ids[1])
+    spectrogram = np.load(track["shard"][0])[track["row"][0]]
+    first, second = dataset.crop_offsets(5)
+    assert first != second
+    np.testing.assert_array_equal(pair[0].numpy(), spectrogram[:, first : first + TILE] / np.float32(255))
+    np.testing.assert_array_equal(pair[1].numpy(), spectrogram[:, second : second + TILE] / np.float32(255))
+    assert not torch.equal(pair[0], pair[1])
+
+    n = len(dataset)
+    offsets = [dataset.crop_offsets(i) for i in range(2 * n)]
+    assert all(a != b for a, b in offsets)
+    assert offsets == [_pair_datamodule(shards).train_dataset.crop_offsets(i) for i in range(2 * n)]
+    assert offsets[:n] != offsets[n:], "each epoch draws new pairs"
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch.shape == (8, 2, N_MELS, TILE)
+
+
+class _RecordFirstPairBatch(L.Callback):
+    """Keeps the first training pair batch and its NT-Xent before any optimizer step."""
+
+    def __init__(self) -> None:
+        self.batch: torch.Tensor | None = None
+        self.initial = math.nan
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.batch is None:
+            self.batch = batch.clone()
+            self.initial = _contrastive(pl_module, self.batch)
+
+
+def _contrastive(model: TimeFreqAutoencoder, pairs: torch.Tensor) -> float:
+    with torch.no_grad():
+        n = pairs.shape[0]
+        latents = model.encode(torch.cat([pairs[:, 0], pairs[:, 1]]))
+        return nt_xent(latents[:n], latents[n:], model.temperature).item()
+
+
+def test_contrastive_training_on_pairs_lowers_the_contrastive_loss(shards, tmp_path):
+    torch.manual_seed(0)
+    model = TimeFreqAutoencoder(filters=SMALL_FILTERS, learning_rate=3e-3, contrastive_weight=1.0)
+    recorder = _RecordFirstPairBatch()
+    trainer = _cpu_trainer(tmp_path, max_steps=20, num_sanity_val_steps=0, limit_val_batches=1, callbacks=[recorder])
+    trainer.fit(model, datamodule=_pair_datamodule(shards))
+    assert recorder.batch is not None and recorder.batch.shape[1] == 2
+    final = _contrastive(model.train(), recorder.batch)
+    assert final < 0.8 * recorder.initial, (recorder.initial, final)
+    metrics = trainer.callback_metrics
+    for name in ("train_mse_epoch", "train_contrastive_epoch", "train_loss_epoch", "val_mse", "val_loss"):
+        assert name in metrics and math.isfinite(float(metrics[name])), name
+    # Validation batches are single tiles: no contrastive term, loss = reconstruction MSE.
+    assert float(metrics["val_contrastive"]) == 0.0
+    assert float(metrics["val_loss"]) == pytest.approx(float(metrics["val_mse"]))
+
+
+def test_train_config_passes_the_contrastive_settings_through(shards, tmp_path):
+    config = training.TrainConfig(
+        manifest=str(shards["manifest_path"]),
+        output_dir=str(tmp_path / "run"),
+        max_epochs=1,
+        batch_size=4,
+        crops_per_track=1,
+        val_fraction=0.25,
+        accelerator="cpu",
+        devices=1,
+        limit_train_batches=1,
+        filters=SMALL_FILTERS,
+        contrastive_weight=0.5,
+        temperature=0.2,
+    )
+    result = training.train(config)
+    assert math.isfinite(result.val_mse) and Path(result.checkpoint_path).is_file()
+    hparams = torch.load(result.checkpoint_path, map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert hparams["contrastive_weight"] == 0.5 and hparams["temperature"] == 0.2
+    encoder = load_encoder(result.checkpoint_path)
+    assert encode_spectrograms(encoder, shards["spectrograms"][:2], n_tiles=4).shape == (2, 256)
