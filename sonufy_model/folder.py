@@ -18,19 +18,12 @@ import polars as pl
 import soundfile as sf
 
 from sonufy_model.audio import FFMPEG_SUFFIXES, ffmpeg_available
-from sonufy_model.store import TRACK_SCHEMA
+from sonufy_model.store import PREVIEW_SCHEMA, TRACK_SCHEMA
 
 # What libsndfile (bundled with soundfile) decodes without ffmpeg.
 SNDFILE_SUFFIXES = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aiff", ".aif"}
 _TRACK_NUMBER = re.compile(r"^\s*\d{1,3}\s*[-._ ]\s*")
 
-PREVIEW_SCHEMA: dict[str, pl.DataType] = {
-    "track_id": pl.String,
-    "provider": pl.String,
-    "path": pl.String,
-    "bytes": pl.Int64,
-    "duration_s": pl.Float64,
-}
 FILE_SCHEMA: dict[str, pl.DataType] = {
     "path": pl.String,
     "track_id": pl.String,

@@ -51,7 +51,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from yarl import URL
 
 from sonufy_model.config import ServiceSettings
-from sonufy_model.store import Store, batches
+from sonufy_model.store import PREVIEW_SCHEMA, Store, batches
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,9 @@ _SAFE_TRACK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ISRC = re.compile(r"[A-Za-z0-9]{12}")
 _QUERY_IN_TEXT = re.compile(r"(\w+://[^\s?'\"<>]+)\?[^\s'\"<>]*")
 
+# A previews batch, plus why a track has none (null when it has one).
 OUTCOME_SCHEMA: dict[str, pl.DataType] = {
-    "track_id": pl.String,
-    "provider": pl.String,
-    "path": pl.String,
-    "bytes": pl.Int64,
-    "duration_s": pl.Float64,
+    **PREVIEW_SCHEMA,
     "error": pl.String,
 }
 

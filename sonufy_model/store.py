@@ -45,6 +45,15 @@ TRACK_SCHEMA: dict[str, pl.DataType] = {
     "found_by": pl.String,
 }
 
+# Columns of a previews batch (see sql/schema.sql, previews).
+PREVIEW_SCHEMA: dict[str, pl.DataType] = {
+    "track_id": pl.String,
+    "provider": pl.String,
+    "path": pl.String,
+    "bytes": pl.Int64,
+    "duration_s": pl.Float64,
+}
+
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "track_id": pl.String,
     "stage": pl.String,
