@@ -177,6 +177,17 @@ def _deezer_error(kind: str, message: str, code: int) -> web.Response:
     return web.json_response({"error": {"type": kind, "message": message, "code": code}})
 
 
+def _page_params(query: Mapping[str, str], max_limit: int) -> tuple[int, int] | web.Response:
+    """``limit`` (1..max_limit, default 20) and ``offset`` (>= 0) of a paged endpoint, or its 400."""
+    limit = _int_param(query, "limit", 20)
+    if limit is None or not 1 <= limit <= max_limit:
+        return _spotify_error(400, "Invalid limit")
+    offset = _int_param(query, "offset", 0)
+    if offset is None or offset < 0:
+        return _spotify_error(400, "Invalid offset")
+    return limit, offset
+
+
 def _int_param(query: Mapping[str, str], name: str, default: int) -> int | None:
     """The integer query parameter ``name``, ``default`` when absent, None when not an integer."""
     raw = query.get(name)
@@ -832,12 +843,10 @@ class StandIn:
         album = self._album_or_error(request.match_info["album_id"])
         if isinstance(album, web.Response):
             return album
-        limit = _int_param(request.query, "limit", 20)
-        if limit is None or not 1 <= limit <= _ALBUM_TRACKS_MAX_LIMIT:
-            return _spotify_error(400, "Invalid limit")
-        offset = _int_param(request.query, "offset", 0)
-        if offset is None or offset < 0:
-            return _spotify_error(400, "Invalid offset")
+        page = _page_params(request.query, _ALBUM_TRACKS_MAX_LIMIT)
+        if isinstance(page, web.Response):
+            return page
+        limit, offset = page
         origin = _origin(request)
         items = [self._track_json(origin, track, simplified=True) for track in album.tracks[offset:offset + limit]]
         return web.json_response(
@@ -858,12 +867,10 @@ class StandIn:
             if playlist_id.startswith(_EDITORIAL_PLAYLIST_PREFIX):
                 return _spotify_error(403, "Forbidden")
             return _spotify_error(404, "Resource not found")
-        limit = _int_param(request.query, "limit", 20)
-        if limit is None or not 1 <= limit <= _PLAYLIST_ITEMS_MAX_LIMIT:
-            return _spotify_error(400, "Invalid limit")
-        offset = _int_param(request.query, "offset", 0)
-        if offset is None or offset < 0:
-            return _spotify_error(400, "Invalid offset")
+        page = _page_params(request.query, _PLAYLIST_ITEMS_MAX_LIMIT)
+        if isinstance(page, web.Response):
+            return page
+        limit, offset = page
         origin = _origin(request)
         added_by = {
             "id": playlist.owner_id,
