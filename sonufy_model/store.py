@@ -142,14 +142,28 @@ class Store:
     # -- generic helpers -----------------------------------------------------
 
     @staticmethod
-    def _run_with_batch(
-        con: duckdb.DuckDBPyConnection, statement_name: str, view: str, batch: pl.DataFrame
-    ) -> None:
-        con.register(view, batch.to_arrow())
+    @contextmanager
+    def _registered(con: duckdb.DuckDBPyConnection, view: str, frame: pl.DataFrame) -> Iterator[None]:
+        """``frame`` visible to SQL as ``view`` (through Arrow) inside the block."""
+        con.register(view, frame.to_arrow())
         try:
-            con.execute(sql.statement(statement_name))
+            yield
         finally:
             con.unregister(view)
+
+    @classmethod
+    def _run_with_batch(
+        cls, con: duckdb.DuckDBPyConnection, statement_name: str, view: str, batch: pl.DataFrame
+    ) -> None:
+        with cls._registered(con, view, batch):
+            con.execute(sql.statement(statement_name))
+
+    @staticmethod
+    def _quarantine_batch(failures: pl.DataFrame, keep: str = "last") -> pl.DataFrame:
+        """Quarantine rows in the table's types, one per track and stage."""
+        return failures.select(
+            [pl.col(name).cast(dtype) for name, dtype in QUARANTINE_SCHEMA.items()]
+        ).unique(["track_id", "stage"], keep=keep, maintain_order=True)
 
     # -- runs ----------------------------------------------------------------
 
@@ -200,9 +214,7 @@ class Store:
                 written = self._upsert_tracks(con, batch)
                 self._release(con, "scrape", batch["track_id"])
             if not failures.is_empty():
-                quarantined = failures.select(
-                    [pl.col(name).cast(dtype) for name, dtype in QUARANTINE_SCHEMA.items()]
-                ).unique(["track_id", "stage"], keep="first", maintain_order=True)
+                quarantined = self._quarantine_batch(failures, keep="first")
                 self._run_with_batch(con, "quarantine_tracks", "quarantine_batch", quarantined)
         return written
 
@@ -213,11 +225,8 @@ class Store:
         ).unique("track_id", keep="last", maintain_order=True)
 
     def _upsert_tracks(self, con: duckdb.DuckDBPyConnection, batch: pl.DataFrame) -> int:
-        con.register("tracks_batch", batch.to_arrow())
-        try:
+        with self._registered(con, "tracks_batch", batch):
             written = con.execute(sql.statement("upsert_tracks")).fetchone()
-        finally:
-            con.unregister("tracks_batch")
         return int(written[0]) if written else 0
 
     def tracks_without_preview(self, max_attempts: int = 3) -> pl.DataFrame:
@@ -246,13 +255,9 @@ class Store:
         if not track_ids:
             return 0
         dropped = pl.DataFrame({"track_id": track_ids}, schema={"track_id": pl.String})
-        with self.transaction() as con:
-            con.register("dropped_batch", dropped.to_arrow())
-            try:
-                rows = con.execute(sql.statement("droppable_previews")).fetchall()
-                con.execute(sql.statement("forget_preview_paths"))
-            finally:
-                con.unregister("dropped_batch")
+        with self.transaction() as con, self._registered(con, "dropped_batch", dropped):
+            rows = con.execute(sql.statement("droppable_previews")).fetchall()
+            con.execute(sql.statement("forget_preview_paths"))
         for _, path in rows:
             Path(path).unlink(missing_ok=True)
         return len(rows)
@@ -275,16 +280,12 @@ class Store:
         with self.transaction() as con:
             if changed_track_ids:
                 changed = pl.DataFrame({"track_id": changed_track_ids}, schema={"track_id": pl.String})
-                con.register("changed_batch", changed.to_arrow())
-                try:
+                with self._registered(con, "changed_batch", changed):
                     con.execute(sql.statement("forget_derived_spectrograms"))
                     con.execute(sql.statement("forget_derived_embeddings"))
-                finally:
-                    con.unregister("changed_batch")
                 self._release(con, "spectrogram", changed["track_id"])
             if not tracks.is_empty():
-                batch = tracks.select([pl.col(n).cast(t) for n, t in TRACK_SCHEMA.items()])
-                self._run_with_batch(con, "upsert_tracks", "tracks_batch", batch)
+                self._upsert_tracks(con, self._tracks_batch(tracks))
                 self._run_with_batch(con, "upsert_previews", "previews_batch", previews)
                 self._release(con, "fetch", previews["track_id"])
                 self._run_with_batch(con, "upsert_files", "files_batch", files)
@@ -295,19 +296,12 @@ class Store:
         """failures: track_id, stage, reason, run_id (run_id may be null)."""
         if failures.is_empty():
             return
-        batch = failures.select(
-            [pl.col(name).cast(dtype) for name, dtype in QUARANTINE_SCHEMA.items()]
-        ).unique(["track_id", "stage"], keep="last", maintain_order=True)
         with self.transaction() as con:
-            self._run_with_batch(con, "quarantine_tracks", "quarantine_batch", batch)
+            self._run_with_batch(con, "quarantine_tracks", "quarantine_batch", self._quarantine_batch(failures))
 
     def _release(self, con: duckdb.DuckDBPyConnection, stage: str, track_ids: pl.Series) -> None:
-        released = pl.DataFrame({"track_id": track_ids})
-        con.register("released_batch", released.to_arrow())
-        try:
+        with self._registered(con, "released_batch", pl.DataFrame({"track_id": track_ids})):
             con.execute(sql.statement("release_from_quarantine"), {"stage": stage})
-        finally:
-            con.unregister("released_batch")
 
     def quarantined(self, stage: str | None = None) -> pl.DataFrame:
         with self.connect() as con:
@@ -341,10 +335,7 @@ class Store:
                 self._run_with_batch(con, "insert_spectrograms", "spectrograms_batch", index)
                 self._release(con, "spectrogram", index["track_id"])
             if not failures.is_empty():
-                batch = failures.select(
-                    [pl.col(name).cast(dtype) for name, dtype in QUARANTINE_SCHEMA.items()]
-                )
-                self._run_with_batch(con, "quarantine_tracks", "quarantine_batch", batch)
+                self._run_with_batch(con, "quarantine_tracks", "quarantine_batch", self._quarantine_batch(failures))
 
     def spectrogram_manifest(self, set_id: str) -> pl.DataFrame:
         with self.connect() as con:
@@ -427,12 +418,8 @@ class Store:
                   "precision": pl.Float64, "map": pl.Float64, "chance": pl.Float64,
                   "map_chance": pl.Float64, "tracks": pl.Int32}
         batch = pl.DataFrame([{name: row.get(name) for name in schema} for row in rows], schema=schema)
-        with self.transaction() as con:
-            con.register("evaluations_batch", batch.to_arrow())
-            try:
-                con.execute(sql.statement("insert_evaluations"), {"model_version": model_version})
-            finally:
-                con.unregister("evaluations_batch")
+        with self.transaction() as con, self._registered(con, "evaluations_batch", batch):
+            con.execute(sql.statement("insert_evaluations"), {"model_version": model_version})
 
     def evaluations(self) -> pl.DataFrame:
         with self.connect() as con:
