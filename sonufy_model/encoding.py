@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 
 from sonufy_model.model import TimeFreqAutoencoder
@@ -64,3 +65,14 @@ def encode_spectrograms(
     finally:
         model.train(was_training)
     return embeddings
+
+
+def mean_per_track(clip_track_ids: pl.Series, per_clip: np.ndarray) -> tuple[pl.Series, np.ndarray]:
+    """One vector per track: the mean of its clips' vectors, tracks in first-seen order."""
+    track_ids = clip_track_ids.unique(maintain_order=True)
+    position = {track_id: i for i, track_id in enumerate(track_ids)}
+    index = np.fromiter((position[t] for t in clip_track_ids), dtype=np.int64, count=len(clip_track_ids))
+    sums = np.zeros((len(track_ids), per_clip.shape[1]), dtype=np.float64)
+    np.add.at(sums, index, per_clip)
+    counts = np.bincount(index, minlength=len(track_ids))[:, None]
+    return track_ids, (sums / counts).astype(per_clip.dtype)

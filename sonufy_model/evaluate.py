@@ -320,13 +320,11 @@ def _mfcc_per_track(manifest) -> dict[str, np.ndarray]:
     """Per track, the MFCC statistics of its spectrograms (mean over excerpts)."""
     from sonufy_model.spectrograms import read_spectrograms
 
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    chunk = 256
-    for start in range(0, manifest.height, chunk):
-        part = manifest.slice(start, chunk)
-        features = mfcc_statistics(read_spectrograms(part))
-        for track_id, row in zip(part["track_id"].to_list(), features):
-            sums[track_id] = sums.get(track_id, 0) + row
-            counts[track_id] = counts.get(track_id, 0) + 1
-    return {t: sums[t] / counts[t] for t in sums}
+    from sonufy_model.encoding import mean_per_track
+
+    chunk = 256  # spectrograms read at a time
+    per_clip = np.concatenate(
+        [mfcc_statistics(read_spectrograms(manifest.slice(start, chunk))) for start in range(0, manifest.height, chunk)]
+    )
+    track_ids, means = mean_per_track(manifest["track_id"], per_clip)
+    return dict(zip(track_ids.to_list(), means))

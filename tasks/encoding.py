@@ -10,20 +10,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from sonufy_model import quality
-from sonufy_model.encoding import encode_spectrograms, load_encoder
+from sonufy_model.encoding import encode_spectrograms, load_encoder, mean_per_track
 from sonufy_model.spectrograms import read_spectrograms
 from sonufy_model.store import LATENT_DIM, ModelRecord, Store
-
-
-def mean_per_track(clip_track_ids: pl.Series, per_clip: np.ndarray) -> tuple[pl.Series, np.ndarray]:
-    """One vector per track: the mean of its clips' vectors, tracks in first-seen order."""
-    track_ids = clip_track_ids.unique(maintain_order=True)
-    position = {track_id: i for i, track_id in enumerate(track_ids)}
-    index = np.fromiter((position[t] for t in clip_track_ids), dtype=np.int64, count=len(clip_track_ids))
-    sums = np.zeros((len(track_ids), per_clip.shape[1]), dtype=np.float64)
-    np.add.at(sums, index, per_clip)
-    counts = np.bincount(index, minlength=len(track_ids))[:, None]
-    return track_ids, (sums / counts).astype(np.float32)
 
 
 @lru_cache(maxsize=2)

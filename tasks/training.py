@@ -16,12 +16,13 @@ import uuid
 from collections import deque
 from datetime import datetime, timezone
 
+import polars as pl
 import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from sonufy_model.config import Paths
-from sonufy_model.encoding import encode_spectrograms, load_encoder
+from sonufy_model.encoding import encode_spectrograms, load_encoder, mean_per_track
 from sonufy_model.spectrograms import read_spectrograms
 from sonufy_model.standardise import Standardiser
 from sonufy_model.store import Store
@@ -74,10 +75,12 @@ def train_model(store: Store, paths: Paths, set_id: str, options: dict, promote:
             f"training process exited with {process.returncode}; last output:\n" + "\n".join(tail)
         )
     result = json.loads(result_path.read_text())
-    sample = manifest.gather_every(max(1, manifest.height // STANDARDISER_SAMPLE))
-    standardiser = Standardiser.fit(
-        encode_spectrograms(load_encoder(result["checkpoint_path"]), read_spectrograms(sample))
-    )
+    # Fitted on tracks' vectors (the mean of their excerpts), as they are stored.
+    sampled_ids = manifest["track_id"].unique(maintain_order=True)
+    sampled_ids = sampled_ids.gather_every(max(1, sampled_ids.len() // STANDARDISER_SAMPLE))
+    sample = manifest.filter(pl.col("track_id").is_in(sampled_ids.implode()))
+    per_clip = encode_spectrograms(load_encoder(result["checkpoint_path"]), read_spectrograms(sample))
+    standardiser = Standardiser.fit(mean_per_track(sample["track_id"], per_clip)[1])
     store.register_model(
         {
             "model_version": version,

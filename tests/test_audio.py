@@ -161,7 +161,7 @@ def test_precision_at_k_against_chance():
 
 
 def test_excerpts_become_rows_and_their_vectors_are_averaged(clips):
-    from tasks.encoding import mean_per_track
+    from sonufy_model.encoding import mean_per_track
 
     files = pl.DataFrame({"track_id": ["song", "low"], "path": [str(clips["song"]), str(clips["low"])]})
     batch = spectrograms.convert(files, MelParams(excerpts=3, placement="spread"), workers=1)
