@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 from flows.sources import open_source
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths, ServiceSettings
-from sonufy_model.store import Store, batches
+from sonufy_model.store import ModelRecord, Store, batches
 from sonufy_model.scrape_config import ScrapeConfig
 from tasks.catalog import check_tracks, parse_tracks, scan_folder, scrape_catalog, upsert_tracks
 from tasks.encoding import encode_batch, spectrograms_without_embedding
@@ -142,9 +142,7 @@ def build(
         counts["model_version"] = model.model_version
 
         # 6. encode every track that has no vector for the current model
-        pending_vectors = spectrograms_without_embedding(store, model)
-        for number, batch in enumerate(batches(pending_vectors, 4 * batch_size, by="track_id"), start=1):
-            _add(counts, encode_batch(store, model, batch, run_id, number))
+        _add(counts, encode_pending(store, model, run_id, tracks_per_batch=4 * batch_size))
 
         # 7. recommend: nearest neighbours of a demo track, by cosine in SQL
         recommendations = recommend(store, demo_query, 10)
@@ -166,6 +164,15 @@ def with_preview_sources(
     if not sources and not folder:
         return settings
     return replace(settings, preview_sources=tuple(sources or settings.preview_sources), preview_folder=folder)
+
+
+def encode_pending(store: Store, model: ModelRecord, run_id: str, tracks_per_batch: int) -> dict:
+    """Encode every track that has no vector for ``model``, a batch at a time; the summed counts."""
+    counts: dict = {}
+    pending = spectrograms_without_embedding(store, model)
+    for number, batch in enumerate(batches(pending, tracks_per_batch, by="track_id"), start=1):
+        _add(counts, encode_batch(store, model, batch, run_id, number))
+    return counts
 
 
 def pipelined(batches, submit, window: int):

@@ -14,12 +14,11 @@ import dataclasses
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.build import DEFAULT_TRAINING
+from flows.build import DEFAULT_TRAINING, encode_pending
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths
-from sonufy_model.store import Store, batches
+from sonufy_model.store import Store
 from sonufy_model.training import TrainConfig
-from tasks.encoding import encode_batch, spectrograms_without_embedding
 from tasks.training import train_model
 
 #: Set by the flow for each model version, not by the config.
@@ -73,11 +72,7 @@ def train(
         version = train_model(store, paths, set_id, options, promote=False)
         counts["model_version"] = version
         if promote:
-            model = store.model(version)
-            pending = spectrograms_without_embedding(store, model)
-            for number, batch in enumerate(batches(pending, ENCODE_BATCH, by="track_id"), start=1):
-                for key, value in encode_batch(store, model, batch, run_id, number).items():
-                    counts[key] = counts.get(key, 0) + value
+            counts.update(encode_pending(store, store.model(version), run_id, tracks_per_batch=ENCODE_BATCH))
             store.promote(version)
     except BaseException:
         store.finish_run(run_id, "failed", counts)
