@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 from flows.sources import open_source
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths, ServiceSettings
-from sonufy_model.store import ModelRecord, Store, batches
+from sonufy_model.store import Store, batches
 from sonufy_model.scrape_config import ScrapeConfig
 from tasks.catalog import check_tracks, parse_tracks, scan_folder, scrape_catalog, upsert_tracks
 from tasks.encoding import encode_batch, spectrograms_without_embedding
@@ -134,15 +134,16 @@ def build(
             if not keep_previews:
                 _add(counts, drop_previews(store, shard))
 
-        # 5. train a model version on every checked spectrogram
-        model = store.current_model()
+        # 5. train a model version on every checked spectrogram; it becomes
+        # current once encoded. A version already trained on this set (current,
+        # or pending after a failed run) is reused, so a rerun resumes encoding.
+        model = store.target_model()
         if retrain or model is None or model.set_id != params.set_id:
             train_model(store, paths, params.set_id, {**DEFAULT_TRAINING, **(training or {})})
-            model = store.current_model()
-        counts["model_version"] = model.model_version
 
-        # 6. encode every track that has no vector for the current model
-        _add(counts, encode_pending(store, model, run_id, tracks_per_batch=4 * batch_size))
+        # 6. encode every track without a vector, then switch to a pending version
+        _add(counts, encode_pending(store, run_id, tracks_per_batch=4 * batch_size))
+        counts["model_version"] = store.current_model().model_version
 
         # 7. recommend: nearest neighbours of a demo track, by cosine in SQL
         recommendations = recommend(store, demo_query, 10)
@@ -166,12 +167,27 @@ def with_preview_sources(
     return replace(settings, preview_sources=tuple(sources or settings.preview_sources), preview_folder=folder)
 
 
-def encode_pending(store: Store, model: ModelRecord, run_id: str, tracks_per_batch: int) -> dict:
-    """Encode every track that has no vector for ``model``, a batch at a time; the summed counts."""
+def encode_pending(store: Store, run_id: str, tracks_per_batch: int) -> dict:
+    """Encode, a batch at a time, every track without a vector for the current
+    model and for the version waiting to become current; switch to that
+    version once it is complete. The summed counts.
+
+    Queries answer from the current version all along: the switch is one
+    UPDATE, made only when the new version covers every track.
+    """
     counts: dict = {}
-    pending = spectrograms_without_embedding(store, model)
-    for number, batch in enumerate(batches(pending, tracks_per_batch, by="track_id"), start=1):
-        _add(counts, encode_batch(store, model, batch, run_id, number))
+    number = 0
+    for model in (store.current_model(), store.pending_model()):
+        if model is None:
+            continue
+        pending = spectrograms_without_embedding(store, model)
+        for batch in batches(pending, tracks_per_batch, by="track_id"):
+            number += 1
+            _add(counts, encode_batch(store, model, batch, run_id, number))
+    switched = store.switch_if_encoded()
+    if switched:
+        get_run_logger().info("model %s is now current: every track has a vector in it", switched)
+        counts["switched"] = counts.get("switched", 0) + 1
     return counts
 
 

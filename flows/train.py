@@ -66,14 +66,13 @@ def train(
     store.start_run(run_id, "train", {"config": options, "promote": promote, "set_id": set_id})
     counts: dict = {}
     try:
-        # Registered, not yet current: queries keep answering from the
-        # current version until every track has a vector in the new one,
+        # Registered and, with promote, pending: queries keep answering from
+        # the current version until every track has a vector in the new one,
         # then the switch is one UPDATE.
-        version = train_model(store, paths, set_id, options, promote=False)
+        version = train_model(store, paths, set_id, options, promote=promote)
         counts["model_version"] = version
         if promote:
-            counts.update(encode_pending(store, store.model(version), run_id, tracks_per_batch=ENCODE_BATCH))
-            store.promote(version)
+            counts.update(encode_pending(store, run_id, tracks_per_batch=ENCODE_BATCH))
     except BaseException:
         store.finish_run(run_id, "failed", counts)
         raise

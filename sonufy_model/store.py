@@ -343,17 +343,20 @@ class Store:
 
     # -- models --------------------------------------------------------------
 
-    def register_model(self, record: dict, make_current: bool = True) -> None:
-        """record: the models table's columns; latent_mean/latent_scale as sequences."""
+    def register_model(self, record: dict, promote: bool = True) -> None:
+        """record: the models table's columns; latent_mean/latent_scale as sequences.
+
+        With ``promote`` the version is asked to become current (see
+        :meth:`request_promotion`); it does once it is fully encoded."""
         params = dict(record)
         params["config"] = json.dumps(params["config"], sort_keys=True, default=str)
         for key in ("latent_mean", "latent_scale"):
             params[key] = [float(x) for x in params[key]]
         with self.transaction() as con:
             con.execute(sql.statement("insert_model"), params)
-            if make_current:
+            if promote:
                 con.execute(
-                    sql.statement("promote_model"), {"model_version": record["model_version"]}
+                    sql.statement("request_promotion"), {"model_version": record["model_version"]}
                 )
 
     def model(self, model_version: str) -> ModelRecord:
@@ -368,6 +371,35 @@ class Store:
         self.model(model_version)  # a clear error for an unknown version
         with self.transaction() as con:
             con.execute(sql.statement("promote_model"), {"model_version": model_version})
+
+    def request_promotion(self, model_version: str) -> None:
+        """Ask for ``model_version`` to become current once every track has a
+        vector in it (:meth:`switch_if_encoded`); until then queries answer
+        from the current version."""
+        self.model(model_version)
+        with self.transaction() as con:
+            con.execute(sql.statement("request_promotion"), {"model_version": model_version})
+
+    def pending_model(self) -> ModelRecord | None:
+        """The version waiting to become current, if any."""
+        with self.connect() as con:
+            rows = con.execute(sql.statement("pending_model")).fetchall()
+        return ModelRecord(*rows[0]) if rows else None
+
+    def switch_if_encoded(self) -> str | None:
+        """Make the pending version current if no track is left to encode in
+        it; the version switched to, or None."""
+        pending = self.pending_model()
+        if pending is None:
+            return None
+        if not self.spectrograms_without_embedding(pending.set_id, pending.model_version).is_empty():
+            return None
+        self.promote(pending.model_version)
+        return pending.model_version
+
+    def target_model(self) -> ModelRecord | None:
+        """The version new work is for: the pending one, else the current one."""
+        return self.pending_model() or self.current_model()
 
     def current_model(self) -> ModelRecord | None:
         with self.connect() as con:

@@ -34,6 +34,17 @@ def statement(name: str, filename: str = "queries.sql") -> str:
         raise KeyError(f"no SQL statement named {name!r} in sql/{filename}") from None
 
 
+# Applied in this order at the start of every run: the baseline tables, then
+# migrations of them, then each feature's own tables, views and macros.
+SCHEMA_FILES = ("schema.sql", "migrations.sql", "search.sql", "landscape.sql")
+
+
 def schema_statements() -> list[str]:
-    """The schema, in order: tables, views and macros, all idempotent."""
-    return list(_statements("schema.sql").values())
+    """The schema, in order: tables, migrations, views and macros, all idempotent."""
+    here = resources.files(__name__)
+    return [
+        text
+        for filename in SCHEMA_FILES
+        if here.joinpath(filename).is_file()
+        for text in _statements(filename).values()
+    ]

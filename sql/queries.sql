@@ -93,8 +93,23 @@ VALUES ($model_version, $set_id, $config, $checkpoint, $epochs, $train_mse, $val
         $latent_mean::FLOAT[256], $latent_scale::FLOAT[256], false);
 
 -- name: promote_model
--- Exactly one current model: both updates run in one transaction.
-UPDATE models SET is_current = (model_version = $model_version);
+-- Exactly one current model, in one statement: readers see the old version
+-- or the new one, never none or both. The promotion request is settled.
+UPDATE models SET is_current = (model_version = $model_version),
+                  promotion_requested_at = CASE WHEN model_version = $model_version THEN NULL
+                                                ELSE promotion_requested_at END;
+
+-- name: request_promotion
+-- The version to become current once every track has a vector in it; a newer
+-- request replaces an older one.
+UPDATE models SET promotion_requested_at = CASE WHEN model_version = $model_version
+                                                THEN current_timestamp ELSE NULL END;
+
+-- name: pending_model
+-- The version waiting to become current, if any.
+SELECT model_version, checkpoint, set_id, latent_mean, latent_scale FROM models
+WHERE promotion_requested_at IS NOT NULL AND NOT is_current
+ORDER BY promotion_requested_at DESC LIMIT 1;
 
 -- name: current_model
 SELECT model_version, checkpoint, set_id, latent_mean, latent_scale FROM models WHERE is_current;

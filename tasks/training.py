@@ -41,7 +41,8 @@ def new_model_version() -> str:
 def train_model(store: Store, paths: Paths, set_id: str, options: dict, promote: bool = True) -> str:
     """Train a model version on every checked spectrogram of ``set_id``; register it.
 
-    The new version becomes the current one unless ``promote`` is false.
+    With ``promote`` the new version is asked to become current: it does
+    once every track is encoded with it (``flows.build.encode_pending``).
     """
     logger = get_run_logger()
     manifest = store.spectrogram_manifest(set_id)
@@ -96,7 +97,7 @@ def train_model(store: Store, paths: Paths, set_id: str, options: dict, promote:
             "latent_mean": standardiser.mean,
             "latent_scale": standardiser.scale,
         },
-        make_current=promote,
+        promote=promote,
     )
     logger.info(
         "model %s: %d epochs in %.0f s, train MSE %.4f, validation MSE %.4f",

@@ -170,6 +170,7 @@ def _library(tmp_path) -> tuple[Store, list[str]]:
     series = pl.Series(vectors.astype(np.float32), dtype=pl.Array(pl.Float32, LATENT_DIM))
     store.record_embeddings(pl.DataFrame({"track_id": ids, "model_version": ["m1"] * n}).with_columns(
         series.alias("raw"), series.alias("vector")))
+    store.promote("m1")
     return store, ids
 
 

@@ -51,6 +51,7 @@ def _with_space(store: Store, vectors: dict[str, np.ndarray]) -> None:
             pl.Series("vector", np.stack(list(vectors.values())), dtype=pl.Array(pl.Float32, LATENT_DIM)),
         )
     )
+    store.promote("m1")
 
 
 def test_schema_is_idempotent(tmp_path):
@@ -117,3 +118,65 @@ def test_quarantine_then_success_releases_the_track(tmp_path):
         pl.DataFrame({"track_id": ["a"], "provider": ["deezer"], "path": ["/x.mp3"], "bytes": [10], "duration_s": [30.0]})
     )
     assert store.quarantined("fetch").is_empty()
+
+
+def _register(store: Store, version: str, set_id: str, promote: bool = True) -> None:
+    store.register_model(
+        {
+            "model_version": version, "set_id": set_id, "config": {}, "checkpoint": "c.ckpt", "epochs": 1,
+            "train_mse": 0.1, "val_mse": 0.1, "n_train_tracks": 1, "n_val_tracks": 1, "train_seconds": 1.0,
+            "latent_mean": np.zeros(LATENT_DIM), "latent_scale": np.ones(LATENT_DIM),
+        },
+        promote=promote,
+    )
+
+
+def _embed(store: Store, version: str, vectors: dict[str, np.ndarray]) -> None:
+    stacked = np.stack(list(vectors.values())).astype(np.float32)
+    store.record_embeddings(
+        pl.DataFrame({"track_id": list(vectors), "model_version": [version] * len(vectors)}).with_columns(
+            pl.Series("raw", stacked, dtype=pl.Array(pl.Float32, LATENT_DIM)),
+            pl.Series("vector", stacked, dtype=pl.Array(pl.Float32, LATENT_DIM)),
+        )
+    )
+
+
+def test_a_promoted_version_becomes_current_only_once_every_track_is_encoded(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    ids = ["a", "b", "c"]
+    store.upsert_tracks(_tracks(ids))
+    store.register_spectrogram_set("set1", {"n_mels": 128})
+    store.record_spectrograms(
+        pl.DataFrame({"track_id": ids, "excerpt": [0] * 3, "set_id": ["set1"] * 3,
+                      "shard": ["x.npy"] * 3, "row": [0, 1, 2]},
+                     schema={"track_id": pl.String, "excerpt": pl.Int32, "set_id": pl.String,
+                             "shard": pl.String, "row": pl.Int32}),
+        pl.DataFrame(schema={"track_id": pl.String, "stage": pl.String, "reason": pl.String, "run_id": pl.String}),
+    )
+    rng = np.random.default_rng(0)
+    _register(store, "old", "set1")
+    _embed(store, "old", {i: rng.standard_normal(LATENT_DIM) for i in ids})
+    assert store.switch_if_encoded() == "old"
+
+    _register(store, "new", "set1")  # pending: asked to become current
+    assert store.pending_model().model_version == "new"
+    assert store.target_model().model_version == "new"
+    _embed(store, "new", {i: rng.standard_normal(LATENT_DIM) for i in ids[:2]})
+    assert store.switch_if_encoded() is None  # "c" has no vector in "new" yet
+    with store.connect() as con:
+        assert con.execute("SELECT DISTINCT model_version FROM latent").fetchall() == [("old",)]
+        assert con.execute("SELECT count(*) FROM latent").fetchone()[0] == 3
+
+    _embed(store, "new", {"c": rng.standard_normal(LATENT_DIM)})
+    assert store.switch_if_encoded() == "new"
+    assert store.pending_model() is None and store.current_model().model_version == "new"
+    with store.connect() as con:
+        assert con.execute("SELECT DISTINCT model_version FROM latent").fetchall() == [("new",)]
+        assert con.execute("SELECT count(*) FROM latent").fetchone()[0] == 3
+
+
+def test_an_unpromoted_version_is_neither_pending_nor_current(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    _register(store, "m", "set1", promote=False)
+    assert store.pending_model() is None and store.current_model() is None
+    assert store.switch_if_encoded() is None
