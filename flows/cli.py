@@ -100,12 +100,51 @@ def _parser() -> argparse.ArgumentParser:
     recommend = commands.add_parser(
         "recommend",
         help="top tracks that sound like a track",
-        description="Print the tracks nearest to a track by cosine similarity in the latent space.",
+        description="Print the tracks nearest to a seed by cosine similarity in the latent space: a "
+        "catalog track, the first hit of a catalog search, or a local audio file.",
     )
     add_db(recommend)
-    recommend.add_argument("track", help="a track id, or 'artist - title'")
+    seed_kind = recommend.add_mutually_exclusive_group(required=True)
+    seed_kind.add_argument("track", nargs="?", help="a track id, or 'artist - title'")
+    seed_kind.add_argument("--search", metavar="QUERY",
+                           help="a catalog search; its first hit is the seed (its preview is encoded on "
+                           "the fly when it is not in the latent space)")
+    seed_kind.add_argument("--file", metavar="PATH", help="a local audio file, encoded on the fly")
+    recommend.add_argument("--source", choices=("standin", "spotify"), default="standin",
+                           help="with --search: the catalog to search (default: standin, the demo "
+                           "catalog; spotify: credentials from the environment)")
+    recommend.add_argument("--tracks", type=_positive_int, default=300,
+                           help="with --search --source standin: the demo catalog's size (default: 300)")
+    recommend.add_argument("--hub-reduction", action="store_true",
+                           help="rank by mutual proximity, demoting tracks that are near everything")
     recommend.add_argument("-k", type=_positive_int, default=10, help="how many (default: 10)")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    path = commands.add_parser(
+        "path",
+        help="a list of tracks that walks from track A to track B through the latent space",
+        description="Interpolate between A's and B's vectors and take, at each step, the nearest "
+        "track not used yet: A first, B last, no repeats.",
+    )
+    add_db(path)
+    path.add_argument("a", metavar="A", help="where to start: a track id, or 'artist - title'")
+    path.add_argument("b", metavar="B", help="where to arrive: a track id, or 'artist - title'")
+    path.add_argument("--steps", type=_positive_int, default=10,
+                      help="tracks in the list, A and B included (default: 10)")
+    path.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    radio = commands.add_parser(
+        "radio",
+        help="a longer list from several seed tracks, their neighbourhoods in turn",
+        description="Interleave the nearest tracks of each seed: no repeats, no seed, at most "
+        "--max-per-artist tracks of one artist.",
+    )
+    add_db(radio)
+    radio.add_argument("seeds", metavar="SEED", nargs="+", help="a track id, or 'artist - title'")
+    radio.add_argument("-n", type=_positive_int, default=30, help="how many tracks (default: 30)")
+    radio.add_argument("--max-per-artist", type=_positive_int, default=2,
+                       help="most tracks of one artist (default: 2)")
+    radio.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     demo = commands.add_parser(
         "demo",
@@ -151,6 +190,9 @@ def _parser() -> argparse.ArgumentParser:
                                help="only the rows that do not count same-artist neighbours")
     artist_filter.add_argument("--no-artist-filter", dest="artist_filter", action="store_const", const=False,
                                help="only the rows that count every neighbour (default: both)")
+    evaluate.add_argument("--hub-reduction", action="store_true",
+                          help="also rank the latent space by mutual proximity (rows 'latent+mp') and "
+                          "report the hubness of both rankings")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     standin = commands.add_parser(
@@ -163,22 +205,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_recommendations(rows: list[dict], seed: str, as_json: bool) -> None:
+def _print_recommendations(rows: list[dict], seed: str, as_json: bool, extra: dict | None = None) -> None:
     if as_json:
-        print(json.dumps({"seed": seed, "recommendations": rows}, indent=2, default=str))
+        print(json.dumps({"seed": seed, **(extra or {}), "recommendations": rows}, indent=2, default=str))
         return
+    _print_tracks(rows, f"Sounds like: {seed}")
+
+
+def _print_tracks(rows: list[dict], title: str, first: str = "rank", notes: tuple[str, ...] = ()) -> None:
+    """A table of tracks: rank (or step), artist, title, the three scores, the
+    mutual proximity when ranked by it, the seed when rows have one, the preview link."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Sounds like: {seed}")
-    for column in ("rank", "artist", "title", "cosine", "time", "frequency"):
-        table.add_column(column, justify="right" if column in ("rank", "cosine", "time", "frequency") else "left")
+    columns = [first, "artist", "title", "cosine", "time", "frequency"]
+    columns += ["mp"] if rows and rows[0].get("mutual_proximity") is not None else []
+    columns += ["seed"] if rows and "seed" in rows[0] else []
+    columns += ["preview"]
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right" if column in (first, "cosine", "time", "frequency", "mp", "seed")
+                         else "left")
+    seeds = {seed: number for number, seed in enumerate(dict.fromkeys(r["seed"] for r in rows if "seed" in r), 1)}
     for rank, row in enumerate(rows, start=1):
-        table.add_row(
-            str(rank), row["artist"], row["title"], f"{row['cosine']:.3f}",
-            f"{row['time_similarity']:.3f}", f"{row['frequency_similarity']:.3f}",
-        )
-    Console().print(table)
+        cells = [str(row.get("step", rank - 1) if first == "step" else rank), row["artist"], row["title"],
+                 f"{row['cosine']:.3f}", f"{row['time_similarity']:.3f}", f"{row['frequency_similarity']:.3f}"]
+        cells += [f"{row['mutual_proximity']:.3f}"] if "mp" in columns else []
+        cells += [str(seeds[row["seed"]])] if "seed" in columns else []
+        cells.append(row.get("preview_url") or "")
+        table.add_row(*cells)
+    console = Console()
+    console.print(table)
+    for seed, number in seeds.items():
+        console.print(f"seed {number}: {seed}")
+    for note in notes:
+        console.print(note)
 
 
 def _build(args: argparse.Namespace, source: str) -> dict:
@@ -288,7 +349,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     if not db.is_file():
         raise CommandError(f"--db {args.db}: no such file; run `sonufy build` first")
     filters = (False, True) if args.artist_filter is None else (args.artist_filter,)
-    result = evaluate_store(Store(db), labels, k=args.k, artist_filters=filters)
+    result = evaluate_store(Store(db), labels, k=args.k, artist_filters=filters,
+                            hub_reduction=args.hub_reduction)
     if not result["rows"]:
         raise CommandError("nothing could be scored: " + "; ".join(result["notes"]))
     if args.json:
@@ -311,18 +373,90 @@ def _evaluate(args: argparse.Namespace) -> None:
     console.print(table)
     for note in result["notes"]:
         console.print(f"skipped: {note}")
+    for space, figures in result.get("hubness", {}).items():
+        console.print(f"hubness of {space}: k-occurrence skewness {figures['skewness']:.2f}, "
+                      f"most listed track in {figures['max_occurrence']} lists of {figures['k']}, "
+                      f"{figures['orphans']:.1%} of tracks in nobody's list")
+
+
+def _store(db: str):
+    from sonufy_model.store import Store
+
+    if not Path(db).is_file():
+        raise CommandError(f"--db {db}: no such file; run `sonufy build` first")
+    return Store(db)
+
+
+def _seed(args: argparse.Namespace, store):
+    """The recommend command's seed: a catalog track, a search's first hit, or a file."""
+    from sonufy_model import query_audio
+
+    if args.file is not None:
+        return query_audio.seed_from_file(store, args.file)
+    if args.search is None:
+        return query_audio.seed_from_track(store, args.track)
+    if args.source == "spotify":
+        from sonufy_model.config import ServiceSettings
+
+        return query_audio.seed_from_search(store, ServiceSettings.from_env(), args.search)
+    from flows.sources import open_source
+    from sonufy_model.config import Paths
+
+    # The demo catalog the build scraped: same size, same rendered previews.
+    cache = Paths.for_db(args.db).data_dir / "standin-cache"
+    with open_source("standin", args.tracks, cache_dir=cache if cache.is_dir() else None) as origin:
+        return query_audio.seed_from_search(store, origin.settings, args.search)
 
 
 def _recommend(args: argparse.Namespace) -> None:
-    from sonufy_model.store import Store
+    from sonufy_model import query_audio
 
-    db = Path(args.db)
-    if not db.exists():
-        raise CommandError(f"--db {args.db}: no such file; run `sonufy build` first")
-    store = Store(db)
-    seed = store.find_track(args.track)
-    rows = store.similar_to(seed["track_id"], args.k).to_dicts()
-    _print_recommendations(rows, f"{seed['artist']} - {seed['title']}", args.json)
+    if args.search is None and args.source != "standin":
+        raise CommandError("--source applies to --search only")
+    store = _store(args.db)
+    seed = _seed(args, store)
+    rows = query_audio.recommend(
+        store, seed, args.k, filters=_search_filters(args), hub_reduction=args.hub_reduction
+    ).to_dicts()
+    _print_recommendations(rows, seed.label, args.json,
+                           {"seed_kind": seed.kind, "seed_track_id": seed.track_id,
+                            "hub_reduction": args.hub_reduction})
+
+
+def _search_filters(args: argparse.Namespace):
+    """The search filters recommend's filter options ask for (absent options: the defaults)."""
+    from sonufy_model.search import SearchFilters
+
+    defaults = SearchFilters()
+    return SearchFilters(**{
+        name: getattr(args, name, getattr(defaults, name))
+        for name in ("exclude_same_artist", "exclude_same_album", "exclude_duplicates",
+                     "min_popularity", "max_per_artist")
+    })
+
+
+def _path(args: argparse.Namespace) -> None:
+    from sonufy_model.journeys import path
+
+    rows = path(_store(args.db), args.a, args.b, args.steps).to_dicts()
+    title = f"From {rows[0]['artist']} - {rows[0]['title']} to {rows[-1]['artist']} - {rows[-1]['title']}"
+    if args.json:
+        print(json.dumps({"a": rows[0]["track_id"], "b": rows[-1]["track_id"], "steps": args.steps,
+                          "path": rows}, indent=2, default=str))
+        return
+    _print_tracks(rows, title, first="step", notes=("scores: against each step's point on the way from A to B",))
+
+
+def _radio(args: argparse.Namespace) -> None:
+    from sonufy_model.journeys import radio
+
+    rows = radio(_store(args.db), args.seeds, args.n, args.max_per_artist).to_dicts()
+    notes = () if len(rows) == args.n else (f"only {len(rows)} tracks: the seeds' neighbourhoods ran out",)
+    if args.json:
+        print(json.dumps({"seeds": args.seeds, "n": args.n, "max_per_artist": args.max_per_artist,
+                          "radio": rows}, indent=2, default=str))
+        return
+    _print_tracks(rows, f"Radio from {len(args.seeds)} seed(s)", notes=notes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  .venv/bin/duckdb -readonly {result['db']} -c \"SELECT * FROM similar_to('{seed_id}', 10)\"")
         elif args.command == "recommend":
             _recommend(args)
+        elif args.command == "path":
+            _path(args)
+        elif args.command == "radio":
+            _radio(args)
         elif args.command == "train":
             version = _train(args)
             print(f"model version {version}" + (" is current" if args.promote else " registered"))

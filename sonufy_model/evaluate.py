@@ -65,6 +65,7 @@ def ranking_metrics(
     k: int = 10,
     exclude_groups: Sequence | None = None,
     block: int = 256,
+    hub_reduction: bool = False,
 ) -> dict[str, float]:
     """Precision@k and mean average precision of same-label neighbours, with chance.
 
@@ -80,7 +81,8 @@ def ranking_metrics(
     map_chance the expected AP of a random ranking:
     (R-1)/(N-1) + H_N (N-R) / (N (N-1)) for R same-label among N candidates.
     Similarities are computed ``block`` seeds at a time, so memory grows with
-    block × tracks, not tracks².
+    block × tracks, not tracks². With ``hub_reduction`` neighbours are ranked
+    by mutual proximity instead of cosine (see :mod:`sonufy_model.hubness`).
     """
     vectors = np.asarray(vectors, dtype=np.float64)
     labels = np.asarray(labels)
@@ -91,6 +93,10 @@ def ranking_metrics(
     if groups is not None and len(groups) != n:
         raise ValueError(f"need one group per vector, got {len(groups)} for {n}")
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    if hub_reduction:
+        from sonufy_model import hubness
+
+        mp_mean, mp_std = hubness.similarity_statistics(unit, block)
     precisions: list[np.ndarray] = []
     aps: list[np.ndarray] = []
     chances: list[np.ndarray] = []
@@ -98,6 +104,8 @@ def ranking_metrics(
     for start in range(0, n, block):
         rows = np.arange(start, min(start + block, n))
         similarity = unit[rows] @ unit.T
+        if hub_reduction:
+            similarity = hubness.mutual_proximity(similarity, mp_mean[rows], mp_std[rows], mp_mean, mp_std)
         excluded = np.zeros((len(rows), n), dtype=bool)
         excluded[np.arange(len(rows)), rows] = True
         if groups is not None:
@@ -236,11 +244,13 @@ def evaluate_spaces(
     artists: Sequence,
     k: int = 10,
     artist_filters: Sequence[bool] = (False, True),
+    hub_reduced: Sequence[str] = (),
 ) -> tuple[list[dict], list[str]]:
     """Rows (space, label, artist_filter, k, precision, map, chance, map_chance, tracks).
 
     spaces: name → (tracks × dim) on the same tracks, in one order.
     labels: name → one label per track (None: unlabelled, left out).
+    hub_reduced: names of spaces ranked by mutual proximity instead of cosine.
     Returns the rows and notes on combinations that could not be scored
     (e.g. the artist label with the artist filter: no hit is left).
     """
@@ -261,6 +271,7 @@ def evaluate_spaces(
                         values[keep].astype(str),
                         k,
                         exclude_groups=artists[keep].astype(str) if artist_filter else None,
+                        hub_reduction=space_name in hub_reduced,
                     )
                 except ValueError as error:
                     notes.append(
@@ -279,13 +290,16 @@ def evaluate_store(
     artist_filters: Sequence[bool] = (False, True),
     seed: int = 0,
     record: bool = True,
+    hub_reduction: bool = False,
 ) -> dict:
     """Evaluate the current latent space of ``store`` against MFCC and random vectors.
 
     Tracks evaluated: those with a vector of the current model and a
     spectrogram of its set (so every space ranks the same tracks). Returns
     {"model_version", "rows", "notes", "tracks"}; with ``record`` the rows
-    are written to the evaluations table.
+    are written to the evaluations table. With ``hub_reduction`` the latent
+    space is also ranked by mutual proximity, as space "latent+mp", and the
+    result has the hubness (k-occurrence skewness) of both rankings.
     """
     parsed = [parse_label(spec) for spec in label_specs]  # bad names fail before any work
     csv_maps = {name: csv_labels(path, column) for name, path, column in parsed if path is not None}
@@ -310,10 +324,19 @@ def evaluate_store(
         "mfcc": standardise_columns(np.stack([features[t] for t in track_ids])),
         "random": random_vectors(len(track_ids), latent.shape[1] if latent.ndim == 2 else 256, seed),
     }
-    rows, notes = evaluate_spaces(spaces, labels, frame["artist"].to_list(), k, artist_filters)
+    hub_reduced: tuple[str, ...] = ()
+    result: dict = {}
+    if hub_reduction:
+        from sonufy_model.hubness import hubness
+
+        spaces = {"latent": latent, "latent+mp": latent, **{n: v for n, v in spaces.items() if n != "latent"}}
+        hub_reduced = ("latent+mp",)
+        if len(track_ids) > k:
+            result["hubness"] = {name: hubness(latent, k, name in hub_reduced) for name in ("latent", "latent+mp")}
+    rows, notes = evaluate_spaces(spaces, labels, frame["artist"].to_list(), k, artist_filters, hub_reduced)
     if record and rows:
         store.record_evaluations(model_version, rows)
-    return {"model_version": model_version, "rows": rows, "notes": notes, "tracks": len(track_ids)}
+    return {"model_version": model_version, "rows": rows, "notes": notes, "tracks": len(track_ids), **result}
 
 
 def _mfcc_per_track(manifest) -> dict[str, np.ndarray]:

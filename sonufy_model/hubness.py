@@ -1,0 +1,175 @@
+"""Hub reduction by mutual proximity.
+
+In high-dimensional spaces a few points (hubs) are close to almost
+everything, and show up in everyone's neighbour list while most tracks are
+nobody's neighbour. Mutual proximity (Schnitzer et al., JMLR 2012) rescales a
+similarity by how unusual it is *for both tracks*: MP(x, y) is the chance that
+a random track is less similar to x than y is, and less similar to y than x
+is. A hub, similar to everyone, gains little from being similar to x, so it
+is demoted. The Gaussian, independent variant is used: each track's
+similarities to the others are summarised by their mean and standard
+deviation, so
+
+    MP(x, y) = Φ((s − μx) / σx) · Φ((s − μy) / σy),  s = cos(x, y).
+
+In :func:`~sonufy_model.evaluate.ranking_metrics` μ and σ come from every
+other track; for a recommendation they come from a fixed sample of the latent
+space (:func:`sample_statistics`), and only a pool of nearest candidates by
+cosine is re-ranked (:func:`rerank`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from scipy.special import ndtr
+
+import sql
+from sonufy_model.store import TrackNotFound
+
+MIN_STD = 1e-6
+SAMPLE_SIZE = 1000  # tracks whose similarities give a track's μ and σ
+SAMPLE_SEED = 42
+POOL_FACTOR = 10  # candidates by cosine re-ranked per wanted track
+MIN_POOL = 100
+SQL_FILE = "journeys.sql"
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float64)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+def similarity_statistics(unit: np.ndarray, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each row's cosine to every *other* row.
+
+    ``unit``: row-normalised (n × d), n ≥ 2; computed ``block`` rows at a time.
+    """
+    n = len(unit)
+    if n < 2:
+        raise ValueError(f"mutual proximity needs at least 2 tracks, got {n}")
+    means = np.empty(n)
+    stds = np.empty(n)
+    for start in range(0, n, block):
+        rows = np.arange(start, min(start + block, n))
+        similarity = unit[rows] @ unit.T
+        similarity[np.arange(len(rows)), rows] = np.nan  # not one's own neighbour
+        means[rows] = np.nanmean(similarity, axis=1)
+        stds[rows] = np.nanstd(similarity, axis=1)
+    return means, np.maximum(stds, MIN_STD)
+
+
+def mutual_proximity(
+    similarity: np.ndarray,
+    row_mean: np.ndarray,
+    row_std: np.ndarray,
+    col_mean: np.ndarray,
+    col_std: np.ndarray,
+) -> np.ndarray:
+    """MP of a block of similarities (rows × cols), given each side's μ and σ.
+
+    Monotonic in the similarity for a fixed pair of tracks; in [0, 1].
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    row = ndtr((similarity - np.asarray(row_mean)[:, None]) / np.maximum(np.asarray(row_std), MIN_STD)[:, None])
+    col = ndtr((similarity - np.asarray(col_mean)[None, :]) / np.maximum(np.asarray(col_std), MIN_STD)[None, :])
+    return row * col
+
+
+def similarity_blocks(vectors: np.ndarray, hub_reduction: bool = False, block: int = 256):
+    """(row indices, rows × n similarities) blocks over all pairs: cosine, or
+    its mutual proximity; memory grows with block × n, not n²."""
+    unit = unit_rows(vectors)
+    if hub_reduction:
+        mean, std = similarity_statistics(unit, block)
+    for start in range(0, len(unit), block):
+        rows = np.arange(start, min(start + block, len(unit)))
+        similarity = unit[rows] @ unit.T
+        if hub_reduction:
+            similarity = mutual_proximity(similarity, mean[rows], std[rows], mean, std)
+        yield rows, similarity
+
+
+def k_occurrence(vectors: np.ndarray, k: int, hub_reduction: bool = False) -> np.ndarray:
+    """How often each track is among the other tracks' k nearest."""
+    n = len(vectors)
+    if not 1 <= k < n:
+        raise ValueError(f"k must be between 1 and {n - 1}, got {k} for {n} tracks")
+    counts = np.zeros(n, dtype=np.int64)
+    for rows, similarity in similarity_blocks(vectors, hub_reduction):
+        similarity[np.arange(len(rows)), rows] = -np.inf  # not one's own neighbour
+        top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        counts += np.bincount(top.ravel(), minlength=n)
+    return counts
+
+
+def hubness(vectors: np.ndarray, k: int = 10, hub_reduction: bool = False) -> dict[str, float]:
+    """Skewness of the k-occurrence (0: no hubs; the larger, the more hubs),
+    the largest k-occurrence, and the share of tracks in nobody's list (anti-hubs)."""
+    counts = k_occurrence(vectors, k, hub_reduction).astype(np.float64)
+    centred = counts - counts.mean()
+    std = counts.std()
+    return {
+        "k": k,
+        "skewness": float((centred**3).mean() / std**3) if std > 0 else 0.0,
+        "max_occurrence": int(counts.max()),
+        "orphans": float((counts == 0).mean()),
+    }
+
+
+# -- recommendations from the store -----------------------------------------
+
+
+def pool_size(k: int) -> int:
+    """How many nearest tracks by cosine :func:`rerank` should be given for ``k``."""
+    return max(POOL_FACTOR * k, MIN_POOL)
+
+
+def sample_statistics(store, vectors: np.ndarray, size: int = SAMPLE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """μ and σ of each vector's cosine to a fixed sample of the current latent space."""
+    with store.connect(read_only=True) as con:
+        rows = con.execute(sql.statement("latent_sample", SQL_FILE), {"size": size, "seed": SAMPLE_SEED}).fetchall()
+    if len(rows) < 2:
+        raise ValueError(f"{store.path}: hub reduction needs at least 2 tracks in the latent space")
+    sample = unit_rows(np.array([row[0] for row in rows], dtype=np.float64))
+    similarity = unit_rows(vectors) @ sample.T
+    # A vector that is a sample member is not its own neighbour: leave that entry out.
+    similarity[np.isclose(similarity, 1.0, rtol=0.0, atol=1e-9)] = np.nan
+    return np.nanmean(similarity, axis=1), np.maximum(np.nanstd(similarity, axis=1), MIN_STD)
+
+
+def vectors_of(store, track_ids: list[str]) -> np.ndarray:
+    """The current model's vectors of ``track_ids``, in that order."""
+    if not track_ids:
+        return np.empty((0, 0))
+    with store.connect(read_only=True) as con:
+        rows = con.execute(sql.statement("latent_vectors", SQL_FILE), {"track_ids": track_ids}).fetchall()
+    found = {track_id: vector for track_id, vector in rows}
+    missing = [t for t in track_ids if t not in found]
+    if missing:
+        raise TrackNotFound(f"no vector in the current latent space for {', '.join(missing[:5])}")
+    return np.array([found[t] for t in track_ids], dtype=np.float64)
+
+
+def rerank(store, query_vector: np.ndarray, candidates: pl.DataFrame, k: int) -> pl.DataFrame:
+    """The ``k`` candidates with the highest mutual proximity to the query.
+
+    ``candidates``: nearest tracks by cosine (a :func:`sonufy_model.search.similar`
+    frame, best first, ideally :func:`pool_size` of them). Returned with a
+    ``mutual_proximity`` column, in its order; the cosine columns are kept.
+    """
+    if candidates.is_empty():
+        return candidates.with_columns(pl.lit(None, dtype=pl.Float64).alias("mutual_proximity"))
+    query = np.asarray(query_vector, dtype=np.float64)[None, :]
+    vectors = vectors_of(store, candidates["track_id"].to_list())
+    query_mean, query_std = sample_statistics(store, query)
+    cand_mean, cand_std = sample_statistics(store, vectors)
+    cosine = (unit_rows(query) @ unit_rows(vectors).T)
+    scores = mutual_proximity(cosine, query_mean, query_std, cand_mean, cand_std)[0]
+    return (
+        candidates.with_columns(pl.Series("mutual_proximity", scores, dtype=pl.Float64))
+        .with_row_index("_cosine_rank")
+        .sort(["mutual_proximity", "_cosine_rank"], descending=[True, False])
+        .drop("_cosine_rank")
+        .head(k)
+    )

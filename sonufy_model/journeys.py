@@ -1,0 +1,242 @@
+"""Beyond one seed: a path from one track to another, and a radio of several seeds.
+
+``path`` walks from track A to track B through the latent space (Plexamp's
+Sonic Adventure, AudioMuse-AI's song path): waypoints are spherically
+interpolated between A's and B's normalised vectors, and each waypoint takes
+the nearest track not used yet. ``radio`` interleaves the neighbourhoods of
+several seeds into one longer list, with at most N tracks per artist.
+
+Both answer through :func:`sonufy_model.search.similar` (the index when there
+is one, an exact scan otherwise); the algorithms themselves take a
+``nearest`` function, so they are independent of how neighbours are found.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+
+import sql
+from sonufy_model.hubness import unit_rows, vectors_of
+
+SQL_FILE = "journeys.sql"
+# What a list row says about a track, whatever the list.
+TRACK_COLUMNS = ("track_id", "artist", "title", "album", "preview_url")
+SCORE_COLUMNS = ("cosine", "time_similarity", "frequency_similarity")
+
+#: nearest(vector=..., track_id=..., k=..., exclude=...) -> rows best first
+#: (TRACK_COLUMNS + SCORE_COLUMNS), never a track of ``exclude``.
+Nearest = Callable[..., pl.DataFrame]
+
+
+class JourneyError(ValueError):
+    """A path or radio that cannot be made from these inputs; the message names them."""
+
+
+# -- interpolation -------------------------------------------------------------
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """The point a fraction ``t`` of the way from ``a`` to ``b`` on the unit sphere.
+
+    Falls back to a normalised linear mix when the two are (anti)parallel,
+    where the great circle is undefined or every circle is one.
+    """
+    a, b = unit_rows(a), unit_rows(b)
+    omega = math.acos(float(np.clip(a @ b, -1.0, 1.0)))
+    if omega < 1e-6 or math.pi - omega < 1e-6:
+        return unit_rows((1.0 - t) * a + t * b)
+    return (math.sin((1.0 - t) * omega) * a + math.sin(t * omega) * b) / math.sin(omega)
+
+
+def waypoints(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
+    """``steps`` points from ``a`` (first) to ``b`` (last), evenly spaced in angle."""
+    if steps < 2:
+        raise JourneyError(f"a path needs at least 2 steps (A and B), got {steps}")
+    return np.stack([slerp(a, b, i / (steps - 1)) for i in range(steps)])
+
+
+def split_scores(query: np.ndarray, vector: np.ndarray) -> dict[str, float]:
+    """Cosine of the whole vectors, of the time halves and of the frequency halves."""
+    half = len(vector) // 2
+
+    def cosine(x: np.ndarray, y: np.ndarray) -> float:
+        return float(unit_rows(x) @ unit_rows(y))
+
+    return {
+        "cosine": cosine(query, vector),
+        "time_similarity": cosine(query[:half], vector[:half]),
+        "frequency_similarity": cosine(query[half:], vector[half:]),
+    }
+
+
+# -- the algorithms, over any nearest-neighbour function --------------------------
+
+
+def walk(
+    a: dict, b: dict, vector_a: np.ndarray, vector_b: np.ndarray, steps: int, nearest: Nearest
+) -> list[dict]:
+    """The path's rows: A, then the nearest unused track to each inner waypoint, then B.
+
+    ``a`` and ``b``: the end tracks' rows (TRACK_COLUMNS). Each row gets
+    ``step`` (0..steps-1), ``position`` (the waypoint's fraction of the way)
+    and the scores against its waypoint.
+    """
+    if a["track_id"] == b["track_id"]:
+        raise JourneyError(f"A and B are the same track ({a['track_id']}): a path needs two tracks")
+    points = waypoints(np.asarray(vector_a, np.float64), np.asarray(vector_b, np.float64), steps)
+    used = [a["track_id"], b["track_id"]]
+    rows = [{**a, **split_scores(points[0], vector_a)}]
+    for point in points[1:-1]:
+        found = nearest(vector=point, k=1, exclude=tuple(used))
+        if found.is_empty():
+            raise JourneyError(
+                f"the latent space has only {len(rows) + 1} tracks to walk through: "
+                f"fewer than the {steps} steps asked for"
+            )
+        row = found.row(0, named=True)
+        used.append(row["track_id"])
+        rows.append({name: row[name] for name in (*TRACK_COLUMNS, *SCORE_COLUMNS)})
+    rows.append({**b, **split_scores(points[-1], vector_b)})
+    for step, row in enumerate(rows):
+        row["step"] = step
+        row["position"] = step / (steps - 1)
+    return rows
+
+
+def interleave(
+    seeds: Sequence[dict], n: int, max_per_artist: int | None, nearest: Nearest, batch: int | None = None
+) -> list[dict]:
+    """A radio list: the seeds' neighbourhoods in turn, best first, until ``n`` tracks.
+
+    No track twice, no seed, at most ``max_per_artist`` tracks of one artist
+    (None: no cap). Each row says which seed it came from. A seed whose
+    neighbours run out (a small space, a strict cap) drops out; the list is
+    shorter than ``n`` only when every seed has run out.
+    """
+    if n < 1:
+        raise JourneyError(f"a radio needs at least 1 track, got n={n}")
+    if max_per_artist is not None and max_per_artist < 1:
+        raise JourneyError(f"max_per_artist must be at least 1, got {max_per_artist}")
+    seed_ids = tuple(seed["track_id"] for seed in seeds)
+    if not seed_ids:
+        raise JourneyError("a radio needs at least one seed")
+    batch = batch or max(10, 2 * math.ceil(n / len(seed_ids)))
+    queues: dict[str, list[dict]] = {seed: [] for seed in seed_ids}
+    seen: dict[str, set[str]] = {seed: set() for seed in seed_ids}
+    asked: dict[str, int] = dict.fromkeys(seed_ids, batch)
+    exhausted: set[str] = set()
+    used: set[str] = set()
+    per_artist: dict[str, int] = {}
+    rows: list[dict] = []
+
+    def refill(seed: str) -> None:
+        k = asked[seed]
+        found = nearest(track_id=seed, k=k, exclude=seed_ids + tuple(sorted(seen[seed] | used)))
+        fresh = [row for row in found.iter_rows(named=True) if row["track_id"] not in seen[seed]]
+        seen[seed].update(row["track_id"] for row in fresh)
+        queues[seed].extend(fresh)
+        asked[seed] = 2 * k
+        if found.height < k or not fresh:
+            exhausted.add(seed)
+
+    def take(seed: str) -> dict | None:
+        while True:
+            if not queues[seed]:
+                if seed in exhausted:
+                    return None
+                refill(seed)
+                continue
+            row = queues[seed].pop(0)
+            if row["track_id"] in used:
+                continue
+            if max_per_artist is not None and per_artist.get(row["artist"], 0) >= max_per_artist:
+                continue
+            return row
+
+    seed_names = {seed["track_id"]: f"{seed['artist']} - {seed['title']}" for seed in seeds}
+    while len(rows) < n:
+        took = False
+        for seed in seed_ids:
+            if len(rows) >= n:
+                break
+            row = take(seed)
+            if row is None:
+                continue
+            took = True
+            used.add(row["track_id"])
+            per_artist[row["artist"]] = per_artist.get(row["artist"], 0) + 1
+            rows.append(
+                {name: row[name] for name in (*TRACK_COLUMNS, *SCORE_COLUMNS)}
+                | {"seed_track_id": seed, "seed": seed_names[seed]}
+            )
+        if not took:
+            break
+    return rows
+
+
+# -- against the store -------------------------------------------------------------
+
+
+def _tracks(store, queries: Sequence[str]) -> list[dict]:
+    """Each query's track (id or "artist - title"), with TRACK_COLUMNS."""
+    found = [store.find_track(query)["track_id"] for query in queries]
+    with store.connect(read_only=True) as con:
+        frame = con.execute(sql.statement("journey_tracks", SQL_FILE), {"track_ids": found}).pl()
+    rows = {row["track_id"]: row for row in frame.iter_rows(named=True)}
+    return [rows[track_id] for track_id in found]
+
+
+def _nearest(store, filters) -> Nearest:
+    from sonufy_model import search
+
+    filters = filters or search.SearchFilters()
+
+    def nearest(*, k: int, exclude: Sequence[str], vector=None, track_id=None) -> pl.DataFrame:
+        wanted = replace(filters, exclude_track_ids=tuple(filters.exclude_track_ids) + tuple(exclude))
+        return search.similar(store, track_id=track_id, vector=vector, k=k, filters=wanted)
+
+    return nearest
+
+
+PATH_SCHEMA = {
+    "step": pl.Int64, "position": pl.Float64,
+    **{name: pl.String for name in TRACK_COLUMNS},
+    **{name: pl.Float64 for name in SCORE_COLUMNS},
+}
+RADIO_SCHEMA = {
+    **{name: pl.String for name in TRACK_COLUMNS},
+    **{name: pl.Float64 for name in SCORE_COLUMNS},
+    "seed_track_id": pl.String, "seed": pl.String,
+}
+
+
+def path(store, a: str, b: str, steps: int, filters=None) -> pl.DataFrame:
+    """``steps`` tracks walking from A to B (ids or "artist - title"), A first, B last.
+
+    Scores are against each step's waypoint; ``filters`` (a
+    :class:`~sonufy_model.search.SearchFilters`) apply to the inner steps.
+    """
+    if steps < 2:
+        raise JourneyError(f"--steps {steps}: a path needs at least 2 steps (A and B)")
+    start, end = _tracks(store, [a, b])
+    vector_a, vector_b = vectors_of(store, [start["track_id"], end["track_id"]])
+    rows = walk(start, end, vector_a, vector_b, steps, _nearest(store, filters))
+    return pl.DataFrame(rows, schema=PATH_SCHEMA)
+
+
+def radio(
+    store, seeds: Sequence[str], n: int = 30, max_per_artist: int | None = 2, filters=None
+) -> pl.DataFrame:
+    """Up to ``n`` tracks from the neighbourhoods of ``seeds`` (ids or "artist - title"), in turn.
+
+    No repeats, no seed, at most ``max_per_artist`` tracks per artist. A seed
+    named twice counts once.
+    """
+    resolved = list({row["track_id"]: row for row in _tracks(store, seeds)}.values())
+    rows = interleave(resolved, n, max_per_artist, _nearest(store, filters))
+    return pl.DataFrame(rows, schema=RADIO_SCHEMA)

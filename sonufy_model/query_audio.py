@@ -1,0 +1,181 @@
+"""Seeds that are not (yet) in the latent space: a local audio file, a Spotify search.
+
+A file is analysed exactly as the catalog was: the current model's
+spectrogram set says which mel parameters (and excerpts), the model's
+checkpoint encodes the fixed tiles, the clips' vectors are averaged and the
+model's stored standardisation applied. A search asks the catalog service
+(Spotify, or the stand-in) and takes the first hit: a track already in the
+latent space (by id, else by ISRC) answers with its stored vector; any other
+has its preview fetched through the preview sources into a temporary folder
+and encoded on the fly. Nothing is written to the DuckDB file.
+
+:func:`recommend` then ranks the space against any seed, with the search's
+filters and, optionally, hub reduction (:mod:`sonufy_model.hubness`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+import sql
+from sonufy_model import hubness
+from sonufy_model.audio import AudioDecodeError, MelParams, analyse, to_uint8
+from sonufy_model.store import ModelRecord
+
+SQL_FILE = "journeys.sql"
+MIN_QUERY_SECONDS = 5.0  # less audio than this says little about how a track sounds
+
+
+class QueryError(ValueError):
+    """A seed that cannot be used (no model, no hit, no preview); the message names it."""
+
+
+@dataclass(frozen=True)
+class Seed:
+    """What recommendations are made from: a standardised vector, and where it came from.
+
+    ``track_id`` is set when the seed is a track of the latent space (it is
+    then left out of its own recommendations).
+    """
+
+    label: str
+    vector: np.ndarray
+    kind: str  # "track" | "file" | "search"
+    track_id: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "kind": self.kind, "track_id": self.track_id}
+
+
+def _current_model(store) -> ModelRecord:
+    if not Path(store.path).exists():
+        raise QueryError(f"{store.path}: no such DuckDB file; run `sonufy build` first")
+    model = store.current_model()
+    if model is None:
+        raise QueryError(f"{store.path}: no current model; run `sonufy build` or `sonufy train` first")
+    return model
+
+
+def mel_params(store, model: ModelRecord) -> MelParams:
+    """The mel parameters of the spectrogram set the model was trained on."""
+    with store.connect(read_only=True) as con:
+        rows = con.execute(sql.statement("spectrogram_params", SQL_FILE), {"set_id": model.set_id}).fetchall()
+    if not rows:
+        raise QueryError(f"{store.path}: model {model.model_version} names spectrogram set {model.set_id}, "
+                         "which is not recorded")
+    params = rows[0][0]
+    return MelParams(**(json.loads(params) if isinstance(params, str) else params))
+
+
+def encode_file(store, path: str | Path) -> np.ndarray:
+    """The standardised vector of an audio file under the current model (nothing is stored)."""
+    from sonufy_model.encoding import encode_spectrograms, load_encoder
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no such audio file")
+    model = _current_model(store)
+    params = mel_params(store, model)
+    try:
+        clips = analyse(file, params)
+    except (OSError, ValueError) as error:
+        if isinstance(error, AudioDecodeError):
+            raise
+        raise AudioDecodeError(f"{path}: does not decode as audio ({error})") from error
+    audio_s = sum(stats["duration_s"] for _, stats in clips)
+    if audio_s < MIN_QUERY_SECONDS:
+        raise AudioDecodeError(f"{path}: only {audio_s:.1f} s of audio; at least {MIN_QUERY_SECONDS:g} s are needed")
+    if any(stats["non_finite"] for _, stats in clips):
+        raise AudioDecodeError(f"{path}: its spectrogram has non-finite values (silent or corrupt audio)")
+    checkpoint = Path(model.checkpoint)
+    if not checkpoint.is_file():
+        raise QueryError(f"model {model.model_version}: checkpoint {checkpoint} is missing")
+    encoder = load_encoder(checkpoint)
+    per_clip = encode_spectrograms(encoder, np.stack([to_uint8(spectrogram) for spectrogram, _ in clips]))
+    return model.standardiser.transform(per_clip.mean(axis=0, keepdims=True))[0]
+
+
+def seed_from_track(store, query: str) -> Seed:
+    """A track of the latent space, by id or "artist - title"."""
+    track = store.find_track(query)
+    vector = hubness.vectors_of(store, [track["track_id"]])[0]
+    return Seed(f"{track['artist']} - {track['title']}", vector, "track", track["track_id"])
+
+
+def seed_from_file(store, path: str | Path) -> Seed:
+    return Seed(str(path), encode_file(store, path), "file")
+
+
+def search_first_hit(settings, query: str) -> dict:
+    """The first track a catalog search for ``query`` finds (a tracks-table row)."""
+    from sonufy_model.catalog import fetch_catalog, parse_search_pages
+    from sonufy_model.scrape_config import ScrapeConfig
+
+    if not query or not query.strip():
+        raise QueryError("--search: the query is empty")
+    result = fetch_catalog(settings, ScrapeConfig(queries=(query,), max_items_per_query=1, source="--search"))
+    tracks, _ = parse_search_pages(result.pages)
+    if tracks.is_empty():
+        why = f" ({'; '.join(result.problems)})" if result.problems else ""
+        raise QueryError(f"--search {query!r}: no track found{why}")
+    return tracks.row(0, named=True)
+
+
+def _in_latent(store, hit: dict) -> str | None:
+    """The latent space's track for a search hit: the same id, else the same ISRC."""
+    with store.connect(read_only=True) as con:
+        if con.execute(sql.statement("latent_vectors", SQL_FILE), {"track_ids": [hit["track_id"]]}).fetchall():
+            return hit["track_id"]
+        if hit.get("isrc"):
+            row = con.execute(sql.statement("latent_track_by_isrc", SQL_FILE), {"isrc": hit["isrc"]}).fetchone()
+            if row:
+                return row[0]
+    return None
+
+
+def seed_from_search(store, settings, query: str) -> Seed:
+    """The first hit of a catalog search: its stored vector, else its preview encoded now."""
+    from sonufy_model.previews import fetch_previews
+
+    _current_model(store)
+    hit = search_first_hit(settings, query)
+    label = f"{hit['artist']} - {hit['title']}"
+    known = _in_latent(store, hit)
+    if known is not None:
+        return Seed(label, hubness.vectors_of(store, [known])[0], "search", known)
+    wanted = pl.DataFrame(
+        [{name: hit.get(name) for name in ("track_id", "isrc", "preview_url", "artist", "title")}],
+        schema={name: pl.String for name in ("track_id", "isrc", "preview_url", "artist", "title")},
+    )
+    with tempfile.TemporaryDirectory(prefix="sonufy-query-") as folder:
+        outcome = fetch_previews(wanted, settings, Path(folder)).row(0, named=True)
+        if outcome["error"] is not None or not outcome["path"]:
+            raise QueryError(f"--search {query!r}: found {label} ({hit['track_id']}), but no preview: "
+                             f"{outcome['error']}")
+        vector = encode_file(store, outcome["path"])
+    return Seed(label, vector, "search")
+
+
+def recommend(store, seed: Seed, k: int = 10, filters=None, hub_reduction: bool = False) -> pl.DataFrame:
+    """The ``k`` tracks nearest to ``seed``, best first (cosine, or mutual proximity
+    over a pool of the nearest by cosine with ``hub_reduction``)."""
+    from sonufy_model import search
+
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    filters = filters or search.SearchFilters()
+    wanted = hubness.pool_size(k) if hub_reduction else k
+    if seed.track_id is not None:  # excluded from its own list, and what the filters compare with
+        rows = search.similar(store, track_id=seed.track_id, k=wanted, filters=filters)
+    else:
+        rows = search.similar(store, vector=seed.vector, k=wanted, filters=filters)
+    if hub_reduction:
+        rows = hubness.rerank(store, seed.vector, rows, k)
+    return rows
+

@@ -1,0 +1,35 @@
+-- Named statements of path, radio, queries by audio and hub reduction
+-- (sonufy_model/journeys.py, query_audio.py, hubness.py). Not schema: none
+-- of them is applied on open.
+
+-- name: latent_sample
+-- A fixed sample of the current latent space (the same rows for the same
+-- tracks, whatever their order in the file): what a track's similarities to
+-- "everyone" are estimated from.
+SELECT vector FROM latent ORDER BY hash(track_id, $seed), track_id LIMIT $size;
+
+-- name: latent_vectors
+-- The current model's vectors of a list of tracks.
+SELECT track_id, vector FROM latent WHERE list_contains($track_ids, track_id);
+
+-- name: spectrogram_params
+-- The mel parameters of a spectrogram set (what a query file must be analysed with).
+SELECT params FROM spectrogram_sets WHERE set_id = $set_id;
+
+-- name: latent_track_by_isrc
+-- A track of the current latent space with this ISRC: the same recording
+-- under another track id (an album and its compilation).
+SELECT l.track_id FROM latent AS l JOIN tracks AS t USING (track_id)
+WHERE t.isrc = $isrc
+ORDER BY l.track_id
+LIMIT 1;
+
+-- name: journey_tracks
+-- What a list shows of each of these tracks of the current latent space;
+-- the preview link as sonufy_model.search gives it (sql/search.sql).
+SELECT l.track_id, t.artist, t.title, t.album,
+       coalesce(t.preview_url,
+                CASE WHEN t.source = 'spotify' THEN 'https://open.spotify.com/track/' || t.track_id END,
+                t.path) AS preview_url
+FROM latent AS l JOIN tracks AS t USING (track_id)
+WHERE list_contains($track_ids, l.track_id);

@@ -1,0 +1,158 @@
+"""Seeds from a local audio file and from a catalog search, encoded on the fly.
+
+A small latent space made the way the pipeline makes it: tracks found by
+searching the stand-in, previews fetched from it over HTTP, spectrograms
+computed and encoded with a real (small, untrained) autoencoder checkpoint,
+standardised, promoted. Queries must land exactly where the catalog's own
+tracks did, and write nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import polars as pl
+import pytest
+import soundfile as sf
+import torch
+
+from flows.cli import main
+from sonufy_model import catalog, previews, query_audio
+from sonufy_model.audio import AudioDecodeError, MelParams, analyse, to_uint8
+from sonufy_model.demo.standin import StandIn, StandInConfig
+from sonufy_model.demo.synth import PreviewCache
+from sonufy_model.encoding import encode_spectrograms
+from sonufy_model.model import TimeFreqAutoencoder
+from sonufy_model.standardise import Standardiser
+from sonufy_model.store import LATENT_DIM, Store
+
+N_CATALOG, N_SPACE = 12, 8  # the stand-in's tracks; the first N_SPACE are in the latent space
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    with StandIn(StandInConfig(n_tracks=N_CATALOG, cache_dir=tmp_path_factory.mktemp("standin-cache"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def space(standin, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("space")
+    store = Store(root / "space.duckdb")
+    settings = standin.service_settings()
+    wanted = [track.track_id for track in standin.catalog[:N_SPACE]]
+    queries = [f"isrc:{track.isrc}" for track in standin.catalog[:N_SPACE]]
+    tracks, _ = catalog.parse_search_pages(catalog.fetch_search_pages(settings, queries))
+    tracks = tracks.filter(pl.col("track_id").is_in(wanted))
+    store.upsert_tracks(tracks)
+    fetched = previews.fetch_previews(tracks.select("track_id", "isrc", "preview_url", "artist", "title"),
+                                      settings, root / "previews")
+    assert fetched["error"].null_count() == N_SPACE
+    params = MelParams()
+    store.register_spectrogram_set(params.set_id, params.to_dict())
+    torch.manual_seed(0)
+    model = TimeFreqAutoencoder(filters=(4, 8, 16, 32)).eval()
+    checkpoint = root / "model.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": L.__version__}, checkpoint)
+    spectrograms = np.stack([to_uint8(analyse(path, params)[0][0]) for path in fetched["path"]])
+    raw = encode_spectrograms(model, spectrograms)
+    standardiser = Standardiser.fit(raw)
+    store.register_model({
+        "model_version": "tiny", "set_id": params.set_id, "config": {}, "checkpoint": str(checkpoint),
+        "epochs": 0, "train_mse": 0.0, "val_mse": 0.0, "n_train_tracks": N_SPACE, "n_val_tracks": 0,
+        "train_seconds": 0.0, "latent_mean": standardiser.mean, "latent_scale": standardiser.scale,
+    })
+    store.record_embeddings(pl.DataFrame({"track_id": fetched["track_id"], "model_version": "tiny"}).with_columns(
+        pl.Series("raw", raw, dtype=pl.Array(pl.Float32, LATENT_DIM)),
+        pl.Series("vector", standardiser.transform(raw), dtype=pl.Array(pl.Float32, LATENT_DIM)),
+    ))
+    store.promote("tiny")
+    return {"store": store, "settings": settings, "previews": dict(zip(fetched["track_id"], fetched["path"])),
+            "vectors": dict(zip(fetched["track_id"], standardiser.transform(raw)))}
+
+
+def _written(store: Store) -> dict:
+    return {**store.counts(), "previews_on_disk": len(list((store.path.parent / "previews").iterdir()))}
+
+
+def test_a_catalog_tracks_own_file_lands_on_its_vector(space, standin):
+    first = standin.catalog[0]
+    seed = query_audio.seed_from_file(space["store"], space["previews"][first.track_id])
+    assert seed.kind == "file" and seed.track_id is None
+    np.testing.assert_allclose(seed.vector, space["vectors"][first.track_id], rtol=1e-4, atol=1e-4)
+    rows = query_audio.recommend(space["store"], seed, k=3)
+    assert rows["track_id"][0] == first.track_id and rows["cosine"][0] == pytest.approx(1.0, abs=1e-4)
+    assert rows.columns[:8] == ["track_id", "artist", "title", "album", "preview_url", "cosine",
+                                "time_similarity", "frequency_similarity"]
+
+
+def test_a_search_hit_in_the_space_answers_with_its_stored_vector(space, standin):
+    third = standin.catalog[2]
+    seed = query_audio.seed_from_search(space["store"], space["settings"], f"isrc:{third.isrc}")
+    assert (seed.kind, seed.track_id, seed.label) == ("search", third.track_id, f"{third.artist} - {third.title}")
+    np.testing.assert_allclose(seed.vector, space["vectors"][third.track_id], rtol=1e-6)
+    rows = query_audio.recommend(space["store"], seed, k=N_SPACE)
+    assert third.track_id not in rows["track_id"].to_list() and rows.height == N_SPACE - 1
+
+
+def test_a_search_hit_outside_the_space_is_fetched_and_encoded_and_nothing_is_written(space, standin):
+    outside = standin.catalog[N_SPACE + 1]
+    store = space["store"]
+    before = _written(store)
+    seed = query_audio.seed_from_search(store, space["settings"], f'artist:"{outside.artist}" track:"{outside.title}"')
+    assert (seed.kind, seed.track_id, seed.label) == ("search", None, f"{outside.artist} - {outside.title}")
+    # The preview the stand-in served is the one it rendered into its cache.
+    served = PreviewCache(standin.config.cache_dir).path_for(outside)
+    np.testing.assert_allclose(seed.vector, query_audio.encode_file(store, served), rtol=1e-5, atol=1e-5)
+    rows = query_audio.recommend(store, seed, k=4)
+    assert rows.height == 4 and rows["cosine"].is_sorted(descending=True)
+    assert _written(store) == before
+
+
+def test_bad_queries_are_named(space, tmp_path):
+    store = space["store"]
+    with pytest.raises(FileNotFoundError, match="missing.mp3: no such audio file"):
+        query_audio.seed_from_file(store, tmp_path / "missing.mp3")
+    garbage = tmp_path / "garbage.mp3"
+    garbage.write_bytes(b"this is not audio" * 100)
+    with pytest.raises(AudioDecodeError, match="garbage.mp3"):
+        query_audio.seed_from_file(store, garbage)
+    short = tmp_path / "short.wav"
+    sf.write(short, np.sin(np.linspace(0, 2000, 22050)).astype(np.float32), 22050)
+    with pytest.raises(AudioDecodeError, match=r"short.wav: only 1.0 s of audio"):
+        query_audio.seed_from_file(store, short)
+    with pytest.raises(query_audio.QueryError, match="'isrc:ZZ0000000000': no track found"):
+        query_audio.seed_from_search(store, space["settings"], "isrc:ZZ0000000000")
+    with pytest.raises(query_audio.QueryError, match="no such DuckDB file"):
+        query_audio.seed_from_file(Store(tmp_path / "absent.duckdb"), short)
+    empty = Store(tmp_path / "empty.duckdb")
+    empty.apply_schema()
+    with pytest.raises(query_audio.QueryError, match="no current model"):
+        query_audio.seed_from_file(empty, short)
+
+
+def test_recommend_command_from_a_file_or_a_search(space, standin, capsys, tmp_path):
+    db = str(space["store"].path)
+    first = standin.catalog[0]
+    assert main(["recommend", "--db", db, "--file", space["previews"][first.track_id], "-k", "2",
+                 "--hub-reduction", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["seed_kind"] == "file" and out["hub_reduction"] is True
+    assert out["recommendations"][0]["track_id"] == first.track_id
+    assert 0 <= out["recommendations"][0]["mutual_proximity"] <= 1
+    # The command starts its own stand-in: the same demo catalog when the size is the same.
+    assert main(["recommend", "--db", db, "--search", f"isrc:{first.isrc}", "--tracks", str(N_CATALOG),
+                 "-k", "3"]) == 0
+    table = capsys.readouterr().out
+    assert f"Sounds like: {first.artist} - {first.title}" in table and "rank" in table and "preview" in table
+    assert main(["recommend", "--db", db, "--file", str(tmp_path / "nope.flac")]) == 2
+    assert "nope.flac: no such audio file" in capsys.readouterr().err
+    assert main(["recommend", "--db", db, "--search", "isrc:ZZ0000000000", "--tracks", str(N_CATALOG)]) == 2
+    assert "no track found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["recommend", "--db", db, first.track_id, "--search", "x"])
+    assert "not allowed with" in capsys.readouterr().err
