@@ -22,6 +22,7 @@ import polars as pl
 
 import sql
 from sonufy_model.hubness import unit_rows, vectors_of
+from sonufy_model.previews import normalise_name
 
 SQL_FILE = "journeys.sql"
 # What a list row says about a track, whatever the list.
@@ -114,7 +115,7 @@ def interleave(
     """A radio list: the seeds' neighbourhoods in turn, best first, until ``n`` tracks.
 
     No track twice, no seed, at most ``max_per_artist`` tracks of one artist
-    (None: no cap). Each row says which seed it came from. A seed whose
+    (None: no cap; artists compared without case, accents or punctuation). Each row says which seed it came from. A seed whose
     neighbours run out (a small space, a strict cap) drops out; the list is
     shorter than ``n`` only when every seed has run out.
     """
@@ -154,7 +155,7 @@ def interleave(
             row = queues[seed].pop(0)
             if row["track_id"] in used:
                 continue
-            if max_per_artist is not None and per_artist.get(row["artist"], 0) >= max_per_artist:
+            if max_per_artist is not None and per_artist.get(normalise_name(row["artist"]), 0) >= max_per_artist:
                 continue
             return row
 
@@ -169,7 +170,8 @@ def interleave(
                 continue
             took = True
             used.add(row["track_id"])
-            per_artist[row["artist"]] = per_artist.get(row["artist"], 0) + 1
+            artist = normalise_name(row["artist"])
+            per_artist[artist] = per_artist.get(artist, 0) + 1
             rows.append(
                 {name: row[name] for name in (*TRACK_COLUMNS, *SCORE_COLUMNS)}
                 | {"seed_track_id": seed, "seed": seed_names[seed]}
