@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 from flows.sources import open_source
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths, ServiceSettings
-from sonufy_model.store import Store, batches
+from sonufy_model.store import ModelRecord, Store, batches
 from sonufy_model.scrape_config import ScrapeConfig
 from tasks.catalog import check_tracks, parse_tracks, scan_folder, scrape_catalog, upsert_tracks
 from tasks.encoding import encode_batch, spectrograms_without_embedding
@@ -112,27 +112,13 @@ def build(
                 # limits hold for the whole run, and each batch is recorded
                 # (a rerun resumes after the last recorded batch).
                 settings = with_preview_sources(origin.settings, preview_sources, preview_folder)
-                pending = tracks_without_preview(store, settings.fetch_max_attempts)
-                for number, batch in enumerate(batches(pending, batch_size), start=1):
-                    fetched = fetch_previews(batch, settings, paths.previews, number)
-                    _add(counts, record_previews(store, fetched, run_id, number, settings))
+                _add(counts, fetch_pending(store, settings, paths, run_id, batch_size))
             demo_query = origin.demo_query
 
         # 3-4. spectrograms, checked by the spectrogram suite, written as shards
-        # on the task runner's workers (Dask, or this machine), then indexed in
-        # DuckDB here, a batch at a time, so that a rerun resumes after the
-        # last indexed batch.
-        files = previews_without_spectrogram(store, params)
-
-        def convert(number: int, batch):
-            converted = compute_spectrograms.submit(batch, params, workers, number)
-            report = check_spectrograms.submit(converted, params, max_failed_share, number)
-            return write_spectrogram_shard.submit(converted, report, params, paths.spectrograms, number)
-
-        for shard in pipelined(batches(files, batch_size), convert, window=batches_in_flight):
-            _add(counts, record_spectrograms(store, shard, run_id))
-            if not keep_previews:
-                _add(counts, drop_previews(store, shard))
+        _add(counts, spectrograms_pending(
+            store, params, paths, run_id, batch_size, workers, max_failed_share, batches_in_flight, keep_previews
+        ))
 
         # 5. train a model version on every checked spectrogram; it becomes
         # current once encoded. A version already trained on this set (current,
@@ -173,17 +159,78 @@ def encode_pending(store: Store, run_id: str, tracks_per_batch: int) -> dict:
     version once it is complete. The summed counts.
 
     Queries answer from the current version all along: the switch is one
+def fetch_pending(store: Store, settings: ServiceSettings, paths: Paths, run_id: str, batch_size: int) -> dict:
+    """Previews of every catalog track without one, concurrently within a
+    batch; one batch at a time, so that the settings' concurrency, per-host
+    and rate limits hold for the whole run, and each batch is recorded (a
+    rerun resumes after the last recorded batch)."""
+    counts: dict = {}
+    pending = tracks_without_preview(store, settings.fetch_max_attempts)
+    parts = batches(pending, batch_size)
+    for number, batch in enumerate(parts, start=1):
+        fetched = fetch_previews.with_options(
+            task_run_name=f"fetch[batch {number}/{len(parts)}: {batch.height} tracks]"
+        )(batch, settings, paths.previews, number)
+        _add(counts, record_previews(store, fetched, run_id, number, settings))
+    return counts
+
+
+def spectrograms_pending(
+    store: Store,
+    params: MelParams,
+    paths: Paths,
+    run_id: str,
+    batch_size: int,
+    workers: int,
+    max_failed_share: float,
+    batches_in_flight: int = 2,
+    keep_previews: bool = True,
+    reports: list | None = None,
+) -> dict:
+    """Spectrograms of every preview without one: checked by the spectrogram
+    suite and written as shards on the task runner's workers (Dask, or this
+    machine), then indexed in DuckDB here, a batch at a time, so that a rerun
+    resumes after the last indexed batch. The suite's reports are appended
+    to ``reports`` when given."""
+    counts: dict = {}
+    files = previews_without_spectrogram(store, params)
+    checks = []
+
+    def convert(number: int, batch):
+        converted = compute_spectrograms.submit(batch, params, workers, number)
+        report = check_spectrograms.submit(converted, params, max_failed_share, number)
+        checks.append(report)
+        return write_spectrogram_shard.submit(converted, report, params, paths.spectrograms, number)
+
+    for shard in pipelined(batches(files, batch_size), convert, window=batches_in_flight):
+        _add(counts, record_spectrograms(store, shard, run_id))
+        if not keep_previews:
+            _add(counts, drop_previews(store, shard))
+    if reports is not None:
+        reports.extend(check.result() for check in checks)
+    return counts
+
+
+def encode_model(store: Store, model: ModelRecord, run_id: str, tracks_per_batch: int, first: int = 1) -> dict:
+    """Encode, a batch at a time, every track without a vector in ``model``."""
+    counts: dict = {}
+    pending = spectrograms_without_embedding(store, model)
+    parts = batches(pending, tracks_per_batch, by="track_id")
+    for number, batch in enumerate(parts, start=first):
+        _add(counts, encode_batch(store, model, batch, run_id, number))
+        get_run_logger().info("encoded %d of %d batches for model %s", number - first + 1, len(parts),
+                              model.model_version)
+    counts["batches"] = counts.get("batches", 0) + len(parts)
+    return counts
+
+
     UPDATE, made only when the new version covers every track.
     """
     counts: dict = {}
-    number = 0
     for model in (store.current_model(), store.pending_model()):
-        if model is None:
-            continue
-        pending = spectrograms_without_embedding(store, model)
-        for batch in batches(pending, tracks_per_batch, by="track_id"):
-            number += 1
-            _add(counts, encode_batch(store, model, batch, run_id, number))
+        if model is not None:
+            _add(counts, encode_model(store, model, run_id, tracks_per_batch, first=counts.get("batches", 0) + 1))
+    counts.pop("batches", None)
     switched = store.switch_if_encoded()
     if switched:
         get_run_logger().info("model %s is now current: every track has a vector in it", switched)

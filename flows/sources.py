@@ -38,8 +38,13 @@ def parse_source(source: str) -> tuple[str, Path | None]:
 
 
 @contextmanager
-def open_source(source: str, demo_tracks: int = 300, cache_dir: Path | None = None) -> Iterator[Source]:
-    """The source, ready to use; the stand-in runs only inside this block."""
+def open_source(
+    source: str, demo_tracks: int = 300, cache_dir: Path | None = None, demo_new_tracks: int = 0
+) -> Iterator[Source]:
+    """The source, ready to use; the stand-in runs only inside this block.
+
+    ``demo_new_tracks``: tracks the stand-in's catalog has gained since the
+    build (released today, found by ``tag:new``), for nightly refreshes."""
     kind, folder = parse_source(source)
     if kind == "folder":
         yield Source(name=source, folder=folder)
@@ -55,7 +60,9 @@ def open_source(source: str, demo_tracks: int = 300, cache_dir: Path | None = No
 
     # Some tracks re-released on compilations (same ISRC, new id), as in real
     # catalogs: the genre searches find both, and the scrape keeps one.
-    config = StandInConfig(n_tracks=demo_tracks, cache_dir=cache_dir, compilation_share=0.1)
+    config = StandInConfig(
+        n_tracks=demo_tracks, cache_dir=cache_dir, compilation_share=0.1, new_tracks=demo_new_tracks
+    )
     with StandIn(config) as standin:
         settings = standin.service_settings()
         first = standin.catalog[0]

@@ -291,8 +291,10 @@ def evaluate_store(
     seed: int = 0,
     record: bool = True,
     hub_reduction: bool = False,
+    model_version: str | None = None,
 ) -> dict:
-    """Evaluate the current latent space of ``store`` against MFCC and random vectors.
+    """Evaluate the current latent space of ``store`` (or that of ``model_version``)
+    against MFCC and random vectors.
 
     Tracks evaluated: those with a vector of the current model and a
     spectrogram of its set (so every space ranks the same tracks). Returns
@@ -303,7 +305,7 @@ def evaluate_store(
     """
     parsed = [parse_label(spec) for spec in label_specs]  # bad names fail before any work
     csv_maps = {name: csv_labels(path, column) for name, path, column in parsed if path is not None}
-    space = store.evaluation_space()
+    space = store.evaluation_space(model_version)
     model_version, set_id, frame = space["model_version"], space["set_id"], space["tracks"]
     manifest = store.spectrogram_manifest(set_id)
     manifest = manifest.filter(manifest["track_id"].is_in(frame["track_id"].to_list()))

@@ -43,6 +43,8 @@ class QualityReport:
     # track_id, reason: the first expectation each failing track broke.
     failures: pl.DataFrame
     expectations: list[dict] = field(default_factory=list)
+    # Great Expectations' own validation result, for Data Docs.
+    result: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def success(self) -> bool:
@@ -105,7 +107,7 @@ def _run_suite(name: str, frame: pl.DataFrame, expectations: list) -> QualityRep
         {"track_id": list(failed), "reason": list(failed.values())},
         schema={"track_id": pl.String, "reason": pl.String},
     )
-    return QualityReport(suite=name, n_rows=frame.height, failures=failures, expectations=described)
+    return QualityReport(suite=name, n_rows=frame.height, failures=failures, expectations=described, result=result)
 
 
 def _describe(expectation_type: str, kwargs: dict) -> str:

@@ -8,8 +8,12 @@ are handed to DuckDB through Arrow, without copying row by row.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +27,13 @@ import sql
 from sonufy_model.standardise import Standardiser
 
 LATENT_DIM = 256
+
+#: How long an operation waits for the DuckDB file while another process
+#: holds it (DuckDB allows one writer process, or any number of read-only
+#: ones): a user's read-only session, or another flow between its writes.
+LOCK_WAIT_S = float(os.environ.get("SONUFY_DB_LOCK_WAIT_S", "3600"))
+_LOCK_ERROR = "Could not set lock on file"
+_log = logging.getLogger(__name__)
 
 # Column order and types of a tracks batch (see sql/schema.sql, tracks).
 TRACK_SCHEMA: dict[str, pl.DataType] = {
@@ -62,6 +73,10 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+class DatabaseLocked(RuntimeError):
+    """Another process held the DuckDB file for longer than the store waits."""
+
+
 class TrackNotFound(LookupError):
     """A query names a track that is not in the current latent space."""
 
@@ -88,8 +103,9 @@ class Store:
     _schema_applied: set[Path] = set()
     _schema_lock = threading.Lock()
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, lock_wait_s: float | None = None):
         self.path = Path(path).expanduser().resolve()
+        self.lock_wait_s = LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -102,7 +118,7 @@ class Store:
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._apply_schema_once()
-        con = duckdb.connect(str(self.path), read_only=read_only)
+        con = self._open(read_only)
         try:
             yield con
         finally:
@@ -120,11 +136,73 @@ class Store:
                 raise
             con.commit()
 
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """Open the file, waiting with backoff while another process holds it.
+
+        Every write is one short transaction on a short-lived connection, so
+        the pipeline holds the file for milliseconds at a time; a user's
+        session (``duckdb -readonly``) holds it while it is open, and the
+        pipeline waits for it to close, up to ``lock_wait_s``.
+        """
+        started = time.monotonic()
+        delay, next_log = 0.02, 0.0
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.IOException as error:
+                waited = time.monotonic() - started
+                if _LOCK_ERROR not in str(error):
+                    raise
+                if waited >= self.lock_wait_s:
+                    raise DatabaseLocked(
+                        f"{self.path}: another process held it for {waited:.0f} s "
+                        f"(SONUFY_DB_LOCK_WAIT_S={self.lock_wait_s:g}): {error}"
+                    ) from error
+                if waited >= next_log:
+                    _log.warning("waiting for %s: %s", self.path.name, str(error).split(". See")[0])
+                    next_log = waited + 30.0
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    @contextmanager
+    def exclusive(self, name: str, wait_s: float = 0.0) -> Iterator[str | None]:
+        """Hold the lock file ``<db>.<name>.lock`` for the block, so that one
+        process at a time runs ``name`` on this database.
+
+        Yields None once held, or, when another process still holds it after
+        ``wait_s`` seconds, a message naming it (and the block should do
+        nothing). The operating system releases the lock when its holder
+        exits, even on kill -9: a stale lock file never blocks.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(f"{self.path.name}.{name}.lock")
+        deadline = time.monotonic() + wait_s
+        with open(lock_path, "a+") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        handle.seek(0)
+                        holder = handle.read().strip() or "another process"
+                        yield f"{lock_path} is held by {holder}"
+                        return
+                    time.sleep(0.2)
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"pid {os.getpid()}")
+                handle.flush()
+                yield None
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _apply_schema_once(self) -> None:
         with self._schema_lock:
             if self.path in self._schema_applied and self.path.exists():
                 return
-            con = duckdb.connect(str(self.path))
+            con = self._open(read_only=False)
             try:
                 con.begin()
                 for statement in sql.schema_statements():
@@ -180,6 +258,25 @@ class Store:
                 sql.statement("finish_run"),
                 {"run_id": run_id, "status": status, "counts": json.dumps(counts, default=str)},
             )
+
+    def crash_stale_runs(self, flow: str, run_id: str) -> None:
+        """Mark ``flow``'s other runs still 'running' as 'crashed' (call while
+        holding the flow's :meth:`exclusive` lock: no other one is alive)."""
+        with self.connect() as con:
+            con.execute(sql.statement("crash_stale_runs"), {"flow": flow, "run_id": run_id})
+
+    def run_changes(self, run_id: str, model_version: str | None) -> dict:
+        """What a started run (and crashed runs before it) changed: counts,
+        the tracks added to ``model_version``'s space, the tracks quarantined."""
+        with self.connect() as con:
+            [(since,)] = con.execute(sql.statement("changes_since"), {"run_id": run_id}).fetchall()
+            params = {"since": since}
+            counts = con.execute(sql.statement("run_counts"), params).pl().row(0, named=True)
+            added = con.execute(
+                sql.statement("run_additions"), {**params, "model_version": model_version}
+            ).pl()
+            quarantined = con.execute(sql.statement("run_quarantine"), params).pl()
+        return {"since": since, "counts": dict(counts), "added": added, "quarantined": quarantined}
 
     def counts(self) -> dict[str, int]:
         with self.connect() as con:
@@ -337,6 +434,12 @@ class Store:
             if not failures.is_empty():
                 self._run_with_batch(con, "quarantine_tracks", "quarantine_batch", self._quarantine_batch(failures))
 
+    def spectrogram_params(self, set_id: str) -> dict | None:
+        """The parameters a spectrogram set was computed with, if it is registered."""
+        with self.connect() as con:
+            rows = con.execute(sql.statement("spectrogram_set_params"), {"set_id": set_id}).fetchall()
+        return json.loads(rows[0][0]) if rows else None
+
     def spectrogram_manifest(self, set_id: str) -> pl.DataFrame:
         with self.connect() as con:
             return con.execute(sql.statement("spectrogram_manifest"), {"set_id": set_id}).pl()
@@ -397,6 +500,13 @@ class Store:
         self.promote(pending.model_version)
         return pending.model_version
 
+    def forget_model_embeddings(self, model_version: str) -> None:
+        """Delete a model version's vectors (one that is not current)."""
+        if self.current_model() and self.current_model().model_version == model_version:
+            raise ValueError(f"model {model_version} is current: its vectors are the latent space")
+        with self.transaction() as con:
+            con.execute(sql.statement("forget_model_embeddings"), {"model_version": model_version})
+
     def target_model(self) -> ModelRecord | None:
         """The version new work is for: the pending one, else the current one."""
         return self.pending_model() or self.current_model()
@@ -427,15 +537,17 @@ class Store:
 
     # -- evaluations ---------------------------------------------------------
 
-    def evaluation_space(self) -> dict:
-        """The current model's vectors with labels: model_version, set_id, and
-        tracks (track_id, vector, artist, album, genre; see sql/queries.sql)."""
+    def evaluation_space(self, model_version: str | None = None) -> dict:
+        """A model's vectors with labels: model_version, set_id, and tracks
+        (track_id, vector, artist, album, genre; see sql/queries.sql). The
+        current model's, unless ``model_version`` names another."""
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such DuckDB file; run `sonufy build` first")
         with self.connect() as con:
-            frame = con.execute(sql.statement("evaluation_space")).pl()
+            frame = con.execute(sql.statement("evaluation_space"), {"model_version": model_version}).pl()
         if frame.is_empty():
-            raise TrackNotFound(f"{self.path}: the latent space is empty: run `sonufy build` first")
+            which = f"model {model_version}" if model_version else "the latent space"
+            raise TrackNotFound(f"{self.path}: {which} has no vectors: run `sonufy build` first")
         return {
             "model_version": frame["model_version"][0],
             "set_id": frame["set_id"][0],

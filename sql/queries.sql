@@ -188,16 +188,18 @@ WHERE p.provider <> 'folder' AND p.path IS NOT NULL
 UPDATE previews SET path = NULL WHERE track_id IN (SELECT track_id FROM dropped_batch);
 
 -- name: evaluation_space
--- The current latent space with the labels `sonufy evaluate` knows: genre is
--- the search query's genre:"..." (the style, for the demo catalog), album the
--- album id (else artist and album name).
-SELECT l.track_id, l.model_version, m.set_id, l.vector, t.artist,
+-- A model's latent space ($model_version, or the current one when NULL) with
+-- the labels `sonufy evaluate` knows: genre is the search query's genre:"..."
+-- (the style, for the demo catalog), album the album id (else artist and
+-- album name).
+SELECT e.track_id, e.model_version, m.set_id, e.vector, t.artist,
        coalesce(t.album_id, CASE WHEN t.album IS NOT NULL THEN t.artist || ' / ' || t.album END) AS album,
        nullif(regexp_extract(t.found_by, 'genre:"([^"]+)"', 1), '') AS genre
-FROM latent AS l
-JOIN tracks AS t USING (track_id)
-JOIN models AS m ON m.model_version = l.model_version
-ORDER BY l.track_id;
+FROM embeddings AS e
+JOIN models AS m ON m.model_version = e.model_version
+JOIN tracks AS t ON t.track_id = e.track_id
+WHERE CASE WHEN $model_version IS NULL THEN m.is_current ELSE m.model_version = $model_version END
+ORDER BY e.track_id;
 
 -- name: insert_evaluations
 -- One run's rows share evaluated_at (current_timestamp is the transaction's).
@@ -209,6 +211,52 @@ FROM evaluations_batch;
 
 -- name: evaluations
 SELECT evaluated_at, model_version, space, label, artist_filter, k, precision, map, chance,
+
+-- name: crash_stale_runs
+-- Runs of a flow still marked running while a new one holds its lock: their
+-- process died (kill -9, a lost machine). The new run finishes their work.
+UPDATE runs SET status = 'crashed', finished_at = current_timestamp
+WHERE flow = $flow AND status = 'running' AND run_id <> $run_id;
+
+-- name: spectrogram_set_params
+SELECT params FROM spectrogram_sets WHERE set_id = $set_id;
+
+-- name: forget_model_embeddings
+-- The vectors of a model version that was not promoted.
+DELETE FROM embeddings WHERE model_version = $model_version;
+
+-- name: changes_since
+-- When the run's changes began: the end of the last run that completed
+-- before it (rows written by crashed runs in between count as the run's).
+SELECT coalesce(max(finished_at), TIMESTAMP '1970-01-01') FROM runs
+WHERE status = 'completed' AND run_id <> $run_id
+  AND finished_at <= (SELECT started_at FROM runs WHERE run_id = $run_id);
+
+-- name: run_additions
+-- Tracks that entered a model's latent space since $since.
+SELECT t.track_id, t.artist, t.title, t.album, t.release_date, t.source, p.provider, t.found_by
+FROM embeddings AS e
+JOIN tracks AS t ON t.track_id = e.track_id
+LEFT JOIN previews AS p ON p.track_id = e.track_id
+WHERE e.model_version = $model_version AND e.created_at >= $since
+ORDER BY t.artist, t.title, t.track_id;
+
+-- name: run_quarantine
+-- Tracks quarantined since $since, with the reason.
+SELECT q.track_id, t.artist, t.title, q.stage, q.reason, q.attempts
+FROM quarantine AS q
+LEFT JOIN tracks AS t ON t.track_id = q.track_id
+WHERE q.quarantined_at >= $since
+ORDER BY q.stage, q.track_id;
+
+-- name: run_counts
+-- What changed since $since, table by table.
+SELECT
+    (SELECT count(*) FROM tracks WHERE first_seen >= $since) AS new_tracks,
+    (SELECT count(*) FROM previews WHERE fetched_at >= $since) AS new_previews,
+    (SELECT count(DISTINCT track_id) FROM spectrograms WHERE created_at >= $since) AS new_spectrograms,
+    (SELECT count(*) FROM embeddings WHERE created_at >= $since) AS new_embeddings,
+    (SELECT count(*) FROM quarantine WHERE quarantined_at >= $since) AS quarantined;
        map_chance, tracks
 FROM evaluations
 ORDER BY evaluated_at, label, artist_filter, space;

@@ -41,7 +41,9 @@ from urllib.parse import urlencode
 from aiohttp import BasicAuth, web
 
 from sonufy_model.config import Secret, ServiceSettings
-from sonufy_model.demo.synth import CatalogTrack, PreviewCache, build_catalog, build_compilations, is_new_release
+from sonufy_model.demo.synth import (
+    CatalogTrack, PreviewCache, build_catalog, build_compilations, build_new_releases, is_new_release,
+)
 
 __all__ = ["DEFECTS", "DEMO_PLAYLIST_IDS", "Faults", "StandIn", "StandInConfig", "main"]
 
@@ -152,6 +154,10 @@ class StandInConfig:
     # same ISRC (see synth.build_compilations). Search and the album and track
     # endpoints serve them; Deezer knows each ISRC once, as the original.
     compilation_share: float = 0.0
+    # Tracks by new artists released today, in addition to the catalog (see
+    # synth.build_new_releases): what a nightly refresh finds with tag:new.
+    # A stand-in with more of them is the same catalog a few nights later.
+    new_tracks: int = 0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -404,9 +410,14 @@ class StandIn:
         self.compilations: list[CatalogTrack] = build_compilations(
             self.catalog, self.config.compilation_share, seed=self.config.seed, today=self.today
         )
-        self._index = _CatalogIndex(self.catalog, self.today, self.compilations)
         #: The demo playlists the app "owns", by id (see _demo_playlists).
         self.playlists: dict[str, _Playlist] = _demo_playlists(self.catalog, self.compilations, self.config.client_id)
+        #: Tracks released today (config.new_tracks), served as part of ``catalog``.
+        self.new_releases: list[CatalogTrack] = build_new_releases(
+            self.config.new_tracks, len(self.catalog) + len(self.compilations), seed=self.config.seed, today=self.today
+        )
+        self.catalog = [*self.catalog, *self.new_releases]
+        self._index = _CatalogIndex(self.catalog, self.today, self.compilations)
         self._fault_rng = random.Random(self.config.faults.seed)
         self._url_key = secrets.token_bytes(32)
         self._tokens: dict[str, float] = {}  # access token -> expiry (unix time)

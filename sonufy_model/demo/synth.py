@@ -25,7 +25,7 @@ import math
 import os
 import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lameenc
@@ -45,6 +45,7 @@ __all__ = [
     "build_catalog",
     "build_compilations",
     "encode_mp3",
+    "build_new_releases",
     "is_new_release",
     "preview_mp3",
     "render_clip",
@@ -521,6 +522,30 @@ def build_compilations(
             )
             index += 1
     return compilations
+
+
+def build_new_releases(
+    n_tracks: int, first_index: int, seed: int = 0, today: datetime.date | None = None
+) -> list[CatalogTrack]:
+    """``n_tracks`` tracks by new artists, all released ``today``: what a catalog gains overnight.
+
+    Deterministic for ``(n_tracks, first_index, seed, today)``. Track ids,
+    ISRCs and Deezer ids never meet those of the catalog they extend (whose
+    tracks and compilations take the indices below ``first_index``); Spotify's
+    ``tag:new`` finds every one of them.
+    """
+    today = today or datetime.date.today()
+    fresh = build_catalog(n_tracks, seed=_stable_int("new releases", seed) % 2**31, today=today)
+    return [
+        replace(
+            track,
+            index=first_index + number,
+            isrc=f"QZNWR{today.year % 100:02d}{number % 100_000:05d}",
+            release_date=today.isoformat(),
+            deezer_id=100_000_000 + ((first_index + number) * 7_919 + seed * 104_729) % 900_000_000,
+        )
+        for number, track in enumerate(fresh)
+    ]
 
 
 # --------------------------------------------------------------------------- sound design

@@ -1,0 +1,136 @@
+"""The nightly refresh: new tracks into the latent space, and nothing else.
+
+discover (tag:new and the configured queries, or a folder's new and changed
+files) → fetch → spectrograms → check → encode with the current model → search
+index and landscape of the new tracks → report. No retraining. Every stage
+works on what is missing (tracks without a preview, previews without a
+spectrogram, spectrograms without a vector), so work and time grow with the
+new tracks only, and a run killed at any point is finished by the next one.
+
+One nightly at a time per database: the lock file ``<db>.nightly.lock``
+(held by the operating system, so kill -9 never leaves it stale); a second
+one waits ``wait_for_running_s`` and then exits cleanly, doing nothing.
+Writes are short transactions; a user's DuckDB session that holds the file
+makes the run wait, never fail (see README, "Ad-hoc SQL while the nightly runs").
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from flows.build import _add, encode_pending, fetch_pending, spectrograms_pending, with_preview_sources
+from flows.sources import open_source
+from sonufy_model.audio import MelParams
+from sonufy_model.config import Paths
+from sonufy_model.scrape_config import ScrapeConfig
+from sonufy_model.store import Store
+from tasks.catalog import check_tracks, parse_tracks, scan_folder, scrape_catalog, upsert_tracks
+from tasks.reporting import Stopwatch, build_data_docs, publish_run_report
+
+#: What a nightly always asks Spotify for: albums of the last two weeks.
+NIGHTLY_QUERIES = ("tag:new",)
+FLOW = "nightly"
+
+
+@flow(name="nightly-refresh", flow_run_name="nightly[{source}]", log_prints=True)
+def nightly_refresh(
+    source: str = "standin",
+    db: str = "sonufy.duckdb",
+    data_dir: str | None = None,
+    queries: list[str] | None = None,
+    album_ids: list[str] | None = None,
+    playlist_ids: list[str] | None = None,
+    max_items_per_query: int | None = None,
+    demo_tracks: int = 300,
+    demo_new_tracks: int = 0,
+    batch_size: int = 128,
+    workers: int = 2,
+    max_failed_share: float = 0.5,
+    batches_in_flight: int = 2,
+    keep_previews: bool = True,
+    preview_sources: list[str] | None = None,
+    preview_folder: str | None = None,
+    wait_for_running_s: float = 0.0,
+    data_docs: bool = True,
+) -> dict:
+    """Add the source's new tracks to the current latent space.
+
+    source: "spotify" (``tag:new`` plus ``queries``, ``album_ids`` and
+    ``playlist_ids``), "folder:PATH" (new and changed files) or "standin"
+    (the demo catalog of ``demo_tracks`` that gained ``demo_new_tracks``
+    new releases). Returns the counts, the tracks added and the timings.
+    """
+    logger = get_run_logger()
+    paths = Paths.for_db(db, data_dir)
+    store = Store(paths.db)
+    scrape = ScrapeConfig(
+        queries=(*NIGHTLY_QUERIES, *(queries or ())),
+        album_ids=tuple(album_ids or ()),
+        playlist_ids=tuple(playlist_ids or ()),
+        max_items_per_query=max_items_per_query,
+        source="nightly parameters",
+    )  # a bad id fails here, before any request
+    with store.exclusive(FLOW, wait_for_running_s) as busy:
+        if busy:
+            logger.warning("another nightly refresh is running (%s): this one does nothing", busy)
+            return {"db": str(paths.db), "skipped": busy}
+        run_id = str(flow_run.id) if flow_run.id else "local"
+        store.start_run(run_id, FLOW, {"source": source, "queries": list(scrape.queries)})
+        store.crash_stale_runs(FLOW, run_id)  # we hold the lock: any other "running" one died
+        clock, counts, reports = Stopwatch(), {}, []
+        model = store.target_model()
+        params = _spectrogram_params(store, model)
+        try:
+            with open_source(source, demo_tracks, paths.data_dir / "standin-cache", demo_new_tracks) as origin:
+                # 1. discover: a folder's new and changed files, or the catalog's new tracks
+                with clock.stage("discover"):
+                    if origin.folder is not None:
+                        _add(counts, scan_folder(store, str(origin.folder), run_id))
+                    else:
+                        tracks = parse_tracks(scrape_catalog(origin.settings, scrape))
+                        report = check_tracks(tracks)
+                        reports.append(report)
+                        _add(counts, upsert_tracks(store, tracks, report, run_id))
+                # 2. fetch: previews of every track without one (new, or failed before)
+                with clock.stage("fetch"):
+                    if origin.folder is None:
+                        settings = with_preview_sources(origin.settings, preview_sources, preview_folder)
+                        _add(counts, fetch_pending(store, settings, paths, run_id, batch_size))
+            # 3-4. spectrograms of the current model's set, checked, as shards
+            with clock.stage("spectrograms"):
+                _add(counts, spectrograms_pending(
+                    store, params, paths, run_id, batch_size, workers, max_failed_share,
+                    batches_in_flight, keep_previews, reports=reports,
+                ))
+            # 5. encode with the current model (and a pending one): no retraining
+            with clock.stage("encode"):
+                if model is None:
+                    logger.warning("no model yet: new tracks wait for `sonufy build` or `sonufy train`")
+                else:
+                    _add(counts, encode_pending(store, run_id, tracks_per_batch=4 * batch_size))
+            current = store.current_model()
+            # 6. report: artifacts in the UI, Data Docs on disk
+            with clock.stage("report"):
+                docs = build_data_docs(reports, paths.data_dir / "great_expectations", run_id, FLOW) if data_docs else None
+                changed = publish_run_report(
+                    store, run_id, FLOW, current and current.model_version, counts, clock.seconds, reports, docs
+                )
+        except BaseException:
+            store.finish_run(run_id, "failed", counts)
+            raise
+        counts.update(changed)
+        store.finish_run(run_id, "completed", counts)
+        logger.info("nightly refresh: %d tracks added in %.1f s: %s", changed["added"], clock.total, counts)
+        return {"db": str(paths.db), "counts": counts, "added": changed["added"],
+                "model_version": current and current.model_version, "timings": clock.seconds, "data_docs": docs}
+
+
+def _spectrogram_params(store: Store, model) -> MelParams:
+    """The spectrogram parameters of the model's set: new tracks must be comparable."""
+    if model is None:
+        return MelParams()
+    params = store.spectrogram_params(model.set_id)
+    if params is None:
+        raise ValueError(f"{store.path}: model {model.model_version}'s spectrogram set {model.set_id} is not registered")
+    return MelParams(**params)

@@ -1,0 +1,149 @@
+"""The nightly refresh and the retrain flow on a small demo catalog.
+
+A real Prefect API (the session's test server), real DuckDB files, real HTTP
+to the stand-in (whose catalog gains new releases between runs), real
+processes for the readers, the killed nightly and training.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from flows.build import build
+from flows.nightly import nightly_refresh
+from flows.retrain import retrain
+from sonufy_model.store import Store
+
+N_TRACKS = 30
+TRAINING = {"max_epochs": 1, "max_time_s": 60, "batch_size": 8, "crops_per_track": 2}
+
+
+@pytest.fixture(scope="module")
+def built(prefect_api, tmp_path_factory):
+    db = tmp_path_factory.mktemp("nightly") / "sonufy.duckdb"
+    build(source="standin", db=str(db), demo_tracks=N_TRACKS, batch_size=16, workers=1, training=TRAINING)
+    return db
+
+
+def _sql(db, query, params=None):
+    with Store(db).connect(read_only=True) as con:
+        return con.execute(query, params).fetchall()
+
+
+def _nightly(db, new_tracks, **options):
+    return nightly_refresh(source="standin", db=str(db), demo_tracks=N_TRACKS, demo_new_tracks=new_tracks,
+                           batch_size=8, workers=1, **options)
+
+
+def _latest_artifact(key):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      limit=1, sort="CREATED_DESC")
+    return found[0] if found else None
+
+
+def test_a_nightly_adds_only_the_new_releases_and_reports_them(built):
+    before = _sql(built, "SELECT count(*) FROM latent")[0][0]
+    # A reader holds the file when the nightly starts: the nightly waits for it, never fails.
+    reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import duckdb, time
+        con = duckdb.connect({str(built)!r}, read_only=True)
+        print(con.execute("SELECT count(*) FROM latent").fetchone()[0], flush=True)
+        time.sleep(3)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert int(reader.stdout.readline()) == before
+    result = _nightly(built, new_tracks=4)
+    assert reader.wait(timeout=30) == 0
+    assert result["added"] == 4 and result["counts"]["new_tracks"] == 4
+    assert _sql(built, "SELECT count(*), count(DISTINCT track_id) FROM latent")[0] == (before + 4, before + 4)
+    assert set(result["timings"]) >= {"discover", "fetch", "spectrograms", "encode", "report"}
+    added = _latest_artifact("nightly-added")
+    assert added is not None and "4 tracks added" in added.description
+    report = _latest_artifact("nightly-report")
+    assert "nightly: 4 tracks added" in report.data
+    quality = _latest_artifact("nightly-quality")
+    assert "suite tracks" in str(quality.data) and "suite spectrograms" in str(quality.data)
+    assert result["data_docs"].startswith("file://") and os.path.exists(result["data_docs"][len("file://"):])
+
+    # Nothing new tonight: nothing fetched, converted or encoded.
+    again = _nightly(built, new_tracks=4)
+    assert again["added"] == 0
+    assert not {"fetched", "stored", "encoded"} & set(again["counts"])
+    assert _sql(built, "SELECT count(*) FROM latent")[0][0] == before + 4
+
+
+def test_a_second_nightly_at_once_exits_cleanly(built):
+    store = Store(built)
+    with store.exclusive("nightly") as busy:
+        assert busy is None
+        result = _nightly(built, new_tracks=4)
+    assert "nightly.lock is held by pid" in result["skipped"]
+
+
+@pytest.mark.parametrize("kill_at", ["record-spectrograms", "encode["])
+def test_a_nightly_killed_at_any_point_is_finished_by_the_next(built, kill_at, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    # A copy: each kill point starts from the same database.
+    db = tmp_path / "sonufy.duckdb"
+    shutil.copy(built, db)
+    data_dir = str(built.with_suffix(".data"))  # the models and shards the copy points at
+    base = _sql(db, "SELECT count(*) FROM latent")[0][0]
+    code = (f"from flows.nightly import nightly_refresh; nightly_refresh(source='standin', db={str(db)!r}, "
+            f"data_dir={data_dir!r}, demo_tracks={N_TRACKS}, demo_new_tracks=12, batch_size=4, workers=1)")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "INFO"}
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=env, cwd=os.getcwd())
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if kill_at in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    partial = _sql(db, "SELECT count(*) FROM latent")[0][0]
+    assert base <= partial < base + 12
+
+    result = nightly_refresh(source="standin", db=str(db), data_dir=data_dir, demo_tracks=N_TRACKS,
+                             demo_new_tracks=12, batch_size=4, workers=1, data_docs=False)
+    assert _sql(db, "SELECT count(*), count(DISTINCT track_id) FROM latent")[0] == (base + 12, base + 12)
+    assert _sql(db, "SELECT count(*) FROM spectrograms")[0][0] == _sql(
+        db, "SELECT count(DISTINCT (track_id, set_id, excerpt)) FROM spectrograms")[0][0]
+    assert _sql(db, "SELECT count(*) FROM tracks")[0][0] == _sql(db, "SELECT count(DISTINCT isrc) FROM tracks")[0][0]
+    # The rerun reports the killed run's additions as its own, and the killed run as crashed.
+    assert result["added"] == 12
+    assert ("crashed",) in _sql(db, "SELECT status FROM runs WHERE flow = 'nightly'")
+
+
+def test_retrain_promotes_only_a_version_that_is_not_worse(built, tmp_path):
+    db = tmp_path / "sonufy.duckdb"
+    shutil.copy(built, db)
+    data_dir = str(built.with_suffix(".data"))
+    before = Store(db).current_model().model_version
+    result = retrain(db=str(db), data_dir=data_dir, config=TRAINING, labels=["genre"], k=3)
+    candidate = result["candidate"]
+    current = Store(db).current_model().model_version
+    table = _latest_artifact("retrain-evaluation")
+    assert candidate in table.description and before in table.description
+    assert result["candidate_score"] is not None and result["current_score"] is not None
+    if result["candidate_score"] >= result["current_score"]:
+        assert result["promoted"] and current == candidate
+        assert _sql(db, "SELECT count(*) FROM latent WHERE model_version = ?", [candidate])[0][0] > 0
+    else:
+        assert not result["promoted"] and current == before
+        assert _sql(db, "SELECT count(*) FROM embeddings WHERE model_version = ?", [candidate])[0][0] == 0
+    # Forced either way by the tolerance: a worse candidate is kept out.
+    refused = retrain(db=str(db), data_dir=data_dir, config=TRAINING, labels=["genre"], k=3, tolerance=-1.0)
+    assert not refused["promoted"] and Store(db).current_model().model_version == current
