@@ -125,17 +125,29 @@ def pool_size(k: int) -> int:
     return max(POOL_FACTOR * k, MIN_POOL)
 
 
-def sample_statistics(store, vectors: np.ndarray, size: int = SAMPLE_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """μ and σ of each vector's cosine to a fixed sample of the current latent space."""
-    with store.connect(read_only=True) as con:
-        rows = con.execute(sql.statement("latent_sample", SQL_FILE), {"size": size, "seed": SAMPLE_SEED}).fetchall()
-    if len(rows) < 2:
-        raise ValueError(f"{store.path}: hub reduction needs at least 2 tracks in the latent space")
-    sample = unit_rows(np.array([row[0] for row in rows], dtype=np.float64))
-    similarity = unit_rows(vectors) @ sample.T
+def sample_statistics(sample: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """μ and σ of each vector's cosine to the tracks of ``sample`` (itself left out)."""
+    similarity = unit_rows(vectors) @ unit_rows(sample).T
     # A vector that is a sample member is not its own neighbour: leave that entry out.
     similarity[np.isclose(similarity, 1.0, rtol=0.0, atol=1e-9)] = np.nan
     return np.nanmean(similarity, axis=1), np.maximum(np.nanstd(similarity, axis=1), MIN_STD)
+
+
+def _sample(con, size: int = SAMPLE_SIZE) -> np.ndarray:
+    """A fixed sample of the current latent space: what "everyone" is, for μ and σ."""
+    rows = con.execute(sql.statement("latent_sample", SQL_FILE), {"size": size, "seed": SAMPLE_SEED}).fetchall()
+    if len(rows) < 2:
+        raise ValueError("hub reduction needs at least 2 tracks in the latent space")
+    return np.array([row[0] for row in rows], dtype=np.float64)
+
+
+def _vectors(con, track_ids: list[str]) -> np.ndarray:
+    rows = con.execute(sql.statement("latent_vectors", SQL_FILE), {"track_ids": track_ids}).fetchall()
+    found = {track_id: vector for track_id, vector in rows}
+    missing = [t for t in track_ids if t not in found]
+    if missing:
+        raise TrackNotFound(f"no vector in the current latent space for {', '.join(missing[:5])}")
+    return np.array([found[t] for t in track_ids], dtype=np.float64)
 
 
 def vectors_of(store, track_ids: list[str]) -> np.ndarray:
@@ -143,12 +155,7 @@ def vectors_of(store, track_ids: list[str]) -> np.ndarray:
     if not track_ids:
         return np.empty((0, 0))
     with store.connect(read_only=True) as con:
-        rows = con.execute(sql.statement("latent_vectors", SQL_FILE), {"track_ids": track_ids}).fetchall()
-    found = {track_id: vector for track_id, vector in rows}
-    missing = [t for t in track_ids if t not in found]
-    if missing:
-        raise TrackNotFound(f"no vector in the current latent space for {', '.join(missing[:5])}")
-    return np.array([found[t] for t in track_ids], dtype=np.float64)
+        return _vectors(con, track_ids)
 
 
 def rerank(store, query_vector: np.ndarray, candidates: pl.DataFrame, k: int) -> pl.DataFrame:
@@ -161,11 +168,12 @@ def rerank(store, query_vector: np.ndarray, candidates: pl.DataFrame, k: int) ->
     if candidates.is_empty():
         return candidates.with_columns(pl.lit(None, dtype=pl.Float64).alias("mutual_proximity"))
     query = np.asarray(query_vector, dtype=np.float64)[None, :]
-    vectors = vectors_of(store, candidates["track_id"].to_list())
-    query_mean, query_std = sample_statistics(store, query)
-    cand_mean, cand_std = sample_statistics(store, vectors)
-    cosine = (unit_rows(query) @ unit_rows(vectors).T)
-    scores = mutual_proximity(cosine, query_mean, query_std, cand_mean, cand_std)[0]
+    with store.connect(read_only=True) as con:
+        vectors = _vectors(con, candidates["track_id"].to_list())
+        sample = _sample(con)
+    mean, std = sample_statistics(sample, np.vstack([query, vectors]))
+    cosine = unit_rows(query) @ unit_rows(vectors).T
+    scores = mutual_proximity(cosine, mean[:1], std[:1], mean[1:], std[1:])[0]
     return (
         candidates.with_columns(pl.Series("mutual_proximity", scores, dtype=pl.Float64))
         .with_row_index("_cosine_rank")

@@ -6,11 +6,21 @@
 -- A fixed sample of the current latent space (the same rows for the same
 -- tracks, whatever their order in the file): what a track's similarities to
 -- "everyone" are estimated from.
-SELECT vector FROM latent ORDER BY hash(track_id, $seed), track_id LIMIT $size;
+-- The ids are chosen first (ordering the vectors themselves is ten times
+-- slower), from the current model's embeddings: the latent view's join with
+-- tracks is not needed here.
+SELECT e.vector FROM embeddings AS e JOIN models AS m ON m.model_version = e.model_version AND m.is_current
+WHERE e.track_id IN (
+    SELECT s.track_id FROM embeddings AS s JOIN models AS c ON c.model_version = s.model_version AND c.is_current
+    ORDER BY hash(s.track_id, $seed), s.track_id
+    LIMIT $size);
 
 -- name: latent_vectors
--- The current model's vectors of a list of tracks.
-SELECT track_id, vector FROM latent WHERE list_contains($track_ids, track_id);
+-- The current model's vectors of a list of tracks (the latent view's, without
+-- its join with tracks).
+SELECT e.track_id, e.vector
+FROM embeddings AS e JOIN models AS m ON m.model_version = e.model_version AND m.is_current
+WHERE e.track_id IN (SELECT unnest($track_ids));
 
 -- name: spectrogram_params
 -- The mel parameters of a spectrogram set (what a query file must be analysed with).
