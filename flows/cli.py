@@ -235,6 +235,8 @@ def _print_tracks(rows: list[dict], title: str, first: str = "rank", notes: tupl
         cells.append(row.get("preview_url") or "")
         table.add_row(*cells)
     console = Console()
+    if not console.is_terminal:  # a pipe or a file: whole titles and links, not a terminal's 80 columns
+        console = Console(width=200)
     console.print(table)
     for seed, number in seeds.items():
         console.print(f"seed {number}: {seed}")
