@@ -589,10 +589,10 @@ class Store:
         return rows.row(0, named=True)
 
     def similar_to(self, track_id: str, k: int = 10) -> pl.DataFrame:
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        with self.connect() as con:
-            return con.execute(sql.statement("recommend"), {"track_id": track_id, "k": k}).pl()
+        """The k tracks nearest to ``track_id`` (see sonufy_model.search.similar)."""
+        from sonufy_model.search import similar
+
+        return similar(self, track_id=track_id, k=k)
 
 
 def batches(frame: pl.DataFrame, size: int, by: str | None = None) -> Sequence[pl.DataFrame]:

@@ -148,9 +148,6 @@ WHERE track_id = $query OR lower(artist || ' - ' || title) = lower($query)
 ORDER BY track_id
 LIMIT 1;
 
--- name: recommend
-SELECT * FROM similar_to($track_id, $k);
-
 -- name: table_counts
 SELECT
     (SELECT count(*) FROM tracks) AS tracks,

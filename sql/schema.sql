@@ -142,20 +142,6 @@ FROM embeddings AS e
 JOIN models AS m ON m.model_version = e.model_version AND m.is_current
 JOIN tracks AS t ON t.track_id = e.track_id;
 
--- name: create_similar_to_macro
--- k nearest tracks to a track by cosine similarity in the current latent
--- space, the track itself excluded. time_similarity and frequency_similarity
--- compare the two halves of the latent (time and frequency encoder branches).
-CREATE OR REPLACE MACRO similar_to(query_track_id, k) AS TABLE
-SELECT l.track_id, l.artist, l.title, l.album,
-       array_cosine_similarity(l.vector, q.vector) AS cosine,
-       list_cosine_similarity(l.vector[1:128], q.vector[1:128]) AS time_similarity,
-       list_cosine_similarity(l.vector[129:256], q.vector[129:256]) AS frequency_similarity
-FROM latent AS l, (SELECT vector FROM latent WHERE track_id = query_track_id) AS q
-WHERE l.track_id <> query_track_id
-ORDER BY cosine DESC, l.track_id
-LIMIT k;
-
 -- name: create_evaluations
 -- `sonufy evaluate`: how often a track's k nearest neighbours share its label,
 -- per space (latent: the model's; mfcc and random: baselines on the same

@@ -1,0 +1,184 @@
+"""Search in the latent space: exact results, filters, the index, fallbacks, bad input."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from sonufy_model.search import SearchFilters, similar, track_vector
+from sonufy_model.store import LATENT_DIM, TRACK_SCHEMA, Store, TrackNotFound
+from test_sql_and_store import _embed as _embed_dict
+from test_sql_and_store import _register
+
+# id, artist, title, album, album_id, isrc, popularity, cosine to the seed "q"
+KNOWN = [
+    ("q", "Ann", "Song", "First", "alb1", "I0", 50, 1.0),
+    ("s1", "Ann", "Other", "Second", "alb2", "I1", 50, 0.99),
+    ("s2", "Ann", "Song - Live", "Live", "alb3", "I2", 50, 0.98),
+    ("b1", "Bob", "B one", "First", "alb1", "I3", 50, 0.97),
+    ("b2", "Bob", "B two", "Bobs", "alb4", "I4", None, 0.96),
+    ("b3", "Bob", "B three", "Bobs", "alb4", "I5", 10, 0.95),
+    ("c1", "Cy", "C One", "Cys", "alb5", "I6", 80, 0.94),
+    ("c2", "Cy", "C one (Remastered)", "Cys best", "alb6", "I7", 80, 0.93),
+    ("d1", "Di", "D one", "Dis", "alb7", "I8", 80, 0.5),
+    ("e1", "Ed", "E one", "Eds", "alb8", "I9", 80, 0.2),
+    ("f1", "Fe", "F one", "Fes", "alb9", "I10", 80, -0.1),
+]
+
+
+def _tracks(rows) -> pl.DataFrame:
+    rows = list(rows)
+    return pl.DataFrame(
+        {
+            "track_id": [r[0] for r in rows], "source": ["spotify"] * len(rows),
+            "title": [r[2] for r in rows], "artist": [r[1] for r in rows], "artists": [[r[1]] for r in rows],
+            "artist_id": [None] * len(rows), "album": [r[3] for r in rows], "album_id": [r[4] for r in rows],
+            "release_date": ["2020-01-01"] * len(rows), "duration_ms": [200_000] * len(rows),
+            "isrc": [r[5] for r in rows], "explicit": [False] * len(rows), "popularity": [r[6] for r in rows],
+            "uri": [None] * len(rows), "preview_url": [None] * len(rows), "path": [None] * len(rows),
+            "found_by": ["q"] * len(rows),
+        },
+        schema=TRACK_SCHEMA,
+    )
+
+
+def _embed(store: Store, version: str, ids: list[str], vectors: np.ndarray) -> None:
+    _embed_dict(store, version, dict(zip(ids, vectors)))
+
+
+def _vectors_at(cosines: list[float], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A unit seed vector and one vector per cosine, at exactly that cosine to it."""
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(LATENT_DIM)
+    u /= np.linalg.norm(u)
+    others = rng.standard_normal((LATENT_DIM, len(cosines)))
+    others -= u[:, None] * (u @ others)[None, :]  # orthogonal to u, unit length
+    others /= np.linalg.norm(others, axis=0, keepdims=True)
+    c = np.asarray(cosines)[None, :]
+    vectors = c * u[:, None] + np.sqrt(np.clip(1 - c**2, 0, None)) * others
+    return u.astype(np.float32), (3.0 * vectors.T).astype(np.float32)
+
+
+@pytest.fixture
+def known(tmp_path) -> Store:
+    store = Store(tmp_path / "known.duckdb")
+    store.upsert_tracks(_tracks(KNOWN))
+    _register(store, "m1", "s", promote=False)
+    _, vectors = _vectors_at([row[7] for row in KNOWN])
+    _embed(store, "m1", [row[0] for row in KNOWN], vectors)
+    store.promote("m1")
+    return store
+
+
+def _ids(frame: pl.DataFrame) -> list[str]:
+    return frame["track_id"].to_list()
+
+
+def test_exact_results_on_a_known_set(known):
+    result = similar(known, track_id="q", k=5, use_index=False)
+    assert list(result.columns) == ["track_id", "artist", "title", "album", "preview_url", "cosine",
+                                    "time_similarity", "frequency_similarity"]
+    assert _ids(result) == ["s1", "s2", "b1", "b2", "b3"]
+    assert result["cosine"].to_list() == pytest.approx([0.99, 0.98, 0.97, 0.96, 0.95], abs=1e-5)
+    assert result["preview_url"][0] == "https://open.spotify.com/track/s1"
+    # The split scores are the cosines of the two 128-d halves.
+    q, s1 = track_vector(known, "q"), track_vector(known, "s1")
+    half = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    assert result["time_similarity"][0] == pytest.approx(half(q[:128], s1[:128]), abs=1e-5)
+    assert result["frequency_similarity"][0] == pytest.approx(half(q[128:], s1[128:]), abs=1e-5)
+    # Every track but the seed, when k is larger than the space.
+    assert _ids(similar(known, track_id="q", k=50, use_index=False))[-1] == "f1"
+    assert similar(known, track_id="q", k=50, use_index=False).height == len(KNOWN) - 1
+
+
+def test_a_vector_query_excludes_its_seeds_and_matches_the_track_query(known):
+    by_track = similar(known, track_id="q", k=4, use_index=False)
+    by_vector = similar(known, vector=track_vector(known, "q"), seed_track_ids=["q"], k=4, use_index=False)
+    assert by_vector.equals(by_track)
+    assert _ids(similar(known, vector=track_vector(known, "q"), k=2, use_index=False)) == ["q", "s1"]
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (SearchFilters(exclude_same_artist=True), ["b1", "b2", "b3", "c1", "c2"]),
+        (SearchFilters(exclude_same_album=True), ["s1", "s2", "b2", "b3", "c1"]),
+        # s2 is the seed's song live; c2 a remaster of the better-ranked c1.
+        (SearchFilters(exclude_duplicates=True), ["s1", "b1", "b2", "b3", "c1"]),
+        # b3 has popularity 10; b2 has none, and passes.
+        (SearchFilters(min_popularity=40), ["s1", "s2", "b1", "b2", "c1"]),
+        (SearchFilters(max_per_artist=1), ["s1", "b1", "c1", "d1", "e1"]),
+        (SearchFilters(exclude_track_ids=("s1", "b1")), ["s2", "b2", "b3", "c1", "c2"]),
+        (SearchFilters(exclude_same_artist=True, exclude_duplicates=True, max_per_artist=2),
+         ["b1", "b2", "c1", "d1", "e1"]),
+    ],
+)
+def test_each_filter(known, filters, expected):
+    assert _ids(similar(known, track_id="q", k=5, filters=filters, use_index=False)) == expected
+
+
+def test_the_macros_take_the_filters_as_named_parameters(known):
+    con = duckdb.connect(str(known.path), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT track_id FROM similar_to('q', 5, exclude_same_artist := true, max_per_artist := 2)"
+        ).fetchall()
+        assert [r[0] for r in rows] == ["b1", "b2", "c1", "c2", "d1"]
+        rows = con.execute(
+            "SELECT track_id, time_similarity FROM similar_to_vector("
+            "(SELECT vector FROM latent WHERE track_id = 'q'), 3, seed_track_ids := ['q'], exclude_duplicates := true)"
+        ).fetchall()
+        assert [r[0] for r in rows] == ["s1", "b1", "b2"] and rows[0][1] is not None
+        assert con.execute("SELECT * FROM similar_to('nobody', 5)").fetchall() == []
+    finally:
+        con.close()
+
+
+def test_an_isrc_duplicate_of_the_seed_is_left_out(known):
+    # upsert_tracks keeps one track per ISRC; older rows may still share one.
+    with known.connect() as con:
+        con.execute("INSERT INTO tracks (track_id, source, title, artist, isrc) "
+                    "VALUES ('dup', 'spotify', 'Another name', 'Zed', 'I0')")
+    near = track_vector(known, "q") + 0.01 * np.random.default_rng(1).standard_normal(LATENT_DIM)
+    _embed(known, "m1", ["dup"], near[None, :].astype(np.float32))
+    assert _ids(similar(known, track_id="q", k=1, use_index=False)) == ["dup"]
+    assert _ids(similar(known, track_id="q", k=1, filters=SearchFilters(exclude_duplicates=True),
+                        use_index=False)) == ["s1"]
+
+
+def test_filters_widen_the_candidates_until_k_tracks_pass(tmp_path):
+    store = Store(tmp_path / "wide.duckdb")
+    # 400 tracks by the seed's artist nearer than anything else.
+    rows = [("seed", "Ann", "Seed", "A", "a0", None, None, 1.0)]
+    rows += [(f"ann{i:03d}", "Ann", f"Song {i}", "A", "a0", None, None, 0.99 - i * 1e-4) for i in range(400)]
+    rows += [(f"x{i}", f"Other {i}", f"X {i}", "X", f"x{i}", None, None, 0.5 - i * 0.01) for i in range(5)]
+    store.upsert_tracks(_tracks(rows))
+    _register(store, "m1", "s", promote=False)
+    _embed(store, "m1", [r[0] for r in rows], _vectors_at([r[7] for r in rows])[1])
+    store.promote("m1")
+    result = similar(store, track_id="seed", k=5, filters=SearchFilters(exclude_same_artist=True), use_index=False)
+    assert _ids(result) == [f"x{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("bad_id", ["nobody", "q' OR '1'='1", "'); DROP TABLE tracks; --"])
+def test_an_unknown_track_id_is_a_clear_error(known, bad_id):
+    with pytest.raises(TrackNotFound, match="no track"):
+        similar(known, track_id=bad_id)
+    with pytest.raises(TrackNotFound):
+        track_vector(known, bad_id)
+    assert known.counts()["tracks"] == len(KNOWN)
+
+
+def test_bad_vectors_and_arguments_are_clear_errors(known):
+    with pytest.raises(ValueError, match="256 numbers.*shape \\(255,\\)"):
+        similar(known, vector=np.ones(255, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        similar(known, vector=np.full(LATENT_DIM, np.nan, np.float32))
+    with pytest.raises(ValueError, match="exactly one"):
+        similar(known, track_id="q", vector=np.ones(LATENT_DIM, np.float32))
+    with pytest.raises(ValueError, match="k must be"):
+        similar(known, track_id="q", k=0)
+    with pytest.raises(ValueError, match="max_per_artist"):
+        SearchFilters(max_per_artist=0)
