@@ -1,0 +1,378 @@
+"""The sonic landscape on a real DuckDB file: fit, place, groups, clusters, pictures, CLI, tasks.
+
+The latent space is synthetic and clustered (6 genres x 4 artists x 10
+tracks), so that what the landscape must keep (clusters, neighbours) is known.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from flows.cli import main as cli
+from sonufy_model import landscape as ls
+from sonufy_model.config import Paths
+from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
+
+GENRES = ("ambient", "techno", "jazz", "metal", "folk", "hip hop")
+ARTISTS_PER_GENRE = 4
+TRACKS_PER_ARTIST = 10
+
+
+# -- a clustered space (also used by test_landscape_browser.py) ----------------
+
+
+def tracks_frame(ids, artists, genres, years, preview_urls=None) -> pl.DataFrame:
+    n = len(ids)
+    return pl.DataFrame(
+        {
+            "track_id": ids,
+            "source": ["folder" if i % 7 == 0 else "spotify" for i in range(n)],
+            "title": [f"song {i}" for i in ids],
+            "artist": artists,
+            "artists": [[a] for a in artists],
+            "artist_id": artists,
+            "album": ["album"] * n,
+            "album_id": [f"al-{a}" for a in artists],
+            "release_date": [f"{y}-01-01" for y in years],
+            "duration_ms": [200_000] * n,
+            "isrc": [f"QZ{i}" for i in ids],
+            "explicit": [False] * n,
+            "popularity": [None] * n,
+            "uri": [f"spotify:track:{i}" for i in ids],
+            "preview_url": preview_urls or [None] * n,
+            "path": [None] * n,
+            "found_by": [f'genre:"{g}"' for g in genres],
+        }
+    )
+
+
+def clustered_vectors(seed: int = 0):
+    """Vectors around well-separated genre centres, a sub-centre per artist;
+    the genre index of each, and the centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(GENRES), LATENT_DIM)) * 3.0
+    vectors, clusters = [], []
+    for c in range(len(GENRES)):
+        for _ in range(ARTISTS_PER_GENRE):
+            artist_centre = centres[c] + rng.normal(size=LATENT_DIM) * 0.8
+            vectors.append(artist_centre + rng.normal(size=(TRACKS_PER_ARTIST, LATENT_DIM)) * 0.6)
+            clusters += [c] * TRACKS_PER_ARTIST
+    return np.vstack(vectors).astype(np.float32), np.array(clusters), centres
+
+
+def register(store: Store, version: str) -> None:
+    store.register_model(
+        {
+            "model_version": version, "set_id": "s", "config": {}, "checkpoint": "c.ckpt", "epochs": 1,
+            "train_mse": 0.1, "val_mse": 0.1, "n_train_tracks": 1, "n_val_tracks": 1, "train_seconds": 1.0,
+            "latent_mean": np.zeros(LATENT_DIM), "latent_scale": np.ones(LATENT_DIM),
+        },
+        promote=False,
+    )
+
+
+def embed(store: Store, ids, vectors, version: str) -> None:
+    store.record_embeddings(
+        pl.DataFrame({"track_id": ids, "model_version": [version] * len(ids)}).with_columns(
+            pl.Series("raw", vectors, dtype=pl.Array(pl.Float32, LATENT_DIM)),
+            pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, LATENT_DIM)),
+        )
+    )
+
+
+def build_space(store: Store, version: str = "m1", preview_urls: dict | None = None) -> dict:
+    """Tracks t000..t239, their vectors in ``version``, which is made current."""
+    vectors, clusters, centres = clustered_vectors()
+    n = len(vectors)
+    ids = [f"t{i:03d}" for i in range(n)]
+    artists = [f"{GENRES[c]} artist {i // TRACKS_PER_ARTIST % ARTISTS_PER_GENRE}" for i, c in enumerate(clusters)]
+    genres = [GENRES[c] for c in clusters]
+    urls = [None] * n
+    for i, url in (preview_urls or {}).items():
+        urls[i] = url
+    store.upsert_tracks(tracks_frame(ids, artists, genres, [1970 + (i * 7) % 50 for i in range(n)], urls))
+    register(store, version)
+    embed(store, ids, vectors, version)
+    store.promote(version)
+    return {"ids": ids, "vectors": vectors, "clusters": clusters, "centres": centres,
+            "artists": artists, "genres": genres}
+
+
+def _sql(store: Store, query: str, params=None) -> pl.DataFrame:
+    with store.connect(read_only=True) as con:
+        return con.execute(query, params or {}).pl()
+
+
+# -- fixtures --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One fitted landscape for the module (UMAP's first fit compiles)."""
+    root = tmp_path_factory.mktemp("landscape")
+    paths = Paths.for_db(root / "s.duckdb")
+    store = Store(paths.db)
+    space = build_space(store)
+    counts = ls.update_landscape(store, paths.models)
+    return paths, space, counts
+
+
+@pytest.fixture
+def copy(fitted, tmp_path):
+    """A private copy of the fitted file and models, for tests that change them."""
+    paths, space, _ = fitted
+    shutil.copy(paths.db, tmp_path / "s.duckdb")
+    shutil.copytree(paths.data_dir, tmp_path / "s.data")
+    mine = Paths.for_db(tmp_path / "s.duckdb")
+    return mine, Store(mine.db), space
+
+
+def _points(store: Store, version: str = "m1") -> pl.DataFrame:
+    return _sql(store, "SELECT track_id, x, y, placed_by FROM landscape WHERE model_version = $v ORDER BY track_id",
+                {"v": version})
+
+
+# -- fitting and placing ----------------------------------------------------------
+
+
+def test_fit_gives_every_track_a_point_and_saves_the_model(fitted):
+    paths, space, counts = fitted
+    store = Store(paths.db)
+    assert counts == {"landscape_fitted": 240, "artist_points": 24, "genre_points": 6}
+    points = _points(store)
+    assert points["track_id"].to_list() == space["ids"]
+    assert set(points["placed_by"]) == {"fit"}
+    assert np.isfinite(points.select("x", "y").to_numpy()).all()
+    saved = ls.FittedUmap.load(paths.models / "m1" / "umap.joblib", "m1")
+    assert saved.n_fitted == 240 and saved.params == ls.TRACK_PARAMS
+    # n_neighbors 500 is clipped below the number of tracks
+    fits = {row["level"]: row for row in ls.landscape_fits(store).to_dicts()}
+    assert (fits["tracks"]["n_neighbors"], fits["tracks"]["min_dist"]) == (239, 0.5)
+
+
+def test_the_map_keeps_sound_clusters_together(fitted):
+    paths, space, _ = fitted
+    xy = _points(Store(paths.db)).select("x", "y").to_numpy()
+    d = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    nearest = np.argsort(d, axis=1)[:, :10]
+    same = (space["clusters"][nearest] == space["clusters"][:, None]).mean()
+    assert same > 0.95
+
+
+def test_new_tracks_are_placed_by_the_saved_fit_without_refitting(copy):
+    paths, store, space = copy
+    before = _points(store)
+    model_file = paths.models / "m1" / "umap.joblib"
+    saved_at = model_file.stat().st_mtime_ns
+    rng = np.random.default_rng(7)
+    new = (space["centres"][2] + rng.normal(size=(12, LATENT_DIM)) * 0.7).astype(np.float32)
+    ids = [f"n{i:02d}" for i in range(12)]
+    store.upsert_tracks(tracks_frame(ids, ["jazz newcomer"] * 12, ["jazz"] * 12, [2024] * 12))
+    embed(store, ids, new, "m1")
+
+    counts = ls.update_landscape(store, paths.models)
+
+    assert counts == {"landscape_placed": 12, "artist_points": 25, "genre_points": 6}
+    after = _points(store)
+    old = after.filter(pl.col("track_id").is_in(before["track_id"].to_list()))
+    assert old.equals(before), "placing new tracks must not move the others"
+    placed = after.filter(pl.col("track_id").is_in(ids))
+    assert set(placed["placed_by"]) == {"transform"}
+    assert model_file.stat().st_mtime_ns == saved_at
+    # each lands among the jazz tracks: the nearest cluster centre in 2-D is jazz's
+    xy = before.select("x", "y").to_numpy()
+    centres = np.stack([xy[space["clusters"] == c].mean(axis=0) for c in range(len(GENRES))])
+    for point in placed.select("x", "y").to_numpy():
+        assert np.argmin(((centres - point) ** 2).sum(axis=1)) == 2
+    assert ls.update_landscape(store, paths.models) == {}, "a rerun has nothing to do"
+
+
+def test_refit_and_other_parameters_fit_anew(copy):
+    paths, store, _ = copy
+    assert ls.update_landscape(store, paths.models, refit=True)["landscape_fitted"] == 240
+    params = ls.UmapParams(n_neighbors=15, min_dist=0.1)
+    assert ls.update_landscape(store, paths.models, params=params)["landscape_fitted"] == 240
+    fits = {row["level"]: row for row in ls.landscape_fits(store).to_dicts()}
+    assert (fits["tracks"]["n_neighbors"], fits["tracks"]["min_dist"]) == (15, 0.1)
+    # the saved fit's parameters are kept from now on
+    assert ls.update_landscape(store, paths.models) == {}
+    assert ls.update_landscape(store, paths.models, params=params) == {}
+
+
+def test_a_new_model_version_gets_its_own_landscape(copy):
+    paths, store, space = copy
+    register(store, "m2")
+    embed(store, space["ids"], space["vectors"][:, ::-1].copy(), "m2")
+    store.promote("m2")
+    assert ls.update_landscape(store, paths.models)["landscape_fitted"] == 240
+    assert (paths.models / "m2" / "umap.joblib").is_file()
+    assert _points(store, "m1").height == 240 and _points(store, "m2").height == 240
+    assert ls.landscape_points(store)["model_version"].unique().to_list() == ["m2"]
+
+
+# -- artist and genre landscapes, clusters, neighbours ------------------------------
+
+
+def test_artist_and_genre_landscapes_with_clusters_chosen_by_silhouette(fitted):
+    paths, space, _ = fitted
+    store = Store(paths.db)
+    groups = ls.group_landscape_points(store)
+    artists = groups.filter(pl.col("level") == "artist")
+    genres = groups.filter(pl.col("level") == "genre")
+    assert artists.height == 24 and set(artists["tracks"]) == {10}
+    assert sorted(genres["name"]) == sorted(GENRES) and set(genres["tracks"]) == {40}
+    # an artist's genre is its tracks' genre; the 6 sound clusters are found
+    assert all(name.startswith(genre) for name, genre in zip(artists["name"], artists["genre"]))
+    fits = {row["level"]: row for row in ls.landscape_fits(store).to_dicts()}
+    assert fits["artist"]["clusters"] == 6
+    by_genre = artists.group_by("genre").agg(pl.col("cluster").n_unique().alias("n"), pl.col("cluster").first())
+    assert set(by_genre["n"]) == {1} and by_genre["cluster"].n_unique() == 6
+
+
+def test_choose_clusters_takes_the_k_of_the_best_silhouette():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(4, 16)) * 5
+    blobs = np.vstack([c + rng.normal(size=(25, 16)) for c in centres])
+    found = ls.choose_clusters(blobs, (2, 8))
+    assert found.k == 4 and found.silhouette == max(found.scores.values())
+    assert sorted(found.scores) == list(range(2, 9))
+    assert ls.choose_clusters(blobs[:2]) is None
+    with pytest.raises(ValueError, match="k range"):
+        ls.choose_clusters(blobs, (1, 5))
+
+
+def test_nearest_neighbours_are_the_recommendations(fitted):
+    paths, space, _ = fitted
+    store = Store(paths.db)
+    neighbours = ls.nearest_neighbours(space["vectors"])
+    assert neighbours.shape == (240, 10)
+    for i in (0, 57, 239):
+        expected = store.similar_to(space["ids"][i], 10)["track_id"].to_list()
+        assert [space["ids"][j] for j in neighbours[i]] == expected
+
+
+# -- pictures --------------------------------------------------------------------
+
+
+def _page_data(path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    match = re.search(r'<script id="landscape-data" type="application/json">(.*?)</script>', text, re.S)
+    return json.loads(match.group(1))
+
+
+def test_render_writes_a_png_and_a_self_contained_page(copy, tmp_path):
+    paths, store, space = copy
+    with store.transaction() as con:
+        con.execute("UPDATE tracks SET preview_url = 'https://p.scdn.co/mp3-preview/x' WHERE track_id = 't005'")
+    result = ls.render(store, tmp_path / "out", color_by="year")
+    png = Image.open(result["png"]).convert("RGB")
+    assert png.size == (1600 + 320, 1200 + 56)
+    plot = np.asarray(png)[56:, :1600].reshape(-1, 3).astype(int)
+    lit = (np.abs(plot - [11, 13, 18]).sum(axis=1) > 60).sum()
+    assert lit > 240 * 10, "every track shows as a dot"
+
+    page = (tmp_path / "out" / "landscape.html").read_text(encoding="utf-8")
+    assert "<script src" not in page and "http://" not in page.replace("http://www.w3.org", "")
+    data = _page_data(tmp_path / "out" / "landscape.html")
+    tracks = data["layers"]["tracks"]
+    assert len(tracks["x"]) == 240 and tracks["colorBy"] == "year"
+    assert set(tracks["labels"]) == {"genre", "artist", "year", "source"}
+    assert tracks["audio"][5] == "https://p.scdn.co/mp3-preview/x" and tracks["audio"][6] is None
+    assert tracks["neighbours"][0] == ls.nearest_neighbours(space["vectors"])[0].tolist()
+    assert len(data["layers"]["artists"]["x"]) == 24 and len(data["layers"]["genres"]["x"]) == 6
+    assert result["fits"] and "| artist | 24 |" in ls.summary_markdown(result)
+
+
+def test_the_png_shows_density_at_300000_points(tmp_path):
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(297_000, 2)) * 0.5
+    sparse = rng.normal(size=(3_000, 2)) * 0.5 + [8.0, 0.0]
+    xy = np.vstack([dense, sparse])
+    labels = ls.coloring("source", ["spotify"] * len(xy))
+    path = ls.render_png(xy[:, 0], xy[:, 1], labels, tmp_path / "big.png", width=800, height=600)
+    image = np.asarray(Image.open(path).convert("RGB"))[56:, :800].max(axis=2).astype(int)
+    columns = image.max(axis=0)
+    # both blobs are visible, and the dense one is brighter (shaded by count)
+    left, right = image[:, :400], image[:, 520:]
+    assert (left > 40).sum() > 1000 and (right > 40).sum() > 100
+    assert np.percentile(left[left > 40], 90) > np.percentile(right[right > 40], 90)
+    assert columns[400:520].max() < 40, "no overplotted smear between them"
+
+
+# -- bad input ----------------------------------------------------------------------
+
+
+def test_bad_input_gets_a_clear_error(tmp_path, fitted):
+    with pytest.raises(ValueError, match="n_neighbors"):
+        ls.UmapParams(n_neighbors=1)
+    with pytest.raises(ValueError, match="min_dist"):
+        ls.UmapParams(min_dist=2.0)
+    with pytest.raises(ValueError, match="at least 4 points"):
+        ls.fit_umap(np.ones((3, 8)))
+    with pytest.raises(ValueError, match="not finite"):
+        ls.fit_umap(np.full((5, 8), np.nan))
+    with pytest.raises(TrackNotFound, match="no current model"):
+        ls.update_landscape(Store(tmp_path / "empty.duckdb"), tmp_path / "models")
+    paths, _, _ = fitted
+    with pytest.raises(ValueError, match="colour by 'mood'"):
+        ls.render(Store(paths.db), tmp_path / "out", color_by="mood")
+    broken = tmp_path / "m1" / "umap.joblib"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="umap.joblib: not a saved Sonufy landscape"):
+        ls.FittedUmap.load(broken)
+
+
+# -- the command and the tasks ---------------------------------------------------
+
+
+def test_sonufy_landscape_writes_both_files(copy, tmp_path, capsys):
+    paths, _, _ = copy
+    out = tmp_path / "maps"
+    assert cli(["landscape", "--db", str(paths.db), "--out", str(out), "--color-by", "artist",
+                "--n-neighbors", "20", "--min-dist", "0.3"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2:] == [str(out / "landscape.png"), str(out / "landscape.html")]
+    assert "landscape_fitted 240" in printed[0]
+    assert (out / "landscape.png").stat().st_size > 0 and _page_data(out / "landscape.html")
+    assert cli(["landscape", "--db", str(tmp_path / "nope.duckdb")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert cli(["landscape", "--db", str(paths.db), "--min-dist", "3"]) == 2
+    assert "min_dist" in capsys.readouterr().err
+
+
+def test_the_tasks_place_new_tracks_and_publish_artifacts(copy, prefect_api):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.landscape import render_landscape, update_landscape
+
+    paths, store, space = copy
+    ids = ["late1", "late2"]
+    store.upsert_tracks(tracks_frame(ids, ["metal artist 0"] * 2, ["metal"] * 2, [2025] * 2))
+    embed(store, ids, space["vectors"][120:122] + 0.01, "m1")
+
+    @flow
+    def nightly_landscape():
+        counts = update_landscape(store, paths)
+        return counts, render_landscape(store, paths.data_dir / "landscape")
+
+    counts, result = nightly_landscape()
+    assert counts["landscape_placed"] == 2 and result["tracks"] == 242
+    with get_client(sync_client=True) as client:
+        found = {
+            a.key: a for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sonufy-landscape", "sonufy-landscape-summary"]))
+            )
+        }
+    assert (paths.data_dir / "landscape" / "landscape.html").as_uri() in found["sonufy-landscape"].data
+    assert "| tracks | 240 |" in found["sonufy-landscape-summary"].data
