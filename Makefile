@@ -21,7 +21,16 @@ install: $(STAMP)
 demo: install
 	$(BIN)/sonufy demo
 
-test: install
+# Debian's Chromium, for the browser test of the landscape page: Playwright
+# drives this one and never downloads a browser of its own.
+CHROMIUM ?= /usr/bin/chromium
+.PHONY: chromium
+chromium: $(CHROMIUM)
+$(CHROMIUM):
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-dejavu-core
+
+test: install $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 clean:

@@ -1,6 +1,6 @@
 """The build flow: the whole pipeline, from a catalog to recommendations.
 
-scrape → fetch → spectrograms → check → train → encode → recommend.
+scrape → fetch → spectrograms → check → train → encode → landscape → recommend.
 Every stage skips work already done, so a failed run can simply be rerun.
 """
 
@@ -19,6 +19,7 @@ from sonufy_model.store import ModelRecord, Store, batches
 from sonufy_model.scrape_config import ScrapeConfig
 from tasks.catalog import check_tracks, parse_tracks, scan_folder, scrape_catalog, upsert_tracks
 from tasks.encoding import encode_batch, spectrograms_without_embedding
+from tasks.landscape import render_landscape, update_landscape
 from tasks.previews import fetch_previews, record_previews, tracks_without_preview
 from tasks.recommend import recommend
 from tasks.spectrograms import (
@@ -131,6 +132,11 @@ def build(
         _add(counts, encode_pending(store, run_id, tracks_per_batch=4 * batch_size))
         counts["model_version"] = store.current_model().model_version
 
+        # 6b. the sonic landscape: a point per track (UMAP, fitted once per
+        # model version, new tracks placed by it), drawn and published
+        _add(counts, update_landscape(store, paths))
+        render_landscape(store, paths.data_dir / "landscape")
+
         # 7. recommend: nearest neighbours of a demo track, by cosine in SQL
         recommendations = recommend(store, demo_query, 10)
     except BaseException:
@@ -153,12 +159,6 @@ def with_preview_sources(
     return replace(settings, preview_sources=tuple(sources or settings.preview_sources), preview_folder=folder)
 
 
-def encode_pending(store: Store, run_id: str, tracks_per_batch: int) -> dict:
-    """Encode, a batch at a time, every track without a vector for the current
-    model and for the version waiting to become current; switch to that
-    version once it is complete. The summed counts.
-
-    Queries answer from the current version all along: the switch is one
 def fetch_pending(store: Store, settings: ServiceSettings, paths: Paths, run_id: str, batch_size: int) -> dict:
     """Previews of every catalog track without one, concurrently within a
     batch; one batch at a time, so that the settings' concurrency, per-host
@@ -224,6 +224,12 @@ def encode_model(store: Store, model: ModelRecord, run_id: str, tracks_per_batch
     return counts
 
 
+def encode_pending(store: Store, run_id: str, tracks_per_batch: int) -> dict:
+    """Encode, a batch at a time, every track without a vector for the current
+    model and for the version waiting to become current; switch to that
+    version once it is complete. The summed counts.
+
+    Queries answer from the current version all along: the switch is one
     UPDATE, made only when the new version covers every track.
     """
     counts: dict = {}

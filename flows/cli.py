@@ -195,6 +195,26 @@ def _parser() -> argparse.ArgumentParser:
                           "report the hubness of both rankings")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    landscape = commands.add_parser(
+        "landscape",
+        help="the sonic landscape: a map of every track (PNG) and an interactive page (HTML)",
+        description="Give every track of the current model a point in its UMAP landscape (fitted once "
+        "per model version and saved beside it; new tracks are placed by the fitted model), refit the "
+        "artist and genre landscapes, and write landscape.png and landscape.html.",
+    )
+    add_db(landscape)
+    landscape.add_argument("--out", metavar="DIR",
+                           help="where the two files go (default: DB.data/landscape, where the build puts them)")
+    landscape.add_argument("--color-by", choices=("genre", "artist", "year", "source"), default="genre",
+                           help="the label that colours the points (default: genre; the page can switch)")
+    landscape.add_argument("--n-neighbors", type=_positive_int,
+                           help="UMAP n_neighbors, clipped below the number of tracks (default: 500); "
+                           "other than the saved fit's, it refits")
+    landscape.add_argument("--min-dist", type=float,
+                           help="UMAP min_dist in [0, 1] (default: 0.5); other than the saved fit's, it refits")
+    landscape.add_argument("--refit", action="store_true",
+                           help="fit the landscape anew instead of placing new tracks with the saved fit")
+
     standin = commands.add_parser(
         "standin",
         help="run the local Spotify/Deezer stand-in in the foreground",
@@ -410,6 +430,31 @@ def _seed(args: argparse.Namespace, store):
         return query_audio.seed_from_search(store, origin.settings, args.search)
 
 
+def _landscape(args: argparse.Namespace) -> None:
+    from sonufy_model import landscape
+    from sonufy_model.config import Paths
+    from sonufy_model.store import Store
+
+    if not Path(args.db).is_file():
+        raise CommandError(f"--db {args.db}: no such file; run `sonufy build` first")
+    params = None
+    if args.n_neighbors is not None or args.min_dist is not None:
+        default = landscape.TRACK_PARAMS
+        params = landscape.UmapParams(
+            n_neighbors=args.n_neighbors or default.n_neighbors,
+            min_dist=default.min_dist if args.min_dist is None else args.min_dist,
+        )
+    paths = Paths.for_db(args.db)
+    store = Store(paths.db)
+    counts = landscape.update_landscape(store, paths.models, params=params, refit=args.refit)
+    result = landscape.render(store, Path(args.out) if args.out else paths.data_dir / "landscape",
+                              color_by=args.color_by)
+    done = ", ".join(f"{name} {value}" for name, value in counts.items()) or "every track already had a point"
+    print(f"landscape of model {result['model_version']}: {result['tracks']} tracks ({done})")
+    print(result["png"])
+    print(result["html"])
+
+
 def _recommend(args: argparse.Namespace) -> None:
     from sonufy_model import query_audio
 
@@ -490,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"model version {version}" + (" is current" if args.promote else " registered"))
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "landscape":
+            _landscape(args)
         elif args.command == "standin":
             from sonufy_model.demo.standin import main as standin_main
 
