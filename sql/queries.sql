@@ -208,6 +208,9 @@ FROM evaluations_batch;
 
 -- name: evaluations
 SELECT evaluated_at, model_version, space, label, artist_filter, k, precision, map, chance,
+       map_chance, tracks
+FROM evaluations
+ORDER BY evaluated_at, label, artist_filter, space;
 
 -- name: crash_stale_runs
 -- Runs of a flow still marked running while a new one holds its lock: their
@@ -254,6 +257,3 @@ SELECT
     (SELECT count(DISTINCT track_id) FROM spectrograms WHERE created_at >= $since) AS new_spectrograms,
     (SELECT count(*) FROM embeddings WHERE created_at >= $since) AS new_embeddings,
     (SELECT count(*) FROM quarantine WHERE quarantined_at >= $since) AS quarantined;
-       map_chance, tracks
-FROM evaluations
-ORDER BY evaluated_at, label, artist_filter, space;
