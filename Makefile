@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Installed when pyproject.toml or the pins change.
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean serve serve-one
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,30 @@ $(CHROMIUM):
 
 test: install $(CHROMIUM)
 	$(BIN)/python -m pytest
+
+# `make serve`: a Prefect server on 127.0.0.1:$(PREFECT_PORT) (telemetry off,
+# UI at http://127.0.0.1:$(PREFECT_PORT)), prefect.yaml's deployments on the
+# process pool "sonufy", and a worker, in the foreground (Ctrl-C stops all).
+# `make serve-one`: the same server, the deployments served by one process
+# (deployments/serve.py) instead of a pool and a worker.
+PREFECT_PORT ?= 4200
+SONUFY_TIMEZONE ?= UTC
+SERVE_ENV = DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false GX_ANALYTICS_ENABLED=False \
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api PREFECT_LOGGING_EXTRA_LOGGERS=sonufy_model \
+	SONUFY_HOME=$(CURDIR) SONUFY_TIMEZONE=$(SONUFY_TIMEZONE)
+START_SERVER = $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) --analytics-off & \
+	server=$$!; trap 'kill $$server' EXIT INT TERM; \
+	$(BIN)/python -c "import time, urllib.request as u; exec('while True:\n try: u.urlopen(\'http://127.0.0.1:$(PREFECT_PORT)/api/health\'); break\n except OSError: time.sleep(1)')"
+
+serve: install
+	export $(SERVE_ENV); $(START_SERVER); \
+	$(BIN)/prefect work-pool create sonufy --type process --overwrite; \
+	$(BIN)/prefect --no-prompt deploy --all; \
+	$(BIN)/prefect worker start --pool sonufy
+
+serve-one: install
+	export $(SERVE_ENV); $(START_SERVER); \
+	$(BIN)/python deployments/serve.py
 
 clean:
 	rm -rf sonufy.duckdb sonufy.duckdb.wal sonufy.data .pytest_cache

@@ -215,6 +215,34 @@ def _parser() -> argparse.ArgumentParser:
     landscape.add_argument("--refit", action="store_true",
                            help="fit the landscape anew instead of placing new tracks with the saved fit")
 
+    nightly = commands.add_parser(
+        "nightly",
+        help="add new tracks to the current latent space (what the nightly-refresh deployment runs)",
+        description="Run the nightly refresh: tag:new and the given queries (or a folder's new and "
+        "changed files), fetched, converted, checked and encoded with the current model; no retraining. "
+        "A second one on the same database exits at once, doing nothing.",
+    )
+    add_db(nightly)
+    nightly.add_argument("--source", default="standin", help="'standin', 'spotify' or 'folder:PATH' (default: standin)")
+    nightly.add_argument("--query", action="append", dest="queries", metavar="Q",
+                         help="a search query to scrape besides tag:new (repeatable)")
+    nightly.add_argument("--tracks", type=_positive_int, default=300,
+                         help="the stand-in's catalog size, as built (default: 300)")
+    nightly.add_argument("--new-tracks", type=int, default=0,
+                         help="new releases the stand-in's catalog has gained since (default: 0)")
+    nightly.add_argument("--wait", type=float, default=0.0, metavar="S",
+                         help="seconds to wait for a nightly already running (default: 0)")
+
+    retrain = commands.add_parser(
+        "retrain",
+        help="train a new model version and make it current only if `sonufy evaluate` finds it not worse",
+    )
+    add_db(retrain)
+    retrain.add_argument("--train-minutes", type=_positive_float, default=5.0, help="time box (default: 5)")
+    retrain.add_argument("--tolerance", type=float, default=0.0,
+                         help="promote when the candidate's mean latent precision@k is at least the "
+                         "current one's minus this (default: 0)")
+
     standin = commands.add_parser(
         "standin",
         help="run the local Spotify/Deezer stand-in in the foreground",
@@ -533,6 +561,22 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             version = _train(args)
             print(f"model version {version}" + (" is current" if args.promote else " registered"))
+        elif args.command == "nightly":
+            from flows.nightly import nightly_refresh
+
+            result = nightly_refresh(source=args.source, db=args.db, queries=args.queries,
+                                     demo_tracks=args.tracks, demo_new_tracks=args.new_tracks,
+                                     wait_for_running_s=args.wait)
+            print(json.dumps(result, indent=2, default=str))
+        elif args.command == "retrain":
+            from flows.retrain import retrain
+
+            if not Path(args.db).exists():
+                raise CommandError(f"--db {args.db}: no such file; run `sonufy build` first")
+            result = retrain(db=args.db, config={"max_time_s": args.train_minutes * 60},
+                             tolerance=args.tolerance)
+            print(f"model version {result['candidate']} {'is current' if result['promoted'] else 'not promoted'}: "
+                  f"{result['reason']}")
         elif args.command == "evaluate":
             _evaluate(args)
         elif args.command == "landscape":

@@ -26,6 +26,7 @@ from sonufy_model.config import Paths
 from sonufy_model.scrape_config import ScrapeConfig
 from sonufy_model.store import Store
 from tasks.catalog import check_tracks, parse_tracks, scan_folder, scrape_catalog, upsert_tracks
+from tasks.landscape import update_landscape
 from tasks.reporting import Stopwatch, build_data_docs, publish_run_report
 
 #: What a nightly always asks Spotify for: albums of the last two weeks.
@@ -109,8 +110,12 @@ def nightly_refresh(
                     logger.warning("no model yet: new tracks wait for `sonufy build` or `sonufy train`")
                 else:
                     _add(counts, encode_pending(store, run_id, tracks_per_batch=4 * batch_size))
+            # 6. the new tracks' landscape points, by the saved UMAP (no refit)
+            with clock.stage("landscape"):
+                if model is not None:
+                    _add(counts, update_landscape(store, paths))
             current = store.current_model()
-            # 6. report: artifacts in the UI, Data Docs on disk
+            # 7. report: artifacts in the UI, Data Docs on disk
             with clock.stage("report"):
                 docs = build_data_docs(reports, paths.data_dir / "great_expectations", run_id, FLOW) if data_docs else None
                 changed = publish_run_report(

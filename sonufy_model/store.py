@@ -119,10 +119,13 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._apply_schema_once()
         con = self._open(read_only)
+        opened = time.monotonic()
         try:
             yield con
         finally:
             con.close()
+            _log.debug("held %s %s for %.4f s", self.path.name, "read-only" if read_only else "read-write",
+                       time.monotonic() - opened)
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
