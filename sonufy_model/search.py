@@ -2,10 +2,20 @@
 
 Everything runs in DuckDB through the macros of ``sql/search.sql``; the
 statements are in ``sql/search_queries.sql``. A search first takes the
-nearest candidates (exact scan, or the inverted-file index when it is fresh),
-then filters them; when the filters leave fewer than ``k``, it widens the
-candidates and asks again, so a filtered search still returns ``k`` tracks
-whenever the space holds that many that pass.
+nearest candidates, then filters them; when the filters leave fewer than
+``k``, it widens the candidates (and the cells probed) and asks again, so a
+filtered search still returns ``k`` tracks whenever the space holds that many
+that pass.
+
+The candidates come from an inverted-file index when the current model
+version has one (:func:`build_index`, :func:`update_index`): centroids from
+spherical k-means on a sample, every vector stored in its nearest centroid's
+cell, grouped by cell; a query probes the ``nprobe`` cells nearest to it and
+re-ranks their vectors exactly, plus, exactly, every vector created since the
+index last covered them, so new tracks are found at once. Without an index
+for the current version (a new version, or none built), or with
+``use_index=False``, a search scans every vector exactly. The index is
+rebuildable from the embeddings table at any time.
 
 Popularity floor: tracks without a popularity (local files, catalogs whose API
 no longer reports it) pass, since the floor is only meaningful where the data
@@ -14,8 +24,11 @@ has one.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import duckdb
 import numpy as np
@@ -90,6 +103,7 @@ def similar(
     k: int = 10,
     filters: SearchFilters = SearchFilters(),
     use_index: bool = True,
+    nprobe: int | None = None,
 ) -> pl.DataFrame:
     """The ``k`` tracks nearest to a track or a vector, best first.
 
@@ -98,11 +112,14 @@ def similar(
     standardised space; ``seed_track_ids`` are then the tracks the filters
     compare with, and are excluded). Columns: track_id, artist, title, album,
     preview_url, cosine, time_similarity, frequency_similarity.
+    ``nprobe``: cells the index probes (None: the index's default).
     """
     if (track_id is None) == (vector is None):
         raise ValueError("give exactly one of track_id or vector")
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    if nprobe is not None and nprobe < 1:
+        raise ValueError(f"nprobe must be at least 1, got {nprobe}")
     if isinstance(seed_track_ids, str):
         raise TypeError("seed_track_ids must be a sequence of track ids, not one string")
     seeds = list(dict.fromkeys(([track_id] if track_id is not None else []) + list(seed_track_ids)))
@@ -110,16 +127,30 @@ def similar(
         query = _track_vector(con, store, track_id) if track_id is not None else query_vector(vector)
         excluded = len(set(filters.exclude_track_ids) | set(seeds))
         candidates = max(10 * k, 200) if filters.relational else k + excluded
-        total = None
+        if filters.relational:
+            params = {"vector": query.tolist(), "k": k, "candidates": candidates, "nprobe": nprobe,
+                      "use_index": use_index, **_filter_parameters(seeds, filters)}
+            statement = sql.statement("search", QUERIES)
+        else:
+            params = {"vector": query.tolist(), "k": k, "candidates": candidates, "nprobe": nprobe,
+                      "use_index": use_index, "exclude_track_ids": list({*filters.exclude_track_ids, *seeds})}
+            statement = sql.statement("search_nearest", QUERIES)
+        total = cells = None
         while True:
-            result = _exact(con, query, k, candidates, seeds, filters)
+            result = con.execute(statement, params).pl()
             if result.height >= k:
                 return result
+            # Too few passed: widen the candidates, and the cells probed, until
+            # the last round is exhaustive.
             if total is None:
                 total = con.execute(sql.statement("current_space_size", QUERIES)).fetchone()[0]
-            if candidates >= total:
+                state = con.execute(sql.statement("search_index_state", QUERIES)).fetchone()
+                cells = state[1] if state and use_index else 0
+                params["nprobe"] = params["nprobe"] or (state[2] if state else 1)
+            if params["candidates"] >= total and params["nprobe"] >= cells:
                 return result
-            candidates *= 4
+            params["candidates"] = min(params["candidates"] * 4, max(total, 1))
+            params["nprobe"] = min(params["nprobe"] * 4, max(cells, 1))
 
 
 def _filter_parameters(seeds: list[str], filters: SearchFilters) -> dict:
@@ -134,6 +165,183 @@ def _filter_parameters(seeds: list[str], filters: SearchFilters) -> dict:
     }
 
 
-def _exact(con, query: np.ndarray, k: int, candidates: int, seeds: list[str], filters: SearchFilters) -> pl.DataFrame:
-    params = {"vector": query.tolist(), "k": k, "candidates": candidates, **_filter_parameters(seeds, filters)}
-    return con.execute(sql.statement("search_exact", QUERIES), params).pl()
+# -- the index -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexState:
+    model_version: str
+    cells: int
+    nprobe: int
+    vectors: int
+    covered_until: datetime | None
+
+
+def index_state(store: Store, model_version: str | None = None) -> IndexState | None:
+    """The index of ``model_version`` (None: the current version), if it has one."""
+    with store.connect() as con:
+        if model_version is None:
+            row = con.execute(sql.statement("search_index_state", QUERIES)).fetchone()
+        else:
+            row = con.execute(sql.statement("index_of_version", QUERIES), {"model_version": model_version}).fetchone()
+    return IndexState(*row) if row else None
+
+
+def default_cells(n: int) -> int:
+    """Cells for ``n`` vectors: about 2 sqrt(n), so that probing the centroids
+    and scanning the probed cells cost about the same."""
+    return max(1, min(n, round(2 * math.sqrt(n))))
+
+
+def default_nprobe(cells: int) -> int:
+    """Cells a query probes: enough for recall@10 >= 0.95 on clustered latents
+    (see bench/search.py)."""
+    return max(1, min(cells, math.ceil(cells / 64)))
+
+
+def build_index(
+    store: Store,
+    model_version: str | None = None,
+    *,
+    cells: int | None = None,
+    nprobe: int | None = None,
+    sample: int | None = None,
+    iterations: int = 12,
+    seed: int = 0,
+) -> dict:
+    """Build (or rebuild) the inverted-file index of ``model_version`` (None:
+    the current version) from its embeddings. Returns what was built."""
+    started = time.perf_counter()
+    version = model_version or _current_version(store)
+    with store.connect() as con:
+        ids, vectors, created = _vectors(con, version, since=None)
+    if not len(ids):
+        raise ValueError(f"model version {version!r} has no vectors to index")
+    cells = cells or default_cells(len(ids))
+    if not 1 <= cells <= len(ids):
+        raise ValueError(f"cells must be between 1 and the {len(ids)} vectors, got {cells}")
+    nprobe = min(cells, nprobe or default_nprobe(cells))
+    units = _unit(vectors)
+    del vectors
+    centroids = spherical_kmeans(units, cells, sample=sample, iterations=iterations, seed=seed)
+    assignment = nearest_cells(units, centroids)
+    with store.transaction() as con:
+        _drop_index(con, version)
+        base = con.execute(sql.statement("next_free_cell", QUERIES)).fetchone()[0]
+        _insert(con, version, base, centroids, ids, units, assignment)
+        seconds = time.perf_counter() - started
+        con.execute(sql.statement("record_index", QUERIES), {
+            "model_version": version, "cells": cells, "nprobe": nprobe, "vectors": len(ids),
+            "covered_until": max(created), "build_seconds": seconds,
+        })
+    return {"model_version": version, "cells": cells, "nprobe": nprobe, "vectors": len(ids),
+            "build_seconds": seconds}
+
+
+def update_index(store: Store) -> dict:
+    """Keep the current version's index complete: build it when it is missing
+    (or when the vectors added since would more than double it), else add the
+    vectors created since it last covered them to their nearest cells, and
+    drop the indexes of other versions. Returns what was done."""
+    version = _current_version(store, required=False)
+    if version is None:
+        return {"index": "none: no current model"}
+    with store.transaction() as con:
+        others = [row[0] for row in con.execute(sql.statement("other_indexed_versions", QUERIES),
+                                                {"model_version": version}).fetchall()]
+        for other in others:
+            _drop_index(con, other)
+    state = index_state(store, version)
+    if state is None:
+        return {"index": "built", "dropped": others, **build_index(store, version)}
+    with store.connect() as con:
+        ids, vectors, created = _vectors(con, version, since=state.covered_until)
+    if len(ids) > state.vectors:
+        return {"index": "rebuilt", "dropped": others, **build_index(store, version)}
+    with store.transaction() as con:
+        centroids_rows = con.execute(sql.statement("centroids_of_version", QUERIES),
+                                     {"model_version": version}).to_arrow_table()
+        cell_numbers = centroids_rows["cell"].to_numpy()
+        centroids = _matrix(centroids_rows["centroid"])
+        units = _unit(vectors)
+        assignment = cell_numbers[nearest_cells(units, centroids)] if len(ids) else np.empty(0, np.int32)
+        batch = pl.DataFrame({"cell": assignment, "track_id": ids},
+                             schema={"cell": pl.Int32, "track_id": pl.String}).with_columns(
+            pl.Series("unit", units, dtype=pl.Array(pl.Float32, LATENT_DIM)))
+        with store._registered(con, "cells_batch", batch):
+            con.execute(sql.statement("forget_indexed", QUERIES), {"model_version": version})
+            con.execute(sql.statement("insert_cells", QUERIES))
+        count = con.execute(sql.statement("record_index_update", QUERIES), {
+            "model_version": version, "covered_until": max(created) if len(ids) else state.covered_until,
+        }).fetchone()[0]
+    return {"index": "updated", "dropped": others, "model_version": version, "added": len(ids), "vectors": count}
+
+
+def spherical_kmeans(units: np.ndarray, cells: int, *, sample: int | None = None, iterations: int = 12,
+                     seed: int = 0) -> np.ndarray:
+    """``cells`` unit centroids of unit vectors (cosine k-means) fitted on a sample."""
+    rng = np.random.default_rng(seed)
+    size = min(len(units), sample or max(64 * cells, 20_000))
+    fit = units[rng.choice(len(units), size, replace=False)] if size < len(units) else units
+    centroids = fit[rng.choice(len(fit), cells, replace=False)].copy()
+    for _ in range(iterations):
+        assignment = nearest_cells(fit, centroids)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, assignment, fit)
+        norms = np.linalg.norm(sums, axis=1)
+        empty = norms == 0
+        centroids[~empty] = sums[~empty] / norms[~empty, None]
+        # An empty cell starts again from a random vector.
+        centroids[empty] = fit[rng.choice(len(fit), int(empty.sum()), replace=False)]
+    return centroids.astype(np.float32)
+
+
+def nearest_cells(units: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """The index of each unit vector's nearest centroid (largest inner product)."""
+    out = np.empty(len(units), dtype=np.int32)
+    for start in range(0, len(units), chunk):
+        out[start : start + chunk] = np.argmax(units[start : start + chunk] @ centroids.T, axis=1)
+    return out
+
+
+def _current_version(store: Store, required: bool = True) -> str | None:
+    model = store.current_model()
+    if model is None and required:
+        raise TrackNotFound(f"{store.path}: no current model: run `sonufy build` first")
+    return model.model_version if model else None
+
+
+def _vectors(con, version: str, since: datetime | None) -> tuple[list[str], np.ndarray, list[datetime]]:
+    table = con.execute(sql.statement("vectors_to_index", QUERIES),
+                        {"model_version": version, "since": since}).to_arrow_table()
+    return table["track_id"].to_pylist(), _matrix(table["vector"]), table["created_at"].to_pylist()
+
+
+def _matrix(column) -> np.ndarray:
+    """An Arrow column of FLOAT[256] as a (rows, 256) float32 matrix."""
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(-1, LATENT_DIM)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
+
+
+def _drop_index(con, version: str) -> None:
+    for name in ("drop_index_cells", "drop_index_centroids", "drop_index_row"):
+        con.execute(sql.statement(name, QUERIES), {"model_version": version})
+
+
+def _insert(con, version: str, base: int, centroids: np.ndarray, ids: list[str], units: np.ndarray,
+            assignment: np.ndarray) -> None:
+    centroid_batch = pl.DataFrame({"cell": np.arange(base, base + len(centroids), dtype=np.int32)}).with_columns(
+        pl.Series("centroid", centroids, dtype=pl.Array(pl.Float32, LATENT_DIM)))
+    with Store._registered(con, "centroids_batch", centroid_batch):
+        con.execute(sql.statement("insert_centroids", QUERIES), {"model_version": version})
+    order = np.argsort(assignment, kind="stable")
+    cells_batch = pl.DataFrame({"cell": (assignment[order] + base).astype(np.int32),
+                                "track_id": pl.Series(ids)[order]}).with_columns(
+        pl.Series("unit", units[order], dtype=pl.Array(pl.Float32, LATENT_DIM)))
+    with Store._registered(con, "cells_batch", cells_batch):
+        con.execute(sql.statement("insert_cells", QUERIES))

@@ -15,10 +15,12 @@
 --                                      same ISRC, or same normalised title and artist
 --   min_popularity := 40               popularity at least 40; tracks without a popularity pass
 --   max_per_artist := 2                at most 2 tracks per artist
---   candidates := 2000                 the dedup and artist cap act among this many nearest tracks
---   use_index := false                 exact scan even where an index is fresh
+--   candidates := 2000                 the filters act among this many nearest tracks
+--   nprobe := 32                       cells the index probes (default 16; similar() passes the index's own)
+--   use_index := false                 exact scan even where the current version has an index
 -- Output columns: track_id, artist, title, album, cosine, time_similarity,
--- frequency_similarity (the two 128-d halves: time and frequency branches).
+-- frequency_similarity (the two 128-d halves: time and frequency branches);
+-- similar_to_vector adds preview_url after album.
 
 -- name: create_search_title_key_macro
 -- The normalised "artist|title" two recordings of one song share: lower case,
@@ -35,53 +37,166 @@ CREATE OR REPLACE MACRO search_title_key(title, artist) AS
 -- name: create_search_artist_key_macro
 CREATE OR REPLACE MACRO search_artist_key(artist) AS lower(strip_accents(trim(artist)));
 
+-- name: create_search_preview_url_macro
+-- A link to hear a track: Spotify's preview, else its Spotify page, else the local file.
+CREATE OR REPLACE MACRO search_preview_url(preview_url, source, track_id, path) AS
+    coalesce(preview_url, CASE WHEN source = 'spotify' THEN 'https://open.spotify.com/track/' || track_id END, path);
+
+-- name: create_search_index
+-- The inverted-file index of one model version (sonufy_model/search.py):
+-- spherical k-means centroids on a sample, each vector in its nearest
+-- centroid's cell, stored grouped by cell. A query probes the nprobe cells
+-- whose centroids are nearest and re-ranks their vectors exactly. Rebuildable
+-- from embeddings at any time, never the only copy. Embeddings created after
+-- covered_until are not in the cells yet: queries scan those exactly (see
+-- search_index_candidates) until update_index adds them.
+CREATE TABLE IF NOT EXISTS search_index (
+    model_version VARCHAR PRIMARY KEY,
+    cells         INTEGER NOT NULL,
+    nprobe        INTEGER NOT NULL,          -- cells a query probes by default
+    vectors       BIGINT NOT NULL,
+    covered_until TIMESTAMP NOT NULL,
+    built_at      TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    updated_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    build_seconds DOUBLE
+);
+
+-- name: create_search_centroids
+-- Cell numbers are unique across model versions, so that search_cells needs
+-- no version column: probing a version's centroids picks its cells.
+CREATE TABLE IF NOT EXISTS search_centroids (
+    model_version VARCHAR NOT NULL,
+    cell          INTEGER NOT NULL,
+    centroid      FLOAT[256] NOT NULL       -- unit length
+);
+
+-- name: create_search_cells
+-- One row per indexed vector, written in cell order so that a probe reads a
+-- few stretches of the table (DuckDB pushes the probed cells into the scan).
+-- unit is the standardised vector scaled to unit length.
+CREATE TABLE IF NOT EXISTS search_cells (
+    cell          INTEGER NOT NULL,
+    track_id      VARCHAR NOT NULL,
+    unit          FLOAT[256] NOT NULL
+);
+
+-- name: create_search_index_space_macro
+-- The current version, if it has an index and use_index: the one an indexed
+-- search probes. Empty otherwise.
+CREATE OR REPLACE MACRO search_index_space(use_index) AS TABLE
+SELECT i.model_version, i.nprobe, i.covered_until
+FROM search_index AS i
+JOIN models AS m ON m.model_version = i.model_version AND m.is_current
+WHERE use_index;
+
+-- name: create_search_exact_space_macro
+-- The current version, unless an indexed search answers for it: the one an
+-- exact search scans. Empty otherwise. (Used as "IN (SELECT ...)": DuckDB
+-- then skips the scan altogether when it is empty.)
+CREATE OR REPLACE MACRO search_exact_space(use_index) AS TABLE
+SELECT model_version FROM models
+WHERE is_current AND model_version NOT IN (SELECT model_version FROM search_index_space(use_index));
+
+-- name: create_search_index_candidates_macro
+-- The n nearest vectors among the cells_to_probe probed cells (NULL: 16)
+-- and the embeddings created since the index last covered them. Empty
+-- unless search_index_space(use_index) has the current version. (The CTEs
+-- are not materialized, and the probe's LIMIT is a plain value, so that
+-- DuckDB pushes the probed cells into the scan of search_cells as a filter.)
+CREATE OR REPLACE MACRO search_index_candidates(query_vector, n, cells_to_probe, use_index) AS TABLE
+WITH space AS NOT MATERIALIZED (
+    SELECT * FROM search_index_space(use_index)
+),
+q AS NOT MATERIALIZED (
+    SELECT query_vector::FLOAT[256] AS v,
+           sqrt(array_inner_product(query_vector::FLOAT[256], query_vector::FLOAT[256])) AS norm
+),
+probe AS NOT MATERIALIZED (
+    SELECT c.cell
+    FROM search_centroids AS c, q
+    WHERE c.model_version IN (SELECT model_version FROM space)
+    ORDER BY array_inner_product(c.centroid, q.v) DESC
+    LIMIT coalesce(cells_to_probe, 16)
+),
+unindexed AS NOT MATERIALIZED (
+    SELECT e.track_id, array_cosine_similarity(e.vector, q.v) AS cosine, e.vector
+    FROM embeddings AS e, q
+    WHERE e.model_version IN (SELECT model_version FROM space)
+      AND e.created_at > (SELECT covered_until FROM space)
+),
+nearest AS NOT MATERIALIZED (
+    SELECT s.track_id, (array_inner_product(s.unit, q.v) / q.norm)::FLOAT AS cosine, s.unit AS vector
+    FROM search_cells AS s, q
+    WHERE s.cell IN (SELECT cell FROM probe)
+      AND s.track_id NOT IN (SELECT track_id FROM unindexed)
+    UNION ALL
+    SELECT * FROM unindexed
+    ORDER BY cosine DESC, track_id
+    LIMIT n
+)
+SELECT nearest.track_id, nearest.cosine,
+       list_cosine_similarity(nearest.vector[1:128], q.v[1:128]) AS time_similarity,
+       list_cosine_similarity(nearest.vector[129:256], q.v[129:256]) AS frequency_similarity
+FROM nearest, q;
+
 -- name: create_search_exact_candidates_macro
 -- The n nearest vectors of the current model by a full scan, with the split
--- scores computed for those n only.
-CREATE OR REPLACE MACRO search_exact_candidates(query_vector, n) AS TABLE
+-- scores computed for those n only. Empty when an indexed search answers
+-- (see search_exact_space).
+CREATE OR REPLACE MACRO search_exact_candidates(query_vector, n, use_index) AS TABLE
 SELECT track_id, cosine,
        list_cosine_similarity(vector[1:128], query_vector[1:128]) AS time_similarity,
        list_cosine_similarity(vector[129:256], query_vector[129:256]) AS frequency_similarity
 FROM (
     SELECT e.track_id, e.vector, array_cosine_similarity(e.vector, query_vector::FLOAT[256]) AS cosine
     FROM embeddings AS e
-    WHERE e.model_version = (SELECT model_version FROM models WHERE is_current)
+    WHERE e.model_version IN (SELECT model_version FROM search_exact_space(use_index))
     ORDER BY cosine DESC, e.track_id
     LIMIT n
 );
 
--- name: create_search_results_macro
--- The filters, over candidates: a list of {track_id, cosine, time_similarity,
--- frequency_similarity} structs, best first. Returns at most k rows.
-CREATE OR REPLACE MACRO search_results(
-    found, k,
+-- name: create_similar_to_vector_macro
+-- k nearest tracks to a vector of the current model's standardised space,
+-- best first, with each track's preview link (Spotify's preview, else its
+-- Spotify page, else the local file). The filters act on the nearest
+-- `candidates` tracks (default max(20 k, 1000)): from the index when the
+-- current version has one (nprobe cells; NULL: 16) and use_index, else from
+-- an exact scan.
+CREATE OR REPLACE MACRO similar_to_vector(
+    query_vector, k,
     exclude_track_ids := []::VARCHAR[],
     seed_track_ids := []::VARCHAR[],
     exclude_same_artist := false,
     exclude_same_album := false,
     exclude_duplicates := false,
     min_popularity := NULL::INTEGER,
-    max_per_artist := NULL::INTEGER
+    max_per_artist := NULL::INTEGER,
+    candidates := NULL::INTEGER,
+    nprobe := NULL::INTEGER,
+    use_index := true
 ) AS TABLE
-WITH seeds AS (
+WITH seeds AS MATERIALIZED (
+    -- Read only when a filter compares with the seeds.
     SELECT search_artist_key(artist) AS artist_key,
            coalesce(album_id, search_artist_key(artist) || '|' || lower(album)) AS album_key,
            isrc,
            search_title_key(title, artist) AS title_key
     FROM tracks
-    WHERE list_contains(seed_track_ids::VARCHAR[], track_id)
+    WHERE (exclude_same_artist OR exclude_same_album OR exclude_duplicates)
+      AND track_id IN (SELECT unnest(seed_track_ids::VARCHAR[]))
 ),
 candidate AS (
-    SELECT unnest(found, recursive := true)
+    SELECT * FROM search_index_candidates(query_vector, coalesce(candidates, greatest(20 * k, 1000)),
+                                          nprobe, use_index)
+    UNION ALL
+    SELECT * FROM search_exact_candidates(query_vector, coalesce(candidates, greatest(20 * k, 1000)),
+                                          use_index)
 ),
 described AS (
     SELECT c.track_id, t.artist, t.title, t.album,
-           coalesce(t.preview_url,
-                    CASE WHEN t.source = 'spotify' THEN 'https://open.spotify.com/track/' || t.track_id END,
-                    t.path) AS preview_url,
+           search_preview_url(t.preview_url, t.source, t.track_id, t.path) AS preview_url,
            c.cosine, c.time_similarity, c.frequency_similarity,
            search_artist_key(t.artist) AS artist_key,
-           coalesce(t.album_id, search_artist_key(t.artist) || '|' || lower(t.album)) AS album_key,
            coalesce(t.isrc, t.track_id) AS isrc_key,
            search_title_key(t.title, t.artist) AS title_key
     FROM candidate AS c
@@ -120,32 +235,6 @@ FROM capped
 ORDER BY cosine DESC, track_id
 LIMIT k;
 
--- name: create_similar_to_vector_macro
--- k nearest tracks to a vector of the current model's standardised space.
-CREATE OR REPLACE MACRO similar_to_vector(
-    query_vector, k,
-    exclude_track_ids := []::VARCHAR[],
-    seed_track_ids := []::VARCHAR[],
-    exclude_same_artist := false,
-    exclude_same_album := false,
-    exclude_duplicates := false,
-    min_popularity := NULL::INTEGER,
-    max_per_artist := NULL::INTEGER,
-    candidates := NULL::INTEGER
-) AS TABLE
-SELECT track_id, artist, title, album, cosine, time_similarity, frequency_similarity
-FROM search_results(
-    (SELECT list({'track_id': track_id, 'cosine': cosine, 'time_similarity': time_similarity,
-                  'frequency_similarity': frequency_similarity} ORDER BY cosine DESC, track_id)
-     FROM search_exact_candidates(query_vector::FLOAT[256],
-                                  coalesce(candidates, greatest(20 * k, 1000)))),
-    k,
-    exclude_track_ids := exclude_track_ids, seed_track_ids := seed_track_ids,
-    exclude_same_artist := exclude_same_artist, exclude_same_album := exclude_same_album,
-    exclude_duplicates := exclude_duplicates, min_popularity := min_popularity,
-    max_per_artist := max_per_artist
-);
-
 -- name: create_similar_to_macro
 -- k nearest tracks to a track of the current latent space, the track itself
 -- excluded; the filters compare with it.
@@ -157,12 +246,15 @@ CREATE OR REPLACE MACRO similar_to(
     exclude_duplicates := false,
     min_popularity := NULL::INTEGER,
     max_per_artist := NULL::INTEGER,
-    candidates := NULL::INTEGER
+    candidates := NULL::INTEGER,
+    nprobe := NULL::INTEGER,
+    use_index := true
 ) AS TABLE
-SELECT * FROM similar_to_vector(
+SELECT track_id, artist, title, album, cosine, time_similarity, frequency_similarity
+FROM similar_to_vector(
     (SELECT vector FROM latent WHERE track_id = query_track_id), k,
     exclude_track_ids := exclude_track_ids, seed_track_ids := [query_track_id],
     exclude_same_artist := exclude_same_artist, exclude_same_album := exclude_same_album,
     exclude_duplicates := exclude_duplicates, min_popularity := min_popularity,
-    max_per_artist := max_per_artist, candidates := candidates
+    max_per_artist := max_per_artist, candidates := candidates, nprobe := nprobe, use_index := use_index
 );

@@ -7,6 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+import sql
+from sonufy_model import search
 from sonufy_model.search import SearchFilters, similar, track_vector
 from sonufy_model.store import LATENT_DIM, TRACK_SCHEMA, Store, TrackNotFound
 from test_sql_and_store import _embed as _embed_dict
@@ -182,3 +184,124 @@ def test_bad_vectors_and_arguments_are_clear_errors(known):
         similar(known, track_id="q", k=0)
     with pytest.raises(ValueError, match="max_per_artist"):
         SearchFilters(max_per_artist=0)
+
+
+# -- the index -------------------------------------------------------------------
+
+
+def _clustered_space(store: Store, version: str, n: int = 2000, seed: int = 0, promote: bool = True) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, LATENT_DIM))
+    vectors = (centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, LATENT_DIM))).astype(np.float32)
+    ids = [f"t{i:05d}" for i in range(n)]
+    if not store.path.exists() or store.counts()["tracks"] < n:
+        rows = [(i, f"artist {j % 300}", f"title {j}", "al", f"al{j % 500}", None, None, 0.0) for j, i in enumerate(ids)]
+        store.upsert_tracks(_tracks(rows))
+    _register(store, version, "s", promote=False)
+    _embed(store, version, ids, vectors)
+    if promote:
+        store.promote(version)
+    return vectors
+
+
+def _profile(store: Store, statement: str, params: dict) -> dict[str, int]:
+    """Rows each table scan emitted when DuckDB ran the statement."""
+    import json
+
+    output = store.path.with_suffix(".profile.json")
+    with store.connect() as con:
+        con.execute("PRAGMA enable_profiling = 'json'")
+        con.execute(f"PRAGMA profiling_output = '{output}'")
+        con.execute(statement, params).fetchall()
+        con.execute("PRAGMA disable_profiling")
+    scanned: dict[str, int] = {}
+
+    def walk(node):
+        table = (node.get("extra_info") or {}).get("Table", "")
+        if table:
+            name = table.split(".")[-1]
+            scanned[name] = scanned.get(name, 0) + int(node.get("operator_cardinality", 0))
+        for child in node.get("children", []):
+            walk(child)
+
+    walk(json.loads(output.read_text()))
+    return scanned
+
+
+@pytest.fixture
+def indexed(tmp_path) -> tuple[Store, np.ndarray]:
+    store = Store(tmp_path / "indexed.duckdb")
+    vectors = _clustered_space(store, "m1")
+    built = search.build_index(store, cells=40, nprobe=6)
+    assert built["vectors"] == 2000 and built["cells"] == 40
+    return store, vectors
+
+
+def test_the_index_probes_a_few_cells_and_finds_what_the_exact_scan_finds(indexed):
+    store, vectors = indexed
+    queries = vectors[:20] + 0.1 * np.random.default_rng(5).standard_normal((20, LATENT_DIM)).astype(np.float32)
+    recall = np.mean([
+        len(set(_ids(similar(store, vector=q, k=10))) & set(_ids(similar(store, vector=q, k=10, use_index=False))))
+        / 10 for q in queries
+    ])
+    assert recall >= 0.9
+    # The rows DuckDB read: a few of the 40 cells of search_cells.
+    params = {"vector": queries[0].tolist(), "k": 10, "candidates": 10, "nprobe": 6, "use_index": True,
+              "exclude_track_ids": []}
+    statement = sql.statement("search_nearest", search.QUERIES)
+    scanned = _profile(store, statement, params)
+    assert 0 < scanned["search_cells"] < 2000 * 12 / 40
+    # Without the index: every embedding.
+    assert _profile(store, statement, {**params, "use_index": False})["embeddings"] >= 2000
+    # The ad-hoc macro uses the index too.
+    con = duckdb.connect(str(store.path), read_only=True)
+    try:
+        by_macro = [r[0] for r in con.execute("SELECT track_id FROM similar_to('t00000', 10, nprobe := 6)").fetchall()]
+    finally:
+        con.close()
+    assert by_macro == _ids(similar(store, track_id="t00000", k=10, nprobe=6))
+
+
+def test_without_an_index_or_with_use_index_false_the_exact_scan_answers(tmp_path):
+    store = Store(tmp_path / "plain.duckdb")
+    vectors = _clustered_space(store, "m1")
+    q = vectors[3]
+    exact = similar(store, vector=q, k=10, use_index=False)
+    assert search.index_state(store) is None
+    assert similar(store, vector=q, k=10).equals(exact)
+    best = np.argsort(-(vectors @ q) / np.linalg.norm(vectors, axis=1))[:10]
+    assert _ids(exact) == [f"t{i:05d}" for i in best]
+
+
+def test_tracks_added_after_the_build_are_found_at_once_then_indexed(indexed):
+    store, vectors = indexed
+    store.upsert_tracks(_tracks([("new", "Nu", "New", "N", "n1", None, None, 0.0)]))
+    twin = vectors[7] + 0.01
+    _embed(store, "m1", ["new"], twin[None, :].astype(np.float32))
+    # Stale index: the new track is scanned exactly, and found.
+    assert _ids(similar(store, vector=vectors[7], k=2, nprobe=1))[:2] == ["t00007", "new"]
+    report = search.update_index(store)
+    assert report["index"] == "updated" and report["added"] == 1
+    assert search.index_state(store).vectors == 2001
+    assert _ids(similar(store, vector=vectors[7], k=2, nprobe=1)) == ["t00007", "new"]
+    assert search.update_index(store)["added"] == 0
+    # A re-encoded track is ranked by its new vector, not the indexed copy.
+    _embed(store, "m1", ["new"], (-vectors[7])[None, :])
+    assert "new" not in _ids(similar(store, vector=vectors[7], k=5, nprobe=1))
+    search.update_index(store)
+    assert search.index_state(store).vectors == 2001
+    assert "new" not in _ids(similar(store, vector=vectors[7], k=5, nprobe=40))
+
+
+def test_a_new_current_version_never_uses_the_old_versions_index(indexed):
+    store, _ = indexed
+    new_vectors = _clustered_space(store, "m2", seed=9)
+    assert search.index_state(store) is None and search.index_state(store, "m1") is not None
+    q = new_vectors[11]
+    exact = similar(store, vector=q, k=10, use_index=False)
+    assert _ids(similar(store, vector=q, k=10)) == _ids(exact)
+    assert _ids(exact)[0] == "t00011"
+    report = search.update_index(store)
+    assert report["index"] == "built" and report["dropped"] == ["m1"]
+    assert search.index_state(store).model_version == "m2" and search.index_state(store, "m1") is None
+    assert _ids(similar(store, vector=q, k=1)) == ["t00011"]
