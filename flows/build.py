@@ -22,6 +22,7 @@ from tasks.encoding import encode_batch, spectrograms_without_embedding
 from tasks.landscape import render_landscape, update_landscape
 from tasks.previews import fetch_previews, record_previews, tracks_without_preview
 from tasks.recommend import recommend
+from tasks.search import update_search_index
 from tasks.spectrograms import (
     check_spectrograms,
     drop_previews,
@@ -131,6 +132,9 @@ def build(
         # 6. encode every track without a vector, then switch to a pending version
         _add(counts, encode_pending(store, run_id, tracks_per_batch=4 * batch_size))
         counts["model_version"] = store.current_model().model_version
+        # 6a. the search index of the current version: built once, then the
+        # tracks encoded since are added to their cells
+        update_search_index(store)
 
         # 6b. the sonic landscape: a point per track (UMAP, fitted once per
         # model version, new tracks placed by it), drawn and published

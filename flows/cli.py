@@ -118,6 +118,17 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--hub-reduction", action="store_true",
                            help="rank by mutual proximity, demoting tracks that are near everything")
     recommend.add_argument("-k", type=_positive_int, default=10, help="how many (default: 10)")
+    recommend.add_argument("--exclude-same-artist", action="store_true", help="no track by the seed's artist")
+    recommend.add_argument("--exclude-same-album", action="store_true", help="no track from the seed's album")
+    recommend.add_argument("--exclude-duplicates", action="store_true",
+                           help="no other recording of the seed or of a listed track (same ISRC, or same "
+                           "title and artist once '(Remastered)', '- Live' and the like are taken off)")
+    recommend.add_argument("--min-popularity", type=int, metavar="N",
+                           help="only tracks with popularity at least N (tracks without one pass)")
+    recommend.add_argument("--max-per-artist", type=_positive_int, metavar="N",
+                           help="at most N tracks of one artist")
+    recommend.add_argument("--exact", action="store_true",
+                           help="scan every vector instead of probing the search index")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     path = commands.add_parser(
@@ -491,7 +502,8 @@ def _recommend(args: argparse.Namespace) -> None:
     store = _store(args.db)
     seed = _seed(args, store)
     rows = query_audio.recommend(
-        store, seed, args.k, filters=_search_filters(args), hub_reduction=args.hub_reduction
+        store, seed, args.k, filters=_search_filters(args), hub_reduction=args.hub_reduction,
+        use_index=not args.exact,
     ).to_dicts()
     _print_recommendations(rows, seed.label, args.json,
                            {"seed_kind": seed.kind, "seed_track_id": seed.track_id,

@@ -162,9 +162,11 @@ def seed_from_search(store, settings, query: str) -> Seed:
     return Seed(label, vector, "search")
 
 
-def recommend(store, seed: Seed, k: int = 10, filters=None, hub_reduction: bool = False) -> pl.DataFrame:
+def recommend(store, seed: Seed, k: int = 10, filters=None, hub_reduction: bool = False,
+              use_index: bool = True) -> pl.DataFrame:
     """The ``k`` tracks nearest to ``seed``, best first (cosine, or mutual proximity
-    over a pool of the nearest by cosine with ``hub_reduction``)."""
+    over a pool of the nearest by cosine with ``hub_reduction``); ``use_index=False``:
+    an exact scan even where the search index could answer."""
     from sonufy_model import search
 
     if k < 1:
@@ -172,9 +174,9 @@ def recommend(store, seed: Seed, k: int = 10, filters=None, hub_reduction: bool 
     filters = filters or search.SearchFilters()
     wanted = hubness.pool_size(k) if hub_reduction else k
     if seed.track_id is not None:  # excluded from its own list, and what the filters compare with
-        rows = search.similar(store, track_id=seed.track_id, k=wanted, filters=filters)
+        rows = search.similar(store, track_id=seed.track_id, k=wanted, filters=filters, use_index=use_index)
     else:
-        rows = search.similar(store, vector=seed.vector, k=wanted, filters=filters)
+        rows = search.similar(store, vector=seed.vector, k=wanted, filters=filters, use_index=use_index)
     if hub_reduction:
         rows = hubness.rerank(store, seed.vector, rows, k)
     return rows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import duckdb
 import numpy as np
 import polars as pl
@@ -305,3 +307,20 @@ def test_a_new_current_version_never_uses_the_old_versions_index(indexed):
     assert report["index"] == "built" and report["dropped"] == ["m1"]
     assert search.index_state(store).model_version == "m2" and search.index_state(store, "m1") is None
     assert _ids(similar(store, vector=q, k=1)) == ["t00011"]
+
+
+def test_cli_recommend_takes_the_filters_and_exact(known, capsys):
+    from flows.cli import main as cli
+
+    assert cli(["recommend", "q", "--db", str(known.path), "-k", "3", "--exclude-same-artist",
+                "--max-per-artist", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["recommendations"]
+    assert [r["track_id"] for r in rows] == ["b1", "c1", "d1"]
+    assert set(rows[0]) >= {"artist", "title", "cosine", "time_similarity", "frequency_similarity", "preview_url"}
+    search.build_index(known, cells=2, nprobe=1)
+    assert cli(["recommend", "q", "--db", str(known.path), "-k", "4", "--exact", "--exclude-duplicates",
+                "--min-popularity", "40"]) == 0
+    out = capsys.readouterr().out
+    for column in ("rank", "artist", "title", "cosine", "time", "frequency", "preview"):
+        assert column in out
+    assert "open.spotify.com/track/s1" in out and "B three" not in out and "Song - Live" not in out
