@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--cells", type=int, help="index cells (default: search.default_cells)")
     parser.add_argument("--nprobe", type=int, help="cells probed (default: search.default_nprobe)")
+    parser.add_argument("--sweep", type=int, nargs="*", default=[],
+                        help="also time the index at these nprobe values (p50 and recall@10 each)")
     parser.add_argument("--encode-tracks", type=int, default=256, help="tracks for encoding throughput (0: skip)")
     parser.add_argument("--dir", help="where to write the DuckDB file (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -159,6 +161,12 @@ def main(argv: list[str] | None = None) -> dict:
             top10(queries[0], True), top10(queries[0], False)  # warm-up
             index_ms, index_ids = timed(lambda q: top10(q, True), queries)
             exact_ms, exact_ids = timed(lambda q: top10(q, False), queries)
+            sweep = {}
+            for probes in args.sweep:
+                ms, ids = timed(lambda q: search.similar(store, vector=q, k=10, nprobe=probes)["track_id"].to_list(),
+                                queries)
+                sweep[probes] = (float(np.percentile(ms, 50)),
+                                 float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact_ids)])))
         finally:
             keep_open.close()
 
@@ -187,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  exact SQL  {p50(exact_ms):8.1f} / {p95(exact_ms):8.1f}   {p50(exact_ms) / p50(numpy_ms):6.2f}x numpy")
     print(f"  numpy      {p50(numpy_ms):8.1f} / {p95(numpy_ms):8.1f}")
     print(f"recall@10 of the index vs exact: {recall:.3f}; exact SQL vs numpy overlap: {agree:.3f}")
+    for probes, (ms, swept_recall) in sweep.items():
+        print(f"  nprobe {probes:4d}: p50 {ms:8.1f} ms, recall@10 {swept_recall:.3f}")
     print(f"index build {built['build_seconds']:.1f} s; file {size_mb:,.0f} MiB; cold open {open_ms:.0f} ms")
     if encode_tps is not None:
         print(f"encoding: {encode_tps:.1f} tracks/s ({args.encode_tracks} tracks, 32 tiles each)")

@@ -196,7 +196,7 @@ def default_cells(n: int) -> int:
 def default_nprobe(cells: int) -> int:
     """Cells a query probes: enough for recall@10 >= 0.95 on clustered latents
     (see bench/search.py)."""
-    return max(1, min(cells, math.ceil(cells / 64)))
+    return max(1, min(cells, math.ceil(cells / 32)))
 
 
 def build_index(
