@@ -477,9 +477,9 @@ def coloring(label: str, values: Sequence[str | None]) -> Coloring:
     import colorcet
 
     series = pl.Series("v", [UNKNOWN if v is None or v == "" else str(v) for v in values], dtype=pl.String)
-    tally = series.value_counts(sort=True, name="n")
-    if label == "year":
-        tally = tally.sort("v")
+    tally = series.value_counts(name="n")
+    # most common first, ties by name: the same colours on every run and layer
+    tally = tally.sort("v") if label == "year" else tally.sort(["n", "v"], descending=[True, False])
     names = tally["v"].to_list()
     counts = tally["n"].to_list()
     index = {name: i for i, name in enumerate(names)}
