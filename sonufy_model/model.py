@@ -61,10 +61,14 @@ def _deconv2d_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-def _encoder_branch(in_channels: int, length: int, filters: tuple[int, ...], out_features: int) -> nn.Sequential:
-    """One 1-D convolutional branch: conv blocks, flatten, linear projection."""
+def _encoder_branch(
+    in_channels: int, length: int, filters: tuple[int, ...], out_features: int, pooling: str = "flatten"
+) -> nn.Sequential:
+    """One 1-D convolutional branch: conv blocks, then flatten (or mean over positions), linear projection."""
     channels = (in_channels, *filters)
     blocks = [_conv1d_block(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:])]
+    if pooling == "mean":
+        return nn.Sequential(*blocks, nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(filters[-1], out_features))
     reduced_length = length // _STRIDE ** len(filters)
     return nn.Sequential(*blocks, nn.Flatten(), nn.Linear(filters[-1] * reduced_length, out_features))
 
@@ -90,6 +94,12 @@ class TimeFreqAutoencoder(L.LightningModule):
             batches of crop pairs ``(B, 2, n_mels, tile_frames)`` add the
             term; single-tile batches (validation) still score MSE only.
         temperature: NT-Xent softmax temperature over cosine similarities.
+        time_pooling: how the time branch summarises its last conv stage:
+            "flatten" (the reference: a linear map of every time position,
+            so features depend on where events fall in the tile) or "mean"
+            (an average over time positions first: shift-invariant, fewer
+            parameters). Measured on the demo catalog and not the default
+            (see README, "How good is it?").
     """
 
     def __init__(
@@ -101,6 +111,7 @@ class TimeFreqAutoencoder(L.LightningModule):
         learning_rate: float = 1e-3,
         contrastive_weight: float = 0.0,
         temperature: float = 0.1,
+        time_pooling: str = "flatten",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -124,11 +135,13 @@ class TimeFreqAutoencoder(L.LightningModule):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.contrastive_weight = float(contrastive_weight)
+        if time_pooling not in ("flatten", "mean"):
+            raise ValueError(f"time_pooling must be 'flatten' or 'mean', got {time_pooling!r}")
         self.temperature = float(temperature)
 
         half = latent_dim // 2
         # Time branch: mel bands are channels, convolve along time.
-        self.time_encoder = _encoder_branch(n_mels, tile_frames, filters, half)
+        self.time_encoder = _encoder_branch(n_mels, tile_frames, filters, half, time_pooling)
         # Frequency branch: time frames are channels, convolve along frequency.
         self.frequency_encoder = _encoder_branch(tile_frames, n_mels, filters, half)
 

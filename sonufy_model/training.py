@@ -126,6 +126,7 @@ class TrainConfig:
     # track (training batches become crop pairs); 0 is the reference.
     contrastive_weight: float = 0.0
     temperature: float = 0.1
+    time_pooling: str = "flatten"
 
     def __post_init__(self) -> None:
         # YAML and JSON give lists; the model's hyperparameters use a tuple.
@@ -261,6 +262,7 @@ def train(config: TrainConfig) -> TrainResult:
         learning_rate=config.learning_rate,
         contrastive_weight=config.contrastive_weight,
         temperature=config.temperature,
+        time_pooling=config.time_pooling,
     )
 
     last_checkpoint = checkpoint_dir / LAST_CHECKPOINT_NAME

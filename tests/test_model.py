@@ -435,3 +435,21 @@ def test_train_config_passes_the_contrastive_settings_through(shards, tmp_path):
     assert hparams["contrastive_weight"] == 0.5 and hparams["temperature"] == 0.2
     encoder = load_encoder(result.checkpoint_path)
     assert encode_spectrograms(encoder, shards["spectrograms"][:2], n_tiles=4).shape == (2, 256)
+
+
+# --- Time pooling variant ------------------------------------------------------------------------
+
+
+def test_mean_time_pooling_keeps_the_latent_layout_with_a_smaller_time_branch():
+    reference = TimeFreqAutoencoder(filters=SMALL_FILTERS)
+    pooled = TimeFreqAutoencoder(filters=SMALL_FILTERS, time_pooling="mean")
+    tiles = torch.rand(3, 128, 128)
+    assert pooled.encode(tiles).shape == reference.encode(tiles).shape == (3, 256)
+    size = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert size(pooled.time_encoder) < size(reference.time_encoder)
+    assert size(pooled.frequency_encoder) == size(reference.frequency_encoder)
+
+
+def test_unknown_time_pooling_is_named_in_the_error():
+    with pytest.raises(ValueError, match="'max'"):
+        TimeFreqAutoencoder(time_pooling="max")
