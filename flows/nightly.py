@@ -28,6 +28,7 @@ from sonufy_model.store import Store
 from tasks.catalog import check_tracks, parse_tracks, scan_folder, scrape_catalog, upsert_tracks
 from tasks.landscape import update_landscape
 from tasks.reporting import Stopwatch, build_data_docs, publish_run_report
+from tasks.search import update_search_index
 
 #: What a nightly always asks Spotify for: albums of the last two weeks.
 NIGHTLY_QUERIES = ("tag:new",)
@@ -110,7 +111,11 @@ def nightly_refresh(
                     logger.warning("no model yet: new tracks wait for `sonufy build` or `sonufy train`")
                 else:
                     _add(counts, encode_pending(store, run_id, tracks_per_batch=4 * batch_size))
-            # 6. the new tracks' landscape points, by the saved UMAP (no refit)
+            # 6. the search index and the landscape: the new tracks added to
+            # the current version's index, and placed by its saved UMAP (no refit)
+            with clock.stage("search index"):
+                if model is not None:
+                    counts["search_index"] = update_search_index(store).get("index")
             with clock.stage("landscape"):
                 if model is not None:
                     _add(counts, update_landscape(store, paths))
