@@ -125,6 +125,9 @@ def similar(
     seeds = list(dict.fromkeys(([track_id] if track_id is not None else []) + list(seed_track_ids)))
     with store.connect() as con:
         query = _track_vector(con, store, track_id) if track_id is not None else query_vector(vector)
+        if nprobe is None and use_index:  # the index's own, tuned when it was built
+            state = con.execute(sql.statement("search_index_state", QUERIES)).fetchone()
+            nprobe = state[2] if state else None
         excluded = len(set(filters.exclude_track_ids) | set(seeds))
         candidates = max(10 * k, 200) if filters.relational else k + excluded
         if filters.relational:
