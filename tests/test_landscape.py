@@ -352,7 +352,7 @@ def test_sonufy_landscape_writes_both_files(copy, tmp_path, capsys):
 def test_the_tasks_place_new_tracks_and_publish_artifacts(copy, prefect_api):
     from prefect import flow
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     from tasks.landscape import render_landscape, update_landscape
 
@@ -363,15 +363,21 @@ def test_the_tasks_place_new_tracks_and_publish_artifacts(copy, prefect_api):
 
     @flow
     def nightly_landscape():
-        counts = update_landscape(store, paths)
-        return counts, render_landscape(store, paths.data_dir / "landscape")
+        from prefect.runtime import flow_run
 
-    counts, result = nightly_landscape()
+        counts = update_landscape(store, paths)
+        return counts, render_landscape(store, paths.data_dir / "landscape"), flow_run.id
+
+    counts, result, run_id = nightly_landscape()
     assert counts["landscape_placed"] == 2 and result["tracks"] == 242
+    # Other tests' flows publish under the same keys: read this run's own.
     with get_client(sync_client=True) as client:
         found = {
             a.key: a for a in client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sonufy-landscape", "sonufy-landscape-summary"]))
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["sonufy-landscape", "sonufy-landscape-summary"]),
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+                )
             )
         }
     assert (paths.data_dir / "landscape" / "landscape.html").as_uri() in found["sonufy-landscape"].data
