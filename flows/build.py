@@ -12,6 +12,7 @@ from dataclasses import replace
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.progress import StageProgress
 from flows.sources import open_source
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths, ServiceSettings
@@ -171,11 +172,13 @@ def fetch_pending(store: Store, settings: ServiceSettings, paths: Paths, run_id:
     counts: dict = {}
     pending = tracks_without_preview(store, settings.fetch_max_attempts)
     parts = batches(pending, batch_size)
+    progress = StageProgress("fetch", pending.height)
     for number, batch in enumerate(parts, start=1):
         fetched = fetch_previews.with_options(
             task_run_name=f"fetch[batch {number}/{len(parts)}: {batch.height} tracks]"
         )(batch, settings, paths.previews, number)
         _add(counts, record_previews(store, fetched, run_id, number, settings))
+        progress.advance(batch.height)
     return counts
 
 
@@ -206,10 +209,13 @@ def spectrograms_pending(
         checks.append(report)
         return write_spectrogram_shard.submit(converted, report, params, paths.spectrograms, number)
 
-    for shard in pipelined(batches(files, batch_size), convert, window=batches_in_flight):
+    parts = batches(files, batch_size)
+    progress = StageProgress("spectrograms", files.height, unit="files")
+    for shard, part in zip(pipelined(parts, convert, window=batches_in_flight), parts):
         _add(counts, record_spectrograms(store, shard, run_id))
         if not keep_previews:
             _add(counts, drop_previews(store, shard))
+        progress.advance(part.height)
     if reports is not None:
         reports.extend(check.result() for check in checks)
     return counts
@@ -220,10 +226,10 @@ def encode_model(store: Store, model: ModelRecord, run_id: str, tracks_per_batch
     counts: dict = {}
     pending = spectrograms_without_embedding(store, model)
     parts = batches(pending, tracks_per_batch, by="track_id")
+    progress = StageProgress("encode", pending["track_id"].n_unique(), unit="tracks")
     for number, batch in enumerate(parts, start=first):
         _add(counts, encode_batch(store, model, batch, run_id, number))
-        get_run_logger().info("encoded %d of %d batches for model %s", number - first + 1, len(parts),
-                              model.model_version)
+        progress.advance(batch["track_id"].n_unique())
     counts["batches"] = counts.get("batches", 0) + len(parts)
     return counts
 

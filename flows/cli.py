@@ -546,8 +546,21 @@ def _radio(args: argparse.Namespace) -> None:
     _print_tracks(rows, f"Radio from {len(args.seeds)} seed(s)", notes=notes)
 
 
+# Commands that run flows with batch loops: they draw progress bars in a terminal.
+_LONG_COMMANDS = ("build", "demo", "train", "nightly", "retrain")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in _LONG_COMMANDS:
+        from flows.progress import terminal_bars
+
+        with terminal_bars():
+            return _run(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from sonufy_model.store import TrackNotFound
 
     try:
