@@ -26,7 +26,7 @@ from sonufy_model.config import Paths
 from sonufy_model.scrape_config import ScrapeConfig
 from sonufy_model.store import Store
 from tasks.catalog import check_tracks, parse_tracks, scan_folder, scrape_catalog, upsert_tracks
-from tasks.landscape import update_landscape
+from tasks.landscape import render_landscape, update_landscape
 from tasks.reporting import Stopwatch, build_data_docs, publish_run_report
 from tasks.search import update_search_index
 
@@ -118,7 +118,11 @@ def nightly_refresh(
                     counts["search_index"] = update_search_index(store).get("index")
             with clock.stage("landscape"):
                 if model is not None:
-                    _add(counts, update_landscape(store, paths))
+                    placed = update_landscape(store, paths)
+                    _add(counts, placed)
+                    if placed.get("landscape_fitted") or placed.get("landscape_placed"):
+                        # redrawn and republished only when it changed
+                        render_landscape(store, paths.data_dir / "landscape")
             current = store.current_model()
             # 7. report: artifacts in the UI, Data Docs on disk
             with clock.stage("report"):

@@ -27,8 +27,8 @@ def load_encoder(checkpoint_path: str | Path, device: str | torch.device = "cpu"
 def encode_spectrograms(
     model: TimeFreqAutoencoder,
     spectrograms_uint8: np.ndarray,
-    n_tiles: int = 32,
-    batch_size: int = 64,
+    n_tiles: int | None = None,
+    batch_size: int = 512,
 ) -> np.ndarray:
     """Embed each track as the mean of its fixed tiles' latents.
 
@@ -37,9 +37,11 @@ def encode_spectrograms(
             previous train/eval mode is restored afterwards).
         spectrograms_uint8: ``(N, n_mels, n_frames)`` uint8 spectrograms; a
             memmap works and is read one chunk of tracks at a time.
-        n_tiles: fixed tiles per track.
+        n_tiles: fixed tiles per track; default: the model version's own
+            (``model.encode_tiles``).
         batch_size: tiles per forward pass, rounded down to whole tracks
-            (at least one track). Tiles of several tracks share a pass.
+            (at least one track). Tiles of several tracks share a pass: on 2
+            CPU cores 512 tiles a pass run ~4x faster than 64.
 
     Returns:
         float32 array ``(N, latent_dim)``: time half then frequency half.
@@ -49,6 +51,7 @@ def encode_spectrograms(
             f"expected uint8 spectrograms (N, n_mels, n_frames), got {spectrograms_uint8.dtype} "
             f"{spectrograms_uint8.shape}"
         )
+    n_tiles = n_tiles or getattr(model, "encode_tiles", 32)
     device = next(model.parameters()).device
     tracks_per_pass = max(1, batch_size // n_tiles)
     embeddings = np.empty((len(spectrograms_uint8), model.latent_dim), dtype=np.float32)

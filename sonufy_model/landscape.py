@@ -987,7 +987,9 @@ audio { width: 100%; margin-top: 4px; }
     player.src = url;
     statusEl.textContent = "Playing " + L.line1[i] + " \u2014 " + L.line2[i];
     var p = player.play();
-    if (p && p.catch) p.catch(function (e) { statusEl.textContent = "Could not play this preview (" + e.name + ")."; });
+    // AbortError: a later click paused or replaced this preview before it
+    // started; the later click has already said what happens.
+    if (p && p.catch) p.catch(function (e) { if (e.name !== "AbortError") statusEl.textContent = "Could not play this preview (" + e.name + ")."; });
   }
 
   function findMatches(q) {

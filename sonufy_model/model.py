@@ -100,6 +100,10 @@ class TimeFreqAutoencoder(L.LightningModule):
             (an average over time positions first: shift-invariant, fewer
             parameters). Measured on the demo catalog and not the default
             (see README, "How good is it?").
+        encode_tiles: fixed tiles per 30 s spectrogram whose latents a
+            track's vector averages (:func:`sonufy_model.encoding.encode_spectrograms`).
+            Part of the model version, so that every vector of a version is
+            computed alike; 32 (the seed's) for checkpoints that predate it.
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class TimeFreqAutoencoder(L.LightningModule):
         contrastive_weight: float = 0.0,
         temperature: float = 0.1,
         time_pooling: str = "flatten",
+        encode_tiles: int = 32,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -135,6 +140,9 @@ class TimeFreqAutoencoder(L.LightningModule):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.contrastive_weight = float(contrastive_weight)
+        if encode_tiles < 1:
+            raise ValueError(f"encode_tiles must be >= 1, got {encode_tiles}")
+        self.encode_tiles = int(encode_tiles)
         if time_pooling not in ("flatten", "mean"):
             raise ValueError(f"time_pooling must be 'flatten' or 'mean', got {time_pooling!r}")
         self.temperature = float(temperature)

@@ -74,11 +74,15 @@ def test_a_nightly_adds_only_the_new_releases_and_reports_them(built):
     quality = _latest_artifact("nightly-quality")
     assert "suite tracks" in str(quality.data) and "suite spectrograms" in str(quality.data)
     assert result["data_docs"].startswith("file://") and os.path.exists(result["data_docs"][len("file://"):])
+    # The new tracks are placed by the saved UMAP (no refit), and the maps redrawn and republished.
+    assert result["counts"]["landscape_placed"] == 4 and "landscape_fitted" not in result["counts"]
+    summary = _latest_artifact("sonufy-landscape-summary")
+    assert f"{before + 4:,} tracks" in summary.data
 
     # Nothing new tonight: nothing fetched, converted or encoded.
     again = _nightly(built, new_tracks=4)
     assert again["added"] == 0
-    assert not {"fetched", "stored", "encoded"} & set(again["counts"])
+    assert not {"fetched", "stored", "encoded", "landscape_placed"} & set(again["counts"])
     assert _sql(built, "SELECT count(*) FROM latent")[0][0] == before + 4
 
 
