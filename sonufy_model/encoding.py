@@ -7,6 +7,7 @@ only on the audio: not on which other tracks share the batch.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,42 @@ def mean_per_track(clip_track_ids: pl.Series, per_clip: np.ndarray) -> tuple[pl.
     np.add.at(sums, index, per_clip)
     counts = np.bincount(index, minlength=len(track_ids))[:, None]
     return track_ids, (sums / counts).astype(per_clip.dtype)
+
+
+def audio_digests(clip_track_ids: pl.Series, spectrograms_uint8: np.ndarray) -> dict[str, str]:
+    """Per track, a digest of its spectrograms (its clips in order): equal
+    digests mean identical audio, as far as the model can hear."""
+    digests: dict[str, "hashlib._Hash"] = {}
+    for track_id, clip in zip(clip_track_ids.to_list(), spectrograms_uint8):
+        digests.setdefault(track_id, hashlib.sha1()).update(np.ascontiguousarray(clip).tobytes())
+    return {track_id: digest.hexdigest() for track_id, digest in digests.items()}
+
+
+def identical_vector_clashes(
+    track_ids: list[str],
+    raw: np.ndarray,
+    digests: dict[str, str],
+    stored_matches: list[tuple[str, str]] = (),
+    stored_digests: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Tracks whose vector equals another track's although their audio differs:
+    track -> that other track. Identical audio (a re-release, the same file
+    twice) may share a vector; different audio with one vector is a collapsed
+    or broken encoder, and must not be recommended as a perfect match.
+
+    track_ids/raw: a batch, one vector per track; digests: the batch's
+    :func:`audio_digests`; stored_matches: (batch track, stored track) pairs
+    whose stored vectors are identical; stored_digests: those stored tracks'
+    digests (a track without one counts as different audio).
+    """
+    stored_digests = stored_digests or {}
+    clashes: dict[str, str] = {}
+    first_with_vector: dict[bytes, str] = {}
+    for track_id, vector in zip(track_ids, raw):
+        other = first_with_vector.setdefault(np.ascontiguousarray(vector).tobytes(), track_id)
+        if other != track_id and digests.get(other) != digests.get(track_id):
+            clashes[track_id] = other
+    for track_id, other in stored_matches:
+        if stored_digests.get(other) is None or stored_digests[other] != digests.get(track_id):
+            clashes.setdefault(track_id, other)
+    return clashes

@@ -182,9 +182,12 @@ def check_downloads(
 
 
 def check_embeddings(stats: pl.DataFrame, latent_dim: int = 256) -> QualityReport:
-    """The latent-vector suite: right length, finite, non-zero norm.
+    """The latent-vector suite: right length, finite, non-zero norm, and no
+    vector identical to another track's unless their audio is identical.
 
-    stats: one row per track with track_id, length, non_finite, norm.
+    stats: one row per track with track_id, length, non_finite, norm, and
+    optionally identical_vector_of (the other track, or null; see
+    :func:`sonufy_model.encoding.identical_vector_clashes`).
     """
     import great_expectations as gx
 
@@ -194,9 +197,23 @@ def check_embeddings(stats: pl.DataFrame, latent_dim: int = 256) -> QualityRepor
         x.ExpectColumnValuesToBeBetween(column="non_finite", min_value=0, max_value=0),
         x.ExpectColumnValuesToBeBetween(column="norm", min_value=1e-6, strict_min=True),
         x.ExpectColumnValuesToBeUnique(column="track_id"),
+        x.ExpectColumnValuesToBeNull(column="identical_vector_of"),
     ]
+    if "identical_vector_of" not in stats.columns:
+        stats = stats.with_columns(pl.lit(None, dtype=pl.String).alias("identical_vector_of"))
     frame = stats.with_columns(pl.col("norm").fill_nan(-1.0).fill_null(-1.0))
-    return _run_suite("embeddings", frame, expectations)
+    report = _run_suite("embeddings", frame, expectations)
+    # A clash's reason names the other track.
+    other = dict(stats.filter(pl.col("identical_vector_of").is_not_null()).select("track_id", "identical_vector_of").iter_rows())
+    if other:
+        report.failures = report.failures.with_columns(
+            pl.when(pl.col("track_id").is_in(list(other)))
+            .then(pl.col("reason") + pl.lit(" (same vector as ")
+                  + pl.col("track_id").replace_strict(other, default="") + pl.lit(", different audio)"))
+            .otherwise(pl.col("reason"))
+            .alias("reason")
+        )
+    return report
 
 
 def check_tracks(tracks: pl.DataFrame) -> QualityReport:

@@ -528,6 +528,17 @@ class Store:
                 {"set_id": set_id, "model_version": model_version},
             ).pl()
 
+    def stored_identical_vectors(self, model_version: str, track_ids: pl.Series, raw: np.ndarray) -> list[tuple[str, str]]:
+        """(batch track, stored track) pairs of ``model_version`` with identical raw vectors."""
+        if len(track_ids) == 0:
+            return []
+        batch = pl.DataFrame({"track_id": track_ids}).with_columns(
+            pl.Series("raw", raw.astype(np.float32), dtype=pl.Array(pl.Float32, LATENT_DIM))
+        )
+        with self.connect(read_only=True) as con, self._registered(con, "vectors_batch", batch):
+            rows = con.execute(sql.statement("stored_identical_vectors"), {"model_version": model_version}).fetchall()
+        return [(track_id, other) for track_id, other in rows]
+
     def record_embeddings(self, embeddings: pl.DataFrame) -> None:
         """embeddings: track_id, model_version, raw and vector (Array(Float32, 256))."""
         if embeddings.is_empty():

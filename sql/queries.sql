@@ -257,3 +257,12 @@ SELECT
     (SELECT count(DISTINCT track_id) FROM spectrograms WHERE created_at >= $since) AS new_spectrograms,
     (SELECT count(*) FROM embeddings WHERE created_at >= $since) AS new_embeddings,
     (SELECT count(*) FROM quarantine WHERE quarantined_at >= $since) AS quarantined;
+
+-- name: stored_identical_vectors
+-- Stored tracks of a model version whose raw vector is identical to one of a
+-- batch's (vectors_batch: track_id, raw), other than the track itself.
+SELECT b.track_id, e.track_id AS other_track_id
+FROM vectors_batch AS b
+JOIN embeddings AS e ON e.model_version = $model_version AND e.raw = b.raw::FLOAT[256]
+WHERE e.track_id <> b.track_id
+ORDER BY b.track_id, e.track_id;

@@ -10,7 +10,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from sonufy_model import quality
-from sonufy_model.encoding import encode_spectrograms, load_encoder, mean_per_track
+from sonufy_model.encoding import (
+    audio_digests,
+    encode_spectrograms,
+    identical_vector_clashes,
+    load_encoder,
+    mean_per_track,
+)
 from sonufy_model.spectrograms import read_spectrograms
 from sonufy_model.store import LATENT_DIM, ModelRecord, Store
 
@@ -34,16 +40,20 @@ def encode_batch(
 
     A track with several excerpts gets the mean of their vectors.
     """
-    per_clip = encode_spectrograms(_encoder(model.checkpoint), read_spectrograms(manifest))
+    spectrograms = read_spectrograms(manifest)
+    per_clip = encode_spectrograms(_encoder(model.checkpoint), spectrograms)
     track_ids, raw = mean_per_track(manifest["track_id"], per_clip)
     vectors = model.standardiser.transform(raw)
+    clashes = _identical_vector_clashes(store, model, manifest, spectrograms, track_ids, raw)
     stats = pl.DataFrame(
         {
             "track_id": track_ids,
             "length": np.full(len(vectors), vectors.shape[1], dtype=np.int64),
             "non_finite": (~np.isfinite(vectors)).sum(axis=1).astype(np.int64),
             "norm": np.linalg.norm(np.nan_to_num(vectors), axis=1).astype(np.float64),
-        }
+            "identical_vector_of": [clashes.get(t) for t in track_ids],
+        },
+        schema_overrides={"identical_vector_of": pl.String},
     )
     report = quality.check_embeddings(stats, LATENT_DIM)
     failed = set(report.failures["track_id"].to_list())
@@ -66,3 +76,16 @@ def encode_batch(
     if failed:
         get_run_logger().warning("batch %d: %d vectors failed the embedding suite", batch_number, len(failed))
     return {"encoded": int(keep.sum()), "quarantined": len(failed)}
+
+
+def _identical_vector_clashes(store, model, manifest, spectrograms, track_ids, raw) -> dict[str, str]:
+    """Batch tracks whose vector equals another's (in the batch or stored) with different audio."""
+    matches = store.stored_identical_vectors(model.model_version, track_ids, raw)
+    stored_digests: dict[str, str] = {}
+    if matches:  # rare: read the stored tracks' spectrograms to compare their audio
+        others = store.spectrogram_manifest(model.set_id).filter(
+            pl.col("track_id").is_in(sorted({other for _, other in matches}))
+        )
+        stored_digests = audio_digests(others["track_id"], read_spectrograms(others))
+    digests = audio_digests(manifest["track_id"], spectrograms)
+    return identical_vector_clashes(track_ids.to_list(), raw, digests, matches, stored_digests)

@@ -1,0 +1,62 @@
+"""The embedding suite's identical-vector rule: two tracks may share a vector
+only if their audio is identical."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from sonufy_model import quality
+from sonufy_model.encoding import audio_digests, identical_vector_clashes
+from sonufy_model.store import LATENT_DIM, Store
+from tests.test_sql_and_store import _embed, _register, _tracks
+
+
+def _spectrograms(seeds: list[int]) -> np.ndarray:
+    return np.stack([np.random.default_rng(s).integers(0, 256, (8, 16), dtype=np.uint8) for s in seeds])
+
+
+def test_same_vector_with_different_audio_clashes_and_identical_audio_does_not():
+    ids = ["a", "b", "c", "d"]
+    # a and b: different audio; c and d: the same audio (a re-release).
+    digests = audio_digests(pl.Series(ids), _spectrograms([1, 2, 3, 3]))
+    assert digests["c"] == digests["d"] != digests["a"] != digests["b"]
+    one, two = np.ones(LATENT_DIM, np.float32), np.full(LATENT_DIM, 2, np.float32)
+    raw = np.stack([one, one, two, two])
+    assert identical_vector_clashes(ids, raw, digests) == {"b": "a"}
+
+    # Against stored vectors: a stored track with other audio clashes, one with the same does not.
+    stored = {"s1": digests["a"], "s2": "something else"}
+    clashes = identical_vector_clashes(["a"], raw[:1], {"a": digests["a"]}, [("a", "s1"), ("a", "s2")], stored)
+    assert clashes == {"a": "s2"}
+
+
+def test_a_track_with_several_excerpts_is_digested_over_all_of_them():
+    one = audio_digests(pl.Series(["t", "t"]), _spectrograms([1, 2]))
+    other = audio_digests(pl.Series(["t", "t"]), _spectrograms([1, 3]))
+    assert one["t"] != other["t"]
+
+
+def test_the_suite_quarantines_a_clash_and_names_the_other_track():
+    stats = pl.DataFrame({
+        "track_id": ["a", "b"], "length": [LATENT_DIM] * 2, "non_finite": [0, 0], "norm": [1.0, 1.0],
+        "identical_vector_of": [None, "a"],
+    }, schema_overrides={"identical_vector_of": pl.String})
+    report = quality.check_embeddings(stats, LATENT_DIM)
+    assert report.failures["track_id"].to_list() == ["b"]
+    reason = report.failures["reason"][0]
+    assert "identical_vector_of" in reason and "same vector as a, different audio" in reason
+
+
+def test_the_store_finds_stored_tracks_with_an_identical_vector(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    store.upsert_tracks(_tracks(["x", "y"]))
+    _register(store, "m1", "set1")
+    rng = np.random.default_rng(0)
+    stored = {"x": rng.standard_normal(LATENT_DIM), "y": rng.standard_normal(LATENT_DIM)}
+    _embed(store, "m1", stored)
+    batch = np.stack([stored["x"], rng.standard_normal(LATENT_DIM)]).astype(np.float32)
+    assert store.stored_identical_vectors("m1", pl.Series(["new", "other"]), batch) == [("new", "x")]
+    # A track is never its own clash, and another version's vectors are not compared.
+    assert store.stored_identical_vectors("m1", pl.Series(["x"]), batch[:1]) == []
+    assert store.stored_identical_vectors("m2", pl.Series(["new"]), batch[:1]) == []
