@@ -220,13 +220,15 @@ def _parser() -> argparse.ArgumentParser:
     add_db(landscape)
     landscape.add_argument("--out", metavar="DIR",
                            help="where the two files go (default: DB.data/landscape, where the build puts them)")
-    landscape.add_argument("--color-by", choices=("genre", "artist", "year", "source"), default="genre",
-                           help="the label that colours the points (default: genre; the page can switch)")
+    landscape.add_argument("--color-by", choices=("auto", "genre", "folder", "album", "artist", "year", "source"),
+                           default="auto",
+                           help="the label that colours the points (default: auto, the label with 2 to 40 values "
+                           "that splits most of the tracks most evenly; the page can switch)")
     landscape.add_argument("--n-neighbors", type=_positive_int,
-                           help="UMAP n_neighbors, clipped below the number of tracks (default: 500); "
-                           "other than the saved fit's, it refits")
+                           help="UMAP n_neighbors, clipped below the number of tracks (default: about the square "
+                           "root of the number of tracks, within 10..500); other than the saved fit's, it refits")
     landscape.add_argument("--min-dist", type=float,
-                           help="UMAP min_dist in [0, 1] (default: 0.5); other than the saved fit's, it refits")
+                           help="UMAP min_dist in [0, 1] (default: 0.1); other than the saved fit's, it refits")
     landscape.add_argument("--refit", action="store_true",
                            help="fit the landscape anew instead of placing new tracks with the saved fit")
 
@@ -493,7 +495,8 @@ def _landscape(args: argparse.Namespace) -> None:
     result = landscape.render(store, Path(args.out) if args.out else paths.data_dir / "landscape",
                               color_by=args.color_by)
     done = ", ".join(f"{name} {value}" for name, value in counts.items()) or "every track already had a point"
-    print(f"landscape of model {result['model_version']}: {result['tracks']} tracks ({done})")
+    print(f"landscape of model {result['model_version']}: {result['tracks']} tracks ({done}), "
+          f"coloured by {result['color_by']}" + (" (auto)" if result["color_auto"] else ""))
     print(result["png"])
     print(result["html"])
 

@@ -1,16 +1,21 @@
 """The sonic landscape: the latent space in two dimensions, and its pictures.
 
-A UMAP projection of every track of a model version is fitted once (the seed's
-n_neighbors 500 and min_dist 0.5, n_neighbors clipped below the number of
-tracks), saved next to the model version (``<models>/<version>/umap.joblib``)
-and stored in DuckDB (table ``landscape``). Tracks that arrive later are
-placed by the fitted model's transform, without refitting; a refit happens
-with a new model version, or when asked for.
+A UMAP projection of every track of a model version is fitted once, saved
+next to the model version (``<models>/<version>/umap.joblib``) and stored in
+DuckDB (table ``landscape``). Tracks that arrive later are placed by the
+fitted model's transform, without refitting; a refit happens with a new model
+version, or when asked for. n_neighbors scales with the library (about
+sqrt(N), in [10, 500]: see :func:`scaled_neighbours`), min_dist is 0.1.
 
 Artist and genre landscapes are UMAP projections of the mean latent vector
-per artist and per artist genre (the seed's 100 and 0.1), refitted whenever
-the track landscape changes, with an optional k-means clustering whose k is
-the one with the highest silhouette (cosine geometry) over a range of k.
+per artist and per artist genre (n_neighbors by the same rule, min_dist 0.1),
+refitted whenever the track landscape changes, with an optional k-means
+clustering whose k is the one with the highest silhouette (cosine geometry)
+over a range of k.
+
+Colours: genre, folder (the file's parent folder), album, artist, year and
+source; ``auto`` (the default) picks the most informative one present (see
+:func:`choose_color_by`).
 
 Pictures: a PNG shaded by density with datashader (readable at hundreds of
 thousands of points) and a self-contained interactive HTML page (no network:
@@ -39,8 +44,16 @@ PNG_NAME = "landscape.png"
 HTML_NAME = "landscape.html"
 #: UMAP's spectral initialisation needs more points than this.
 MIN_POINTS = 4
-#: Labels a track landscape can be coloured by.
-COLOR_LABELS = ("genre", "artist", "year", "source")
+#: Labels a track landscape can be coloured by, in the order that breaks
+#: ties of :func:`choose_color_by`. folder: the file's parent folder (an album
+#: or a soundtrack in a folder library; unknown for streamed tracks).
+COLOR_LABELS = ("genre", "folder", "album", "artist", "year", "source")
+#: Colour by the most informative label present (:func:`choose_color_by`).
+AUTO = "auto"
+#: A label the default colour may be: at most this many distinct values ...
+AUTO_MAX_VALUES = 40
+#: ... and a known value for at least this share of the tracks.
+AUTO_MIN_COVERAGE = 0.5
 #: Categories that get a colour of their own; the rest share OTHER_COLOR.
 MAX_COLORS = 20
 OTHER_COLOR = "#5b6170"
@@ -52,29 +65,65 @@ EXACT_NEIGHBOURS_LIMIT = 20_000
 _FORMAT = 1
 
 
+#: The bounds of the scaled n_neighbors.
+MIN_NEIGHBOURS, MAX_NEIGHBOURS = 10, 500
+#: min_dist of every landscape.
+MIN_DIST = 0.1
+
+
+def scaled_neighbours(n: int) -> int:
+    """UMAP n_neighbors for ``n`` points: round(sqrt(n)), clamped to [10, 500].
+
+    n_neighbors is the size of the neighbourhood UMAP keeps: a fixed 500
+    (the seed's, for 278,000 tracks) makes every point's neighbourhood the
+    whole of a library of a few hundred tracks, and the map one disc. With
+    sqrt(n) a neighbourhood is a vanishing share of a growing library
+    (1/sqrt(n): 22 of 475 tracks, 15 of 240), about the size of an album or
+    soundtrack in a small one, and the seed's own setting at the seed's size
+    (sqrt(278,000) = 527, clamped to 500: the cost of the fit grows with it).
+    Below 10 (libraries under 100 tracks) the neighbour graph falls apart into
+    islands of a few points; UMAP's own default is 15.
+    """
+    return int(min(MAX_NEIGHBOURS, max(MIN_NEIGHBOURS, round(math.sqrt(max(n, 0))))))
+
+
 @dataclass(frozen=True)
 class UmapParams:
-    """UMAP settings of one landscape. ``n_neighbors`` is clipped below the
-    number of points when fitting (see :meth:`for_points`)."""
+    """UMAP settings of one landscape. ``n_neighbors`` None: scaled to the
+    number of points (:func:`scaled_neighbours`); either way it is clipped
+    below the number of points when fitting (see :meth:`for_points`).
 
-    n_neighbors: int = 500
-    min_dist: float = 0.5
+    min_dist 0.1 (UMAP's default) lets the points of one neighbourhood pack
+    together, so that groups read as groups; the seed's 0.5 spread every point
+    evenly, which at a few hundred tracks makes a uniform disc."""
+
+    n_neighbors: int | None = None
+    min_dist: float = MIN_DIST
     metric: str = "cosine"
     random_state: int | None = 42
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_neighbors, int) or self.n_neighbors < 2:
+        if self.n_neighbors is not None and (
+            isinstance(self.n_neighbors, bool) or not isinstance(self.n_neighbors, int) or self.n_neighbors < 2
+        ):
             raise ValueError(f"n_neighbors must be a whole number of at least 2, got {self.n_neighbors!r}")
         if not 0.0 <= self.min_dist <= 1.0:
             raise ValueError(f"min_dist must lie in [0, 1] (UMAP's spread is 1), got {self.min_dist!r}")
 
     def for_points(self, n: int) -> "UmapParams":
-        """These settings for ``n`` points: n_neighbors at most n - 1."""
-        return UmapParams(max(2, min(self.n_neighbors, n - 1)), self.min_dist, self.metric, self.random_state)
+        """These settings for ``n`` points: n_neighbors scaled (when None) and
+        at most n - 1."""
+        wanted = scaled_neighbours(n) if self.n_neighbors is None else self.n_neighbors
+        return UmapParams(max(2, min(wanted, n - 1)), self.min_dist, self.metric, self.random_state)
 
 
-TRACK_PARAMS = UmapParams(n_neighbors=500, min_dist=0.5)
-GROUP_PARAMS = UmapParams(n_neighbors=100, min_dist=0.1)
+TRACK_PARAMS = UmapParams(n_neighbors=None, min_dist=MIN_DIST)
+GROUP_PARAMS = UmapParams(n_neighbors=None, min_dist=MIN_DIST)
+#: What every landscape was fitted with before n_neighbors scaled: a saved
+#: fit made with these by default (no "rule" in the file) is refitted.
+LEGACY_PARAMS = UmapParams(n_neighbors=500, min_dist=0.5)
+#: Written into each saved fit: the rule its default parameters came from.
+PARAMS_RULE = "sqrt-neighbours-v1"
 CLUSTER_K_RANGE = (2, 12)
 
 
@@ -99,6 +148,9 @@ class FittedUmap:
     used: UmapParams  # as fitted
     n_fitted: int
     model_version: str = ""
+    #: The rule of the default parameters when it was saved; None in a file
+    #: saved before the rule (its defaults were LEGACY_PARAMS).
+    rule: str | None = PARAMS_RULE
 
     def transform(self, vectors: Any) -> np.ndarray:
         """Points for new vectors, by the fitted model (no refit)."""
@@ -128,7 +180,7 @@ class FittedUmap:
         partial = path.with_name(path.name + ".partial")
         joblib.dump(
             {"format": _FORMAT, "model_version": self.model_version, "params": asdict(self.params),
-             "used": asdict(self.used), "n_fitted": self.n_fitted, "reducer": slim},
+             "used": asdict(self.used), "n_fitted": self.n_fitted, "rule": self.rule, "reducer": slim},
             partial,
         )
         partial.replace(path)
@@ -152,7 +204,7 @@ class FittedUmap:
             )
         return cls(
             reducer=saved["reducer"], params=UmapParams(**saved["params"]), used=UmapParams(**saved["used"]),
-            n_fitted=saved["n_fitted"], model_version=saved["model_version"],
+            n_fitted=saved["n_fitted"], model_version=saved["model_version"], rule=saved.get("rule"),
         )
 
 
@@ -314,9 +366,11 @@ def update_landscape(
     """Give every track of the current model version a point in its landscape.
 
     With no fitted UMAP for the version (or ``refit``, or ``params`` other than
-    the saved fit's), fit one on every track, store all points and save the
+    the saved fit's, or a saved fit made by the fixed defaults of before the
+    scaled n_neighbors), fit one on every track, store all points and save the
     model under ``models_dir/<version>/umap.joblib``; otherwise place only the
-    tracks without a point, by the saved model's transform. When anything
+    tracks without a point, by the saved model's transform. ``params`` None:
+    the saved fit's, else TRACK_PARAMS (n_neighbors scaled). When anything
     changed, the artist and genre landscapes are refitted. Counts:
     landscape_fitted, landscape_placed, artist_points, genre_points.
     """
@@ -330,6 +384,8 @@ def update_landscape(
         fitted = FittedUmap.load(path, version)
         if params is not None and params != fitted.params:
             fitted = None  # asked for other settings: refit with them
+        elif params is None and fitted.rule is None and fitted.params == LEGACY_PARAMS:
+            fitted = None  # the old fixed 500 neighbours: refit once with the scaled ones
     counts: dict = {}
     if fitted is None:
         frame = _query(store, "landscape_vectors")
@@ -495,9 +551,64 @@ def coloring(label: str, values: Sequence[str | None]) -> Coloring:
     return Coloring(label, names, codes, counts, colors)
 
 
-def _check_color_by(color_by: str, allowed: Sequence[str] = COLOR_LABELS) -> None:
+def _check_color_by(color_by: str, allowed: Sequence[str] = (AUTO, *COLOR_LABELS)) -> None:
     if color_by not in allowed:
         raise ValueError(f"colour by {color_by!r}: expected one of {', '.join(allowed)}")
+
+
+def _known(values: Sequence[Any]) -> list[str]:
+    return [str(v) for v in values if v is not None and str(v) != ""]
+
+
+def color_score(values: Sequence[Any]) -> dict:
+    """How well a label's values split the tracks into groups to colour.
+
+    values: distinct known values; labelled: tracks with a known value;
+    coverage: share of the tracks with a
+    known value; evenness: the normalised entropy of the known values
+    (H / ln values: 1 when every value has as many tracks, 0 with one value);
+    score: evenness x coverage, to 2 decimals; eligible: 2 to
+    AUTO_MAX_VALUES values, coverage at least AUTO_MIN_COVERAGE and at least
+    two tracks per value on average (not one value per track)."""
+    n = len(values)
+    known = _known(values)
+    counts = np.array(list(pl.Series(known, dtype=pl.String).value_counts()["count"]) if known else [], float)
+    k = len(counts)
+    coverage = len(known) / n if n else 0.0
+    if k >= 2:
+        share = counts / counts.sum()
+        evenness = float(-(share * np.log(share)).sum() / math.log(k))
+    else:
+        evenness = 0.0
+    eligible = 2 <= k <= AUTO_MAX_VALUES and coverage >= AUTO_MIN_COVERAGE and 2 * k <= len(known)
+    return {"values": k, "labelled": len(known), "coverage": round(coverage, 3), "evenness": round(evenness, 3),
+            "score": round(evenness * coverage, 2), "eligible": eligible}
+
+
+def choose_color_by(points: pl.DataFrame, labels: Sequence[str] = COLOR_LABELS) -> tuple[str, dict[str, dict]]:
+    """The default colour of a landscape: the most informative label present.
+
+    Among the eligible labels (see :func:`color_score`: 2..40 values, most
+    tracks labelled, not one value per track) the one with the highest score
+    (normalised entropy x coverage): the label that splits the tracks into
+    the most even groups. Ties go to the earlier label of ``labels`` (genre,
+    folder, album, artist, year, source). With none eligible, the best score
+    among labels with at least two values and two tracks per value (however
+    many values, however few tracks labelled), else the last label (source).
+    Returns the label and every label's figures."""
+    scores = {name: color_score(points[name].cast(pl.String).to_list()) for name in labels if name in points.columns}
+    grouped = [n for n, f in scores.items() if f["values"] >= 2 and 2 * f["values"] <= f["labelled"]]
+    for pool in ([n for n, f in scores.items() if f["eligible"]], grouped):
+        if pool:
+            return max(pool, key=lambda name: (scores[name]["score"], -labels.index(name))), scores
+    return labels[-1], scores
+
+
+def present_labels(points: pl.DataFrame, labels: Sequence[str] = COLOR_LABELS, keep: str | None = None) -> list[str]:
+    """The labels with a known value for at least one track (and ``keep``):
+    a folder library has no genre or year to colour by."""
+    return [name for name in labels
+            if name in points.columns and (name == keep or points[name].cast(pl.String).fill_null("").ne("").any())]
 
 
 # -- the PNG -------------------------------------------------------------------------
@@ -620,28 +731,32 @@ def _layer(frame: pl.DataFrame, line1: list[str], line2: list[str], label_names:
 
 
 def render_html(
-    points: pl.DataFrame, path: Path, color_by: str = "genre", groups: pl.DataFrame | None = None,
+    points: pl.DataFrame, path: Path, color_by: str = AUTO, groups: pl.DataFrame | None = None,
     group_vectors: dict[str, np.ndarray] | None = None, title: str = "Sonufy: the sonic landscape",
     max_points: int = 50_000, total: int | None = None, seed: int = 0,
 ) -> dict:
     """The interactive page: one file, its data and script inline (works
     offline, from file://). Hover names a point, a click plays the preview
     (when there is one), the search box highlights a track and its 10
-    nearest neighbours (cosine in the latent space), colour by any label.
+    nearest neighbours (cosine in the latent space), colour by any label
+    with a known value (``auto``: :func:`choose_color_by`, over every track).
 
-    points: track_id, x, y, artist, title, genre, year, source, audio, vector.
+    points: track_id, x, y, artist, title, the COLOR_LABELS, audio, vector.
     groups: level, name, artist, genre, tracks, x, y, cluster (optional),
     with group_vectors[level] the mean vectors in the same order.
     Above ``max_points`` tracks a seeded random sample of that size is shown.
     Returns the numbers shown."""
     _check_color_by(color_by)
+    if color_by == AUTO:
+        color_by, _ = choose_color_by(points)
     total = points.height if total is None else total
+    label_names = present_labels(points, keep=color_by)
     if points.height > max_points:
         keep = np.sort(np.random.default_rng(seed).choice(points.height, max_points, replace=False))
         points = points[keep]
     layers = {
         "tracks": _layer(
-            points, points["artist"].to_list(), points["title"].to_list(), COLOR_LABELS, color_by, "tracks",
+            points, points["artist"].to_list(), points["title"].to_list(), label_names, color_by, "tracks",
             audio=points["audio"].to_list(),
         )
     }
@@ -677,15 +792,20 @@ def render_html(
 
 
 def render(
-    store: Store, out_dir: Path, color_by: str = "genre", max_html_points: int = 50_000,
+    store: Store, out_dir: Path, color_by: str = AUTO, max_html_points: int = 50_000,
     png_size: tuple[int, int] = (1600, 1200),
 ) -> dict:
     """Write ``landscape.png`` and ``landscape.html`` of the current landscape
-    into ``out_dir``. Returns their paths and what they show."""
+    into ``out_dir``, coloured by ``color_by`` (``auto``: the most informative
+    label present, :func:`choose_color_by`). Returns their paths and what
+    they show."""
     _check_color_by(color_by)
     points = landscape_points(store)
     if points.is_empty():
         raise TrackNotFound(f"{store.path}: the landscape is empty: run `sonufy landscape` or `sonufy build` first")
+    chosen, color_scores = choose_color_by(points)
+    auto = color_by == AUTO
+    color_by = chosen if auto else color_by
     version = points["model_version"][0]
     out_dir = Path(out_dir).resolve()
     title = f"Sonufy: the sonic landscape · model {version} · {points.height:,} tracks"
@@ -712,6 +832,8 @@ def render(
         "model_version": version,
         "tracks": points.height,
         "color_by": color_by,
+        "color_auto": auto,
+        "color_scores": color_scores,
         "png": str(png),
         "html": str(out_dir / HTML_NAME),
         "categories": len(labels.values),
@@ -725,7 +847,8 @@ def summary_markdown(result: dict) -> str:
     lines = [
         f"# The sonic landscape · model `{result['model_version']}`",
         "",
-        f"- {result['tracks']:,} tracks, coloured by **{result['color_by']}** ({result['categories']:,} categories)",
+        f"- {result['tracks']:,} tracks, coloured by **{result['color_by']}** ({result['categories']:,} categories"
+        + ("; chosen as the label that splits the tracks most evenly)" if result.get("color_auto") else ")"),
         f"- PNG: `{result['png']}`",
         f"- HTML: `{result['html']}` ({result['html_points']:,} points, {result['html_bytes'] / 1e6:.1f} MB)",
         "",

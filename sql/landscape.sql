@@ -53,10 +53,14 @@ CREATE TABLE IF NOT EXISTS landscape_fits (
 
 -- name: create_track_labels_view
 -- The labels a landscape can be coloured by. genre is the search query's
--- genre:"..." (the style, for the demo catalog), year the release year.
+-- genre:"..." (the style, for the demo catalog), year the release year,
+-- folder the name of the file's parent folder (a folder library's album or
+-- soundtrack; NULL for streamed tracks, which have no file).
 CREATE OR REPLACE VIEW track_labels AS
 SELECT track_id, artist, title, source,
        nullif(regexp_extract(found_by, 'genre:"([^"]+)"', 1), '') AS genre,
        nullif(left(release_date, 4), '') AS year,
+       nullif(trim(album), '') AS album,
+       nullif(regexp_extract(path, '([^/\\]+)[/\\][^/\\]*$', 1), '') AS folder,
        preview_url
 FROM tracks;

@@ -42,7 +42,7 @@ VALUES ($model_version, $level, $points, $n_neighbors, $min_dist, $clusters, $si
 -- The current landscape with everything a picture shows: labels, the
 -- preview to play (Spotify's preview_url, else the analysed file on disk)
 -- and the vector (for the nearest neighbours a search highlights).
-SELECT p.track_id, p.x, p.y, lab.artist, lab.title, lab.genre, lab.year, lab.source,
+SELECT p.track_id, p.x, p.y, lab.artist, lab.title, lab.genre, lab.folder, lab.album, lab.year, lab.source,
        lab.preview_url, pv.path AS preview_path, l.vector, l.model_version
 FROM latent AS l
 JOIN landscape AS p ON p.track_id = l.track_id AND p.model_version = l.model_version

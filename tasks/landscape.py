@@ -24,9 +24,10 @@ def update_landscape(store: Store, paths: Paths, refit: bool = False) -> dict:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="render-landscape[{color_by}]")
-def render_landscape(store: Store, out_dir: Path, color_by: str = "genre") -> dict:
-    """Write landscape.png and landscape.html; publish a link to the page and
-    a markdown summary as Prefect artifacts."""
+def render_landscape(store: Store, out_dir: Path, color_by: str = landscape.AUTO) -> dict:
+    """Write landscape.png and landscape.html, coloured by ``color_by`` (auto:
+    the most informative label present); publish a link to the page and a
+    markdown summary as Prefect artifacts."""
     try:
         result = landscape.render(store, Path(out_dir), color_by=color_by)
     except TrackNotFound as nothing:  # too few tracks for a landscape yet
@@ -44,5 +45,6 @@ def render_landscape(store: Store, out_dir: Path, color_by: str = "genre") -> di
         markdown=landscape.summary_markdown(result),
         description="how the landscape was fitted and drawn",
     )
-    get_run_logger().info("landscape drawn: %s and %s", result["png"], result["html"])
+    get_run_logger().info("landscape drawn, coloured by %s: %s and %s", result["color_by"], result["png"],
+                          result["html"])
     return result

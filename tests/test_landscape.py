@@ -151,20 +151,27 @@ def test_fit_gives_every_track_a_point_and_saves_the_model(fitted):
     assert set(points["placed_by"]) == {"fit"}
     assert np.isfinite(points.select("x", "y").to_numpy()).all()
     saved = ls.FittedUmap.load(paths.models / "m1" / "umap.joblib", "m1")
-    assert saved.n_fitted == 240 and saved.params == ls.TRACK_PARAMS
-    # n_neighbors 500 is clipped below the number of tracks
+    assert saved.n_fitted == 240 and saved.params == ls.TRACK_PARAMS and saved.rule == ls.PARAMS_RULE
+    # n_neighbors scaled to the library: round(sqrt(240)) = 15; artists: 24 -> 10 (the floor)
     fits = {row["level"]: row for row in ls.landscape_fits(store).to_dicts()}
-    assert (fits["tracks"]["n_neighbors"], fits["tracks"]["min_dist"]) == (239, 0.5)
+    assert (fits["tracks"]["n_neighbors"], fits["tracks"]["min_dist"]) == (15, 0.1)
+    assert (fits["artist"]["n_neighbors"], fits["genre"]["n_neighbors"]) == (10, 5)
 
 
 def test_the_map_keeps_sound_clusters_together(fitted):
+    """Each artist's 10 tracks (a sound of their own, inside their genre's)
+    stay together on the map. With 15 neighbours (sqrt(240)) UMAP keeps the
+    local structure; where the 4 artist islands of a genre lie relative to
+    each other is not kept (that took n_neighbors above a genre's 40 tracks,
+    which blurs noisier libraries into a disc)."""
     paths, space, _ = fitted
     xy = _points(Store(paths.db)).select("x", "y").to_numpy()
     d = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
-    nearest = np.argsort(d, axis=1)[:, :10]
-    same = (space["clusters"][nearest] == space["clusters"][:, None]).mean()
-    assert same > 0.95
+    nearest = np.argsort(d, axis=1)[:, :9]
+    artist = np.arange(240) // TRACKS_PER_ARTIST
+    assert (artist[nearest] == artist[:, None]).mean() > 0.95
+    assert (space["clusters"][nearest] == space["clusters"][:, None]).mean() > 0.95
 
 
 def test_new_tracks_are_placed_by_the_saved_fit_without_refitting(copy):
@@ -187,11 +194,11 @@ def test_new_tracks_are_placed_by_the_saved_fit_without_refitting(copy):
     placed = after.filter(pl.col("track_id").is_in(ids))
     assert set(placed["placed_by"]) == {"transform"}
     assert model_file.stat().st_mtime_ns == saved_at
-    # each lands among the jazz tracks: the nearest cluster centre in 2-D is jazz's
+    # each lands among the jazz tracks: its 5 nearest points on the map are jazz
     xy = before.select("x", "y").to_numpy()
-    centres = np.stack([xy[space["clusters"] == c].mean(axis=0) for c in range(len(GENRES))])
     for point in placed.select("x", "y").to_numpy():
-        assert np.argmin(((centres - point) ** 2).sum(axis=1)) == 2
+        nearest = np.argsort(((xy - point) ** 2).sum(axis=1))[:5]
+        assert set(space["clusters"][nearest]) == {2}
     assert ls.update_landscape(store, paths.models) == {}, "a rerun has nothing to do"
 
 
@@ -216,6 +223,145 @@ def test_a_new_model_version_gets_its_own_landscape(copy):
     assert (paths.models / "m2" / "umap.joblib").is_file()
     assert _points(store, "m1").height == 240 and _points(store, "m2").height == 240
     assert ls.landscape_points(store)["model_version"].unique().to_list() == ["m2"]
+
+
+def test_n_neighbors_scales_with_the_library():
+    assert [ls.scaled_neighbours(n) for n in (4, 50, 159, 240, 475, 10_000, 278_000, 2_000_000)] == [
+        10, 10, 13, 15, 22, 100, 500, 500]
+    assert ls.TRACK_PARAMS.for_points(475).n_neighbors == 22
+    assert ls.TRACK_PARAMS.for_points(6).n_neighbors == 5, "never more than the other points"
+    assert ls.UmapParams(n_neighbors=40).for_points(475).n_neighbors == 40, "asked for: kept"
+    with pytest.raises(ValueError, match="n_neighbors"):
+        ls.UmapParams(n_neighbors=True)
+
+
+def test_a_few_hundred_tracks_make_a_map_with_groups_not_a_disc():
+    """475 tracks in 25 groups of 19, as noisy as real music's latent spaces
+    (fewer than half of a track's 10 nearest share its group): the scaled
+    settings keep the groups together on the map; the seed's 500 neighbours
+    (every other track) and min_dist 0.5 blur them into one disc."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(25), 19)
+    vectors = (rng.normal(size=(25, LATENT_DIM))[groups] + rng.normal(size=(475, LATENT_DIM)) * 3.0)
+    vectors = vectors.astype(np.float32)
+
+    def agreement(xy):
+        d = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
+        np.fill_diagonal(d, np.inf)
+        return float((groups[np.argsort(d, axis=1)[:, :10]] == groups[:, None]).mean())
+
+    latent = float((groups[ls.nearest_neighbours(vectors)] == groups[:, None]).mean())
+    fitted, scaled = ls.fit_umap(vectors)
+    _, legacy = ls.fit_umap(vectors, ls.LEGACY_PARAMS)
+    assert fitted.used.n_neighbors == 22 and fitted.used.min_dist == 0.1
+    assert 0.3 < latent < 0.6
+    assert agreement(scaled) > 0.55
+    assert agreement(scaled) > agreement(legacy) + 0.15
+
+
+def test_a_fit_by_the_old_fixed_defaults_is_refitted_once(copy):
+    paths, store, _ = copy
+    path = paths.models / "m1" / "umap.joblib"
+    # a file as saved before the scaled rule: the fixed 500 / 0.5, no rule
+    old = ls.FittedUmap.load(path, "m1")
+    ls.FittedUmap(old.reducer, ls.LEGACY_PARAMS, ls.UmapParams(239, 0.5), 240, "m1", rule=None).save(path)
+    assert ls.update_landscape(store, paths.models)["landscape_fitted"] == 240
+    assert ls.FittedUmap.load(path, "m1").params == ls.TRACK_PARAMS
+    fits = {row["level"]: row for row in ls.landscape_fits(store).to_dicts()}
+    assert fits["tracks"]["n_neighbors"] == 15
+    assert ls.update_landscape(store, paths.models) == {}
+    # settings someone asked for are kept, whenever they were saved
+    ls.FittedUmap(old.reducer, ls.UmapParams(30, 0.5), ls.UmapParams(30, 0.5), 240, "m1", rule=None).save(path)
+    assert ls.update_landscape(store, paths.models) == {}
+
+
+# -- colours ---------------------------------------------------------------------
+
+
+def _labels(n, **columns) -> pl.DataFrame:
+    frame = pl.DataFrame({name: pl.Series(name, [None] * n, dtype=pl.String) for name in ls.COLOR_LABELS})
+    return frame.with_columns(**{name: pl.Series(name, values, dtype=pl.String) for name, values in columns.items()})
+
+
+def test_the_default_colour_is_the_most_informative_label_present():
+    n = 190
+    folders = [f"soundtrack {i % 19}" for i in range(n)]
+    folder_library = _labels(
+        n, source=["folder"] * n, folder=folders,
+        # tags on a third of the files only
+        album=[f if i % 3 == 0 else None for i, f in enumerate(folders)],
+        # a composer per soundtrack, one of them wrote most
+        artist=["Prolific" if i % 19 < 12 else f"composer {i % 19}" for i in range(n)],
+    )
+    label, scores = ls.choose_color_by(folder_library)
+    assert label == "folder"
+    assert scores["genre"]["values"] == 0 and not scores["genre"]["eligible"]
+    assert not scores["source"]["eligible"], "one value"
+    assert not scores["album"]["eligible"], "a third of the tracks"
+    assert scores["artist"]["eligible"] and scores["artist"]["score"] < scores["folder"]["score"] == 1.0
+    # one value per track (titles as artists) is not a colouring
+    assert ls.choose_color_by(folder_library.with_columns(
+        folder=pl.Series([f"f{i}" for i in range(n)]), artist=pl.lit("Someone")))[0] == "album"
+    # the demo catalog: styles beat years (more than 40) and artists (as even: genre comes first)
+    demo = _labels(n, genre=[f"style {i % 6}" for i in range(n)], artist=[f"a{i % 24}" for i in range(n)],
+                   year=[str(1950 + i % 60) for i in range(n)], source=["spotify"] * n, album=["x"] * n)
+    assert ls.choose_color_by(demo)[0] == "genre"
+    # nothing eligible, nothing grouped: source
+    assert ls.choose_color_by(_labels(6, artist=list("abcdef"), source=["folder"] * 6))[0] == "source"
+
+
+def _folder_library(store: Store, version: str = "f1") -> dict:
+    """12 soundtracks of 10 files each (no genre, no year), a sound apiece."""
+    vectors = clustered_vectors(seed=5)[0][:120]  # blocks of 10 per artist sub-centre: one per folder
+    folders = [f"Soundtrack {i // 10:02d}" for i in range(120)]
+    ids = [f"f{i:03d}" for i in range(120)]
+    frame = tracks_frame(ids, [f"composer {i // 40}" for i in range(120)], [None] * 120, [2000] * 120)
+    frame = frame.with_columns(
+        source=pl.lit("folder"), release_date=pl.lit(None, pl.String), found_by=pl.lit("folder:/music"),
+        album=pl.Series([f if i % 4 == 0 else None for i, f in enumerate(folders)], dtype=pl.String),
+        path=pl.Series([f"/music/{f}/{i:02d} track.ogg" for i, f in enumerate(folders)]),
+    )
+    store.upsert_tracks(frame)
+    register(store, version)
+    embed(store, ids, vectors, version)
+    store.promote(version)
+    return {"ids": ids, "folders": folders}
+
+
+def _hues(png_path, width=1600, header=56) -> int:
+    """Distinct hues (24 bins) among the PNG's saturated dot pixels."""
+    rgb = np.asarray(Image.open(png_path).convert("HSV"))[header:, :width].reshape(-1, 3).astype(int)
+    lit = rgb[(rgb[:, 1] > 80) & (rgb[:, 2] > 80)]
+    counts = np.bincount(lit[:, 0] * 24 // 256, minlength=24)
+    return int((counts > 50).sum())
+
+
+def test_a_folder_library_is_coloured_by_its_folders(tmp_path):
+    paths = Paths.for_db(tmp_path / "lib.duckdb")
+    store = Store(paths.db)
+    library = _folder_library(store)
+    ls.update_landscape(store, paths.models)
+    points = ls.landscape_points(store)
+    assert points["folder"].to_list() == library["folders"]
+    assert points["genre"].null_count() == 120 and points["album"].null_count() == 90
+
+    result = ls.render(store, tmp_path / "out")
+    assert (result["color_by"], result["color_auto"], result["categories"]) == ("folder", True, 12)
+    assert result["color_scores"]["folder"]["score"] == 1.0
+    assert "chosen as the label that splits" in ls.summary_markdown(result)
+    tracks = _page_data(tmp_path / "out" / "landscape.html")["layers"]["tracks"]
+    assert tracks["colorBy"] == "folder"
+    # a folder library has no genre or year: the page offers what exists
+    assert set(tracks["labels"]) == {"folder", "album", "artist", "source"}
+    assert tracks["labels"]["folder"]["values"] == sorted(set(library["folders"]))
+    folder_hues = _hues(result["png"])
+
+    by_source = ls.render(store, tmp_path / "one", color_by="source")
+    assert by_source["color_by"] == "source" and not by_source["color_auto"]
+    assert _hues(by_source["png"]) <= 2 < 8 <= folder_hues
+    # asked for a label that is all unknown: drawn, and offered, all the same
+    ls.render(store, tmp_path / "genre", color_by="genre")
+    assert _page_data(tmp_path / "genre" / "landscape.html")["layers"]["tracks"]["colorBy"] == "genre"
 
 
 # -- artist and genre landscapes, clusters, neighbours ------------------------------
@@ -284,7 +430,8 @@ def test_render_writes_a_png_and_a_self_contained_page(copy, tmp_path):
     data = _page_data(tmp_path / "out" / "landscape.html")
     tracks = data["layers"]["tracks"]
     assert len(tracks["x"]) == 240 and tracks["colorBy"] == "year"
-    assert set(tracks["labels"]) == {"genre", "artist", "year", "source"}
+    # labels with a known value only: these tracks have no file, hence no folder
+    assert set(tracks["labels"]) == {"genre", "album", "artist", "year", "source"}
     assert tracks["audio"][5] == "https://p.scdn.co/mp3-preview/x" and tracks["audio"][6] is None
     assert tracks["neighbours"][0] == ls.nearest_neighbours(space["vectors"])[0].tolist()
     assert len(data["layers"]["artists"]["x"]) == 24 and len(data["layers"]["genres"]["x"]) == 6
@@ -341,7 +488,13 @@ def test_sonufy_landscape_writes_both_files(copy, tmp_path, capsys):
                 "--n-neighbors", "20", "--min-dist", "0.3"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[-2:] == [str(out / "landscape.png"), str(out / "landscape.html")]
-    assert "landscape_fitted 240" in printed[0]
+    assert "landscape_fitted 240" in printed[0] and printed[0].endswith("coloured by artist")
+    assert _page_data(out / "landscape.html")["layers"]["tracks"]["colorBy"] == "artist"
+    # by default, the most informative label: the genres (6 even groups; the
+    # 24 artists split as evenly, and genre comes first)
+    assert cli(["landscape", "--db", str(paths.db), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("coloured by genre (auto)")
+    assert _page_data(out / "landscape.html")["layers"]["tracks"]["colorBy"] == "genre"
     assert (out / "landscape.png").stat().st_size > 0 and _page_data(out / "landscape.html")
     assert cli(["landscape", "--db", str(tmp_path / "nope.duckdb")]) == 2
     assert "no such file" in capsys.readouterr().err
