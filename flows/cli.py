@@ -553,6 +553,25 @@ def _radio(args: argparse.Namespace) -> None:
     _print_tracks(rows, f"Radio from {len(args.seeds)} seed(s)", notes=notes)
 
 
+def _scan_note(counts: dict) -> str | None:
+    """A folder build's scan in a line: what it took, what it skipped and why."""
+    if "skipped_files" not in counts:
+        return None
+    from sonufy_model.folder import SKIP_REASONS
+
+    line = (f"folder scan: {counts.get('new_files', 0)} new files, {counts.get('changed_files', 0)} changed, "
+            f"{counts.get('unchanged_files', 0)} unchanged")
+    if counts.get("audio_by_content"):
+        line += f" ({counts['audio_by_content']} recognised as audio by content, not suffix)"
+    skipped = counts["skipped_files"]
+    if not skipped:
+        return line + "; skipped no files"
+    reasons = [f"{counts.get('skipped_' + r.replace(' ', '_'), 0)} {r}" for r in SKIP_REASONS
+               if counts.get("skipped_" + r.replace(" ", "_"))]
+    return (line + f"; skipped {skipped} file{'s' if skipped != 1 else ''}: " + ", ".join(reasons)
+            + " (names in the scan task's log)")
+
+
 # Commands that run flows with batch loops: they draw progress bars in a terminal.
 _LONG_COMMANDS = ("build", "demo", "train", "nightly", "retrain")
 
@@ -573,6 +592,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "build":
             result = _build(args, args.source)
+            note = _scan_note(result.get("counts", {}))
+            if note:
+                print(note, file=sys.stderr)
             rows = result["recommendations"]
             seed = rows[0]["seed"] if rows else "?"
             _print_recommendations(rows, seed, args.json)

@@ -78,7 +78,12 @@ def upsert_tracks(store: Store, tracks: pl.DataFrame, report: QualityReport, run
 
 @task(cache_policy=NO_CACHE, task_run_name="scan[{root}]")
 def scan_folder(store: Store, root: str, run_id: str | None = None) -> dict:
-    """Ingest a folder of audio files: new and changed files only, tags and all."""
+    """Ingest a folder of audio files: new and changed files only, tags and all.
+
+    Counts: new_files, changed_files, unchanged_files, audio_by_content (files
+    recognised as audio by their first bytes, not their suffix), and the
+    skipped ones (skipped_files, skipped_not_audio, skipped_unreadable,
+    skipped_needs_ffmpeg)."""
     root = str(Path(root).expanduser().resolve())
     scan = folder.scan_folder(root, known=store.known_files(root))
     logger = get_run_logger()
@@ -86,8 +91,8 @@ def scan_folder(store: Store, root: str, run_id: str | None = None) -> dict:
         logger.warning("skipped %s", reason)
     store.record_scan(scan.tracks, scan.previews, scan.files, scan.changed_track_ids)
     logger.info(
-        "%s: %d new, %d changed, %d unchanged, %d skipped",
-        root, scan.new, len(scan.changed_track_ids), scan.unchanged, len(scan.rejected),
+        "%s: %d new, %d changed, %d unchanged (%d audio by content, not suffix); %s",
+        root, scan.new, len(scan.changed_track_ids), scan.unchanged, scan.by_content, scan.skipped_summary(),
     )
     return {"new_files": scan.new, "changed_files": len(scan.changed_track_ids),
-            "unchanged_files": scan.unchanged, "skipped_files": len(scan.rejected)}
+            "unchanged_files": scan.unchanged, "audio_by_content": scan.by_content, **scan.skipped_counts()}
