@@ -190,21 +190,36 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="precision@k and MAP of same-label neighbours: latent space vs MFCC and random baselines",
-        description="Score the current latent space: for each track, do its k nearest tracks by cosine "
-        "share its label? Against MFCC statistics and random vectors on the same tracks, with chance "
-        "levels; the rows are stored in the evaluations table.",
+        help="precision@k and MAP of same-label neighbours, with 95%% intervals: latent space vs "
+        "naive log-mel, MFCC and random baselines",
+        description="Score the current latent space: for each query track, do its k nearest tracks by "
+        "cosine share its label? Against naive log-mel statistics, MFCC statistics and random vectors on "
+        "the same tracks, with chance levels and 95% bootstrap intervals over the query tracks; the rows "
+        "are stored in the evaluations table.",
     )
     add_db(evaluate)
     evaluate.add_argument("--label", action="append", dest="labels", metavar="LABEL",
-                          help="artist, album, genre or csv:PATH:COLUMN (a CSV with track_id and COLUMN); "
-                          "repeatable (default: genre and artist)")
+                          help="artist, album, genre, folder (the folder a file lies in: its album or "
+                          "soundtrack), folder:N (N folders up), or csv:PATH:COLUMN (a CSV with COLUMN and "
+                          "a track_id or a path column; a path is absolute or relative to the folder "
+                          "source's root); repeatable (default: genre and artist)")
+    evaluate.add_argument("--exclude-same", action="append", dest="exclude_same", metavar="LABEL",
+                          help="a label as for --label: a query's neighbours sharing its value are not "
+                          "candidates (e.g. folder, to score composer across soundtracks); 'none' for rows "
+                          "without exclusion; repeatable (default: none and artist)")
+    evaluate.add_argument("--artist-filter", dest="exclude_same", action="append_const", const="artist",
+                          help="the same as --exclude-same artist")
+    evaluate.add_argument("--no-artist-filter", dest="exclude_same", action="append_const", const="none",
+                          help="the same as --exclude-same none: rows that count every neighbour")
     evaluate.add_argument("-k", type=_positive_int, default=10, help="neighbours per track (default: 10)")
-    artist_filter = evaluate.add_mutually_exclusive_group()
-    artist_filter.add_argument("--artist-filter", dest="artist_filter", action="store_const", const=True,
-                               help="only the rows that do not count same-artist neighbours")
-    artist_filter.add_argument("--no-artist-filter", dest="artist_filter", action="store_const", const=False,
-                               help="only the rows that count every neighbour (default: both)")
+    evaluate.add_argument("--queries", type=_positive_int, default=5000, metavar="N",
+                          help="query tracks per label, a seeded random sample when there are more; every "
+                          "track stays a candidate neighbour (default: 5000)")
+    evaluate.add_argument("--min-label-tracks", type=_positive_int, default=2, metavar="N",
+                          help="a query's label has at least N tracks, itself included (default: 2)")
+    evaluate.add_argument("--resamples", type=_positive_int, default=1000,
+                          help="bootstrap resamples of the queries behind each interval (default: 1000)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the query sample and the bootstrap")
     evaluate.add_argument("--hub-reduction", action="store_true",
                           help="also rank the latent space by mutual proximity (rows 'latent+mp') and "
                           "report the hubness of both rankings")
@@ -223,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
     landscape.add_argument("--color-by", choices=("auto", "genre", "folder", "album", "artist", "year", "source"),
                            default="auto",
                            help="the label that colours the points (default: auto, the label with 2 to 40 values "
-                           "that splits most of the tracks most evenly; the page can switch)")
+                           "that paints most tracks in distinct, evenly used colours; the page can switch)")
     landscape.add_argument("--n-neighbors", type=_positive_int,
                            help="UMAP n_neighbors, clipped below the number of tracks (default: about the square "
                            "root of the number of tracks, within 10..500); other than the saved fit's, it refits")
@@ -257,8 +272,9 @@ def _parser() -> argparse.ArgumentParser:
     add_db(retrain)
     retrain.add_argument("--train-minutes", type=_positive_float, default=5.0, help="time box (default: 5)")
     retrain.add_argument("--tolerance", type=float, default=0.0,
-                         help="promote when the candidate's mean latent precision@k is at least the "
-                         "current one's minus this (default: 0)")
+                         help="promote unless the 95%% paired bootstrap interval of the candidate's mean "
+                         "latent precision@k minus the current one's lies entirely below minus this "
+                         "(default: 0)")
 
     standin = commands.add_parser(
         "standin",
@@ -406,18 +422,19 @@ def _train(args: argparse.Namespace) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from sonufy_model.evaluate import evaluate_store, parse_label
+    from sonufy_model.evaluate import evaluate_store, exclusion_specs, label_spec
     from sonufy_model.store import Store
 
     labels = args.labels or ["genre", "artist"]
     for label in labels:
-        parse_label(label)  # an unknown label fails before the database is opened
+        label_spec(label)  # an unknown label fails before the database is opened
+    exclusion_specs(args.exclude_same, None)
     db = Path(args.db)
     if not db.is_file():
         raise CommandError(f"--db {args.db}: no such file; run `sonufy build` first")
-    filters = (False, True) if args.artist_filter is None else (args.artist_filter,)
-    result = evaluate_store(Store(db), labels, k=args.k, artist_filters=filters,
-                            hub_reduction=args.hub_reduction)
+    result = evaluate_store(Store(db), labels, k=args.k, exclude_same=args.exclude_same,
+                            hub_reduction=args.hub_reduction, queries=args.queries,
+                            resamples=args.resamples, seed=args.seed, min_label_tracks=args.min_label_tracks)
     if not result["rows"]:
         raise CommandError("nothing could be scored: " + "; ".join(result["notes"]))
     if args.json:
@@ -426,17 +443,22 @@ def _evaluate(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"precision@{args.k} and MAP, model {result['model_version']}, "
+    table = Table(title=f"precision@{args.k} and MAP [95% interval], model {result['model_version']}, "
                   f"{result['tracks']} tracks")
-    for column in ("label", "artist filter", "space", f"P@{args.k}", "chance", "MAP", "MAP chance", "tracks"):
-        table.add_column(column, justify="left" if column in ("label", "artist filter", "space") else "right")
+    for column in ("label", "exclude same", "space", f"P@{args.k}", "chance", "MAP", "MAP chance", "queries"):
+        text = column in ("label", "exclude same", "space")
+        table.add_column(column, justify="left" if text else "right", no_wrap=True)
     for row in result["rows"]:
         table.add_row(
-            row["label"], "on" if row["artist_filter"] else "off", row["space"],
-            f"{row['precision']:.3f}", f"{row['chance']:.3f}", f"{row['map']:.3f}",
+            row["label"], row["exclude_same"] or "-", row["space"],
+            f"{row['precision']:.3f} [{row['precision_low']:.2f}, {row['precision_high']:.2f}]",
+            f"{row['chance']:.3f}",
+            f"{row['map']:.3f} [{row['map_low']:.2f}, {row['map_high']:.2f}]",
             f"{row['map_chance']:.3f}", str(row["tracks"]),
         )
     console = Console()
+    if not console.is_terminal:  # a file or a pipe: the whole table, unwrapped
+        console = Console(width=max(console.width, 140))
     console.print(table)
     for note in result["notes"]:
         console.print(f"skipped: {note}")

@@ -1,16 +1,344 @@
-"""How good are the recommendations? Precision@k of same-label neighbours.
+"""How good are the recommendations? Precision@k and MAP of same-label neighbours.
 
-For each track, its k nearest tracks by cosine (itself excluded) are checked
-for the same label (style, artist, album...). Chance level is what a random
-ranking scores on the same tracks, so a score means something only next to it.
+For a query track, its k nearest tracks by cosine (itself excluded) are
+checked for the same label (style, artist, album, the folder it lies in, a
+column of the user's own CSV...). Chance level is what a random ranking
+scores on the same tracks, so a score means something only next to it, and
+next to the classic baselines: a naive log-mel summary (mean and spread of
+each mel band over time) and MFCC statistics, computed from the same stored
+spectrograms.
+
+Every figure comes with a 95% bootstrap interval over the query tracks
+(per-query values computed once, the queries resampled), and a large
+library is scored on a seeded sample of queries (all tracks stay candidate
+neighbours), so that a 100k-track library evaluates in minutes, not hours.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 
 import numpy as np
+
+#: Query tracks scored per label by default; a larger library is sampled.
+QUERIES = 5000
+#: Bootstrap resamples of the queries behind each interval.
+RESAMPLES = 1000
+#: Coverage of the intervals.
+LEVEL = 0.95
+
+
+class EvaluationInputError(ValueError):
+    """A bad evaluation input (label name, CSV, database); the message names it."""
+
+
+# -- bootstrap ----------------------------------------------------------------
+
+
+def bootstrap_means(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0, chunk: int = 250) -> np.ndarray:
+    """Means of ``values`` (queries × columns, NaN: no value) over ``resamples``
+    resamples of the queries with replacement: (resamples × columns).
+
+    A column's mean skips its NaN entries (paired differences where one side
+    has no value), so every column is resampled with the same queries.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    squeeze = values.ndim == 1
+    if squeeze:
+        values = values[:, None]
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values to resample")
+    present = ~np.isnan(values)
+    filled = np.where(present, values, 0.0)
+    rng = np.random.default_rng(seed)
+    out = np.empty((resamples, values.shape[1]))
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        index = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
+        weights = np.bincount(index.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
+        sums = weights @ filled
+        counts = weights @ present
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start : start + size] = sums / counts
+    return out[:, 0] if squeeze else out
+
+
+def bootstrap_interval(
+    values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-query ``values``."""
+    means = bootstrap_means(values, resamples, seed)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.nanpercentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+# -- ranking metrics ----------------------------------------------------------
+
+
+def _is_missing(value) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and np.isnan(value))
+
+
+def _codes(values: Sequence, unique_missing: bool = False) -> np.ndarray:
+    """Integer codes of ``values`` in first-seen order; a missing value (None,
+    NaN, "") is -1, or with ``unique_missing`` a negative code of its own
+    (equal to nothing else)."""
+    table: dict = {}
+    codes = np.fromiter((table.setdefault(value, len(table)) for value in values), dtype=np.int64,
+                        count=len(values))
+    missing_codes = [code for value, code in table.items() if _is_missing(value)]
+    if missing_codes:
+        missing = np.isin(codes, missing_codes)
+        codes[missing] = -np.arange(1, missing.sum() + 1) if unique_missing else -1
+    return codes
+
+
+@dataclass(frozen=True)
+class _Task:
+    labels: np.ndarray  # code per track, -1 unlabelled
+    groups: np.ndarray | None  # code per track (unique when missing): same group, not a candidate
+    queries: np.ndarray  # bool per track: scored as a query
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def _harmonic(n: int) -> np.ndarray:
+    return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1))])
+
+
+def _random_ap(relevant: np.ndarray, candidates: np.ndarray, harmonic: np.ndarray | None = None) -> np.ndarray:
+    """Expected average precision of a uniformly random ranking (Bestgen 2015):
+    (R-1)/(N-1) + H_N (N-R) / (N (N-1)) for R relevant among N candidates."""
+    r = np.asarray(relevant, dtype=np.float64)
+    n = np.asarray(candidates, dtype=np.float64)
+    if harmonic is None:
+        harmonic = _harmonic(int(n.max()) if n.size else 0)
+    h = harmonic[np.asarray(candidates, dtype=np.int64)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = (r - 1) / (n - 1) + h * (n - r) / (n * (n - 1))
+    return np.where(n <= 1, 1.0, expected)
+
+
+def _members(codes: np.ndarray) -> dict[int, np.ndarray]:
+    """code → the positions holding it (ascending), for codes ≥ 0."""
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    ends = np.r_[starts[1:], len(codes)]
+    return {int(sorted_codes[a]): order[a:b] for a, b in zip(starts, ends) if sorted_codes[a] >= 0}
+
+
+def _score_tasks(
+    unit: np.ndarray, tasks: Sequence[_Task], k: int, block: int = 256, hub: tuple | None = None
+) -> list[dict[str, np.ndarray]]:
+    """Per task, per scored query: its index, precision@k, average precision,
+    and their chance levels.
+
+    The similarities of a block of queries are computed and sorted once for
+    every task. A query's candidates: every track but itself and the tracks
+    of its group; a candidate without a label is never relevant. Each
+    same-label candidate's rank is 1 + the number of candidates scoring
+    higher (a binary search in the sorted row, less the excluded tracks
+    above it); ties rank in track order, as a stable sort would.
+    """
+    n = len(unit)
+    harmonic = _harmonic(n)
+    union = np.flatnonzero(np.any([task.queries for task in tasks], axis=0))
+    label_members = {}
+    by_label: dict[int, list[int]] = {}  # tasks of one label (several exclusions) share its ranks
+    for t, task in enumerate(tasks):
+        if id(task.labels) not in label_members:
+            label_members[id(task.labels)] = _members(task.labels)
+        by_label.setdefault(id(task.labels), []).append(t)
+    group_members = [None if task.groups is None else _members(task.groups) for task in tasks]
+    out = [{name: [] for name in ("query", "precision", "ap", "chance", "ap_chance")} for _ in tasks]
+    for start in range(0, len(union), block):
+        rows = union[start : start + block]
+        scores = unit[rows] @ unit.T
+        if hub is not None:
+            from sonufy_model.hubness import mutual_proximity
+
+            mean, std = hub
+            scores = mutual_proximity(scores, mean[rows], std[rows], mean, std).astype(np.float32)
+        scores[np.arange(len(rows)), rows] = -np.inf  # never one's own neighbour
+        ordered = np.sort(scores, axis=1)
+        found = [{name: [] for name in ("query", "precision", "ap", "chance", "relevant", "candidates")}
+                 for _ in tasks]
+        for same_label in by_label.values():
+            labels, members = tasks[same_label[0]].labels, label_members[id(tasks[same_label[0]].labels)]
+            for i in np.flatnonzero(np.any([tasks[t].queries[rows] for t in same_label], axis=0)):
+                seed = rows[i]
+                relevant = members[int(labels[seed])]
+                relevant = relevant[relevant != seed]
+                if not len(relevant):
+                    continue
+                row, sorted_row = scores[i], ordered[i]
+                values = row[relevant]
+                by_value = np.argsort(values)
+                values, relevant = values[by_value], relevant[by_value]  # sorted needles search faster
+                right = np.searchsorted(sorted_row, values, side="right")
+                base = n - right + 1  # 1 + how many score strictly higher
+                tied = (sorted_row[np.maximum(right - 2, 0)] == values) & (right >= 2)  # another scores the same
+                for t in same_label:
+                    task = tasks[t]
+                    if not task.queries[seed]:
+                        continue
+                    excluded = np.empty(0, dtype=np.int64)
+                    if group_members[t] is not None and task.groups[seed] >= 0:
+                        excluded = group_members[t].get(int(task.groups[seed]), excluded)
+                        excluded = excluded[excluded != seed]
+                    candidates = n - 1 - len(excluded)
+                    ranks, kept, kept_values, kept_tied = base, relevant, values, tied
+                    if len(excluded):
+                        keep = ~np.isin(relevant, excluded, assume_unique=True)
+                        kept, kept_values, kept_tied = relevant[keep], values[keep], tied[keep]
+                        above = np.sort(row[excluded])
+                        ranks = base[keep] - (len(excluded) - np.searchsorted(above, kept_values, side="right"))
+                    if candidates < k or not len(kept):
+                        continue
+                    ranks = ranks.copy()
+                    for j in np.flatnonzero(kept_tied):  # equal scores: earlier tracks rank first
+                        before = np.count_nonzero(row[: kept[j]] == kept_values[j])
+                        before -= np.count_nonzero(row[excluded[excluded < kept[j]]] == kept_values[j])
+                        ranks[j] += before
+                    ranks.sort()
+                    record = found[t]
+                    record["query"].append(seed)
+                    record["precision"].append(np.count_nonzero(ranks <= k) / k)
+                    record["ap"].append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
+                    record["chance"].append(len(kept) / candidates)
+                    record["relevant"].append(len(kept))
+                    record["candidates"].append(candidates)
+        for t, record in enumerate(found):
+            if not record["query"]:
+                continue
+            relevant_counts, candidate_counts = np.array(record.pop("relevant")), np.array(record.pop("candidates"))
+            out[t]["ap_chance"].append(_random_ap(relevant_counts, candidate_counts, harmonic))
+            for name, values in record.items():
+                out[t][name].append(np.asarray(values))
+    return [
+        {name: (np.concatenate(parts) if parts else np.empty(0)) for name, parts in found.items()}
+        for found in out
+    ]
+
+
+def summarise(
+    per_query: Mapping[str, np.ndarray], k: int, resamples: int = RESAMPLES, seed: int = 0
+) -> dict[str, float]:
+    """Means of per-query values, with bootstrap intervals on precision and MAP
+    (the same resampled queries for both)."""
+    precision, ap = per_query["precision"], per_query["ap"]
+    means = bootstrap_means(np.stack([precision, ap], axis=1), resamples, seed)
+    tail = (1.0 - LEVEL) / 2 * 100
+    (p_low, ap_low), (p_high, ap_high) = np.percentile(means, [tail, 100 - tail], axis=0)
+    return {
+        "precision": float(precision.mean()),
+        "precision_low": float(p_low),
+        "precision_high": float(p_high),
+        "map": float(ap.mean()),
+        "map_low": float(ap_low),
+        "map_high": float(ap_high),
+        "chance": float(per_query["chance"].mean()),
+        "map_chance": float(per_query["ap_chance"].mean()),
+        "k": k,
+        "tracks": int(len(precision)),
+    }
+
+
+def _query_mask(eligible: np.ndarray, queries, seed: int) -> np.ndarray:
+    """Which tracks are scored: every eligible one, or ``queries`` of them at
+    random (seeded: the same tracks for every space and model version), or
+    the given indices."""
+    n = len(eligible)
+    if queries is None:
+        return eligible.copy()
+    if np.ndim(queries) == 0:
+        order = np.random.default_rng(seed).permutation(n)
+        chosen = order[eligible[order]][: int(queries)]
+    else:
+        chosen = np.asarray(queries, dtype=np.int64)
+    mask = np.zeros(n, dtype=bool)
+    mask[chosen] = True
+    return mask & eligible
+
+
+def _eligible(labels: np.ndarray, min_label_tracks: int = 2) -> np.ndarray:
+    """Labelled tracks whose label at least ``min_label_tracks`` tracks have
+    (itself included): the possible queries."""
+    out = labels >= 0
+    if out.any():
+        counts = np.bincount(labels[out])
+        out[out] = counts[labels[out]] >= max(min_label_tracks, 2)
+    return out
+
+
+def ranking_metrics(
+    vectors: np.ndarray,
+    labels: Sequence,
+    k: int = 10,
+    exclude_groups: Sequence | None = None,
+    block: int = 256,
+    hub_reduction: bool = False,
+    queries: int | Sequence[int] | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    per_query: bool = False,
+    min_label_tracks: int = 2,
+) -> dict:
+    """Precision@k and mean average precision of same-label neighbours, with
+    chance and 95% bootstrap intervals.
+
+    Every track is a candidate neighbour of every other (one without a label,
+    None, is never a same-label one); the seed itself is never one, nor, with
+    ``exclude_groups`` (the artist, the folder...), any track of the seed's
+    group. A labelled track is evaluated (counted in ``tracks``) when at
+    least ``min_label_tracks`` tracks have its label, and it has at least
+    ``k`` candidates and one same-label candidate: a track alone with its
+    label cannot score and is left out of the averages. ``queries``: score
+    only this many tracks, drawn at random with ``seed`` (or these indices);
+    all stay candidates.
+
+    map is the mean over evaluated tracks of the average precision over the
+    *full* ranking of its candidates (not MAP@k). chance is the expected
+    precision@k of a random ranking (same-label share of the candidates),
+    map_chance the expected AP of a random ranking. ``*_low``/``*_high``:
+    the 95% percentile bootstrap interval over the queries. Similarities are
+    computed ``block`` seeds at a time, so memory grows with block × tracks,
+    not tracks². With ``hub_reduction`` neighbours are ranked by mutual
+    proximity instead of cosine (see :mod:`sonufy_model.hubness`). With
+    ``per_query`` the result has the per-query values under "per_query".
+    """
+    n = len(vectors)
+    if n != len(labels) or n < 2:
+        raise ValueError(f"need at least 2 vectors with one label each, got {n} and {len(labels)}")
+    if exclude_groups is not None and len(exclude_groups) != n:
+        raise ValueError(f"need one group per vector, got {len(exclude_groups)} for {n}")
+    codes = _codes(list(labels))
+    groups = None if exclude_groups is None else _codes(list(exclude_groups), unique_missing=True)
+    unit = _unit(vectors)
+    hub = _hub_statistics(unit, block) if hub_reduction else None
+    task = _Task(codes, groups, _query_mask(_eligible(codes, min_label_tracks), queries, seed))
+    [found] = _score_tasks(unit, [task], k, block, hub)
+    if not len(found["query"]):
+        raise ValueError(f"no track has {k} candidate neighbours and one of its label among them")
+    result = summarise(found, k, resamples, seed)
+    if per_query:
+        result["per_query"] = found
+    return result
+
+
+def _hub_statistics(unit: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    from sonufy_model import hubness
+
+    return hubness.similarity_statistics(unit.astype(np.float64), block)
 
 
 def precision_at_k(
@@ -23,6 +351,8 @@ def precision_at_k(
 
     exclude_groups: a group per track (e.g. the artist); neighbours of the
     same group are not counted as candidates, as MIR evaluations demand.
+    Unlike :func:`ranking_metrics`, a track with no same-label candidate is
+    still scored (it scores 0).
     """
     vectors = np.asarray(vectors, dtype=np.float64)
     labels = np.asarray(labels)
@@ -52,109 +382,14 @@ def precision_at_k(
     }
 
 
-# -- ranking metrics over the full ranking ------------------------------------
-
-
-class EvaluationInputError(ValueError):
-    """A bad evaluation input (label name, CSV, database); the message names it."""
-
-
-def ranking_metrics(
-    vectors: np.ndarray,
-    labels: Sequence,
-    k: int = 10,
-    exclude_groups: Sequence | None = None,
-    block: int = 256,
-    hub_reduction: bool = False,
-) -> dict[str, float]:
-    """Precision@k and mean average precision of same-label neighbours, with chance.
-
-    Every labelled track is a candidate neighbour of every other; the seed
-    itself is never one, nor, with ``exclude_groups`` (the artist), any track
-    of the seed's group. A track is evaluated (counted in ``tracks``) when it
-    has at least ``k`` candidates and at least one same-label candidate: a
-    track alone with its label cannot score and is left out of the averages.
-
-    map is the mean over evaluated tracks of the average precision over the
-    *full* ranking of its candidates (not MAP@k). chance is the expected
-    precision@k of a random ranking (same-label share of the candidates),
-    map_chance the expected AP of a random ranking:
-    (R-1)/(N-1) + H_N (N-R) / (N (N-1)) for R same-label among N candidates.
-    Similarities are computed ``block`` seeds at a time, so memory grows with
-    block × tracks, not tracks². With ``hub_reduction`` neighbours are ranked
-    by mutual proximity instead of cosine (see :mod:`sonufy_model.hubness`).
-    """
-    vectors = np.asarray(vectors, dtype=np.float64)
-    labels = np.asarray(labels)
-    n = len(vectors)
-    if n != len(labels) or n < 2:
-        raise ValueError(f"need at least 2 vectors with one label each, got {n} and {len(labels)}")
-    groups = None if exclude_groups is None else np.asarray(exclude_groups)
-    if groups is not None and len(groups) != n:
-        raise ValueError(f"need one group per vector, got {len(groups)} for {n}")
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    if hub_reduction:
-        from sonufy_model import hubness
-
-        mp_mean, mp_std = hubness.similarity_statistics(unit, block)
-    precisions: list[np.ndarray] = []
-    aps: list[np.ndarray] = []
-    chances: list[np.ndarray] = []
-    ap_chances: list[np.ndarray] = []
-    for start in range(0, n, block):
-        rows = np.arange(start, min(start + block, n))
-        similarity = unit[rows] @ unit.T
-        if hub_reduction:
-            similarity = hubness.mutual_proximity(similarity, mp_mean[rows], mp_std[rows], mp_mean, mp_std)
-        excluded = np.zeros((len(rows), n), dtype=bool)
-        excluded[np.arange(len(rows)), rows] = True
-        if groups is not None:
-            excluded |= groups[rows, None] == groups[None, :]
-        relevant = (labels[rows, None] == labels[None, :]) & ~excluded
-        candidates = (~excluded).sum(axis=1)
-        n_relevant = relevant.sum(axis=1)
-        usable = (candidates >= k) & (n_relevant > 0)
-        if not usable.any():
-            continue
-        similarity, excluded, relevant = similarity[usable], excluded[usable], relevant[usable]
-        candidates, n_relevant = candidates[usable], n_relevant[usable]
-        similarity[excluded] = -np.inf
-        order = np.argsort(-similarity, axis=1, kind="stable")  # excluded ones sort last
-        hits = np.take_along_axis(relevant, order, axis=1)  # never true past the candidates
-        precisions.append(hits[:, :k].mean(axis=1))
-        ranks = np.arange(1, n + 1)
-        aps.append((np.cumsum(hits, axis=1) / ranks * hits).sum(axis=1) / n_relevant)
-        chances.append(n_relevant / candidates)
-        ap_chances.append(_random_ap(n_relevant, candidates))
-    if not precisions:
-        raise ValueError(f"no track has {k} candidate neighbours and one of its label among them")
-    return {
-        "precision": float(np.concatenate(precisions).mean()),
-        "map": float(np.concatenate(aps).mean()),
-        "chance": float(np.concatenate(chances).mean()),
-        "map_chance": float(np.concatenate(ap_chances).mean()),
-        "k": k,
-        "tracks": int(sum(len(p) for p in precisions)),
-    }
-
-
-def _random_ap(relevant: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Expected average precision of a uniformly random ranking (Bestgen 2015)."""
-    r = relevant.astype(np.float64)
-    n = candidates.astype(np.float64)
-    harmonic = np.array([np.sum(1.0 / np.arange(1, int(m) + 1)) for m in candidates])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        expected = (r - 1) / (n - 1) + harmonic * (n - r) / (n * (n - 1))
-    return np.where(n <= 1, 1.0, expected)
-
-
 # -- baselines ----------------------------------------------------------------
 
 N_MFCC = 20
 MFCC_DIM = N_MFCC + N_MFCC * (N_MFCC + 1) // 2  # mean + upper triangle of the covariance
+TOP_DB = 80.0
 
 
-def mfcc_statistics(spectrograms: np.ndarray, top_db: float = 80.0, chunk: int = 64) -> np.ndarray:
+def mfcc_statistics(spectrograms: np.ndarray, top_db: float = TOP_DB, chunk: int = 64) -> np.ndarray:
     """Mean and covariance (upper triangle) of 20 MFCCs per stored spectrogram.
 
     spectrograms: uint8 (tracks × n_mels × frames) as stored, round(255 s)
@@ -181,6 +416,29 @@ def mfcc_statistics(spectrograms: np.ndarray, top_db: float = 80.0, chunk: int =
     return out
 
 
+def logmel_statistics(spectrograms: np.ndarray, top_db: float = TOP_DB) -> np.ndarray:
+    """The naive baseline: mean and standard deviation over time of each mel
+    band, in dB, per stored spectrogram: (tracks, 2 · n_mels), means first,
+    not standardised. The stored uint8 is round(255 (dB + top_db) / top_db)."""
+    spectrograms = np.asarray(spectrograms)
+    if spectrograms.ndim != 3:
+        raise ValueError(f"expected tracks × mels × frames, got shape {spectrograms.shape}")
+    s = spectrograms.astype(np.float32)
+    frames = s.shape[2]
+    scale = top_db / 255.0
+    mean = s.sum(axis=2, dtype=np.float64) / frames
+    square = np.einsum("bmt,bmt->bm", s, s, dtype=np.float64) / frames  # one pass, not std's two
+    std = np.sqrt(np.maximum(square - mean * mean, 0.0))
+    return np.concatenate([mean * scale - top_db, std * scale], axis=1)
+
+
+#: Baseline feature sets: name → (function of a uint8 spectrogram batch, dimension for n_mels).
+BASELINES = {
+    "naive": logmel_statistics,
+    "mfcc": mfcc_statistics,
+}
+
+
 def standardise_columns(features: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance per dimension (constant dimensions become 0)."""
     features = np.asarray(features, dtype=np.float64)
@@ -192,164 +450,387 @@ def random_vectors(n: int, dim: int = 256, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, dim))
 
 
+def baseline_features(manifest, kinds: Sequence[str], chunk: int = 256) -> dict[str, dict[str, np.ndarray]]:
+    """Per baseline kind, per track, its features: the mean over the track's
+    excerpts of each excerpt's statistics. ``manifest``: track_id, shard,
+    row; the spectrograms are read ``chunk`` at a time, once for every kind."""
+    from sonufy_model.encoding import mean_per_track
+    from sonufy_model.spectrograms import read_spectrograms
+
+    per_clip: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
+    for start in range(0, manifest.height, chunk):
+        batch = read_spectrograms(manifest.slice(start, chunk))
+        for kind in kinds:
+            per_clip[kind].append(BASELINES[kind](batch))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for kind in kinds:
+        track_ids, means = mean_per_track(manifest["track_id"], np.concatenate(per_clip[kind]))
+        out[kind] = dict(zip(track_ids.to_list(), means))
+    return out
+
+
 # -- labels -------------------------------------------------------------------
 
 BUILTIN_LABELS = ("artist", "album", "genre")
 
 
-def parse_label(spec: str) -> tuple[str, str | None, str | None]:
-    """'artist' | 'album' | 'genre' | 'csv:PATH:COLUMN' → (name, csv path, column)."""
+@dataclass(frozen=True)
+class LabelSpec:
+    """A parsed label: a built-in column, a folder level, or a CSV column."""
+
+    spec: str
+    name: str  # as in the rows: 'artist', 'folder', 'folder:2', 'csv:composer'
+    kind: str  # 'builtin' | 'folder' | 'csv'
+    levels: int = 1
+    csv_path: str | None = None
+    column: str | None = None
+
+
+def label_spec(spec: str, option: str = "--label") -> LabelSpec:
+    """'artist' | 'album' | 'genre' | 'folder' | 'folder:N' | 'csv:PATH:COLUMN'."""
     if spec in BUILTIN_LABELS:
-        return spec, None, None
+        return LabelSpec(spec, spec, "builtin")
+    if spec == "folder" or spec.startswith("folder:"):
+        levels_text = spec.partition(":")[2] or "1"
+        if not levels_text.isdigit() or int(levels_text) < 1:
+            raise EvaluationInputError(f"{option} {spec!r}: expected folder or folder:N with N ≥ 1")
+        levels = int(levels_text)
+        return LabelSpec(spec, "folder" if levels == 1 else f"folder:{levels}", "folder", levels=levels)
     if spec.startswith("csv:"):
         path, sep, column = spec[4:].rpartition(":")
         if not sep or not path or not column:
-            raise EvaluationInputError(f"--label {spec!r}: expected csv:PATH:COLUMN")
-        return f"csv:{column}", path, column
+            raise EvaluationInputError(f"{option} {spec!r}: expected csv:PATH:COLUMN")
+        return LabelSpec(spec, f"csv:{column}", "csv", csv_path=path, column=column)
     raise EvaluationInputError(
-        f"--label {spec!r}: unknown label; expected artist, album, genre or csv:PATH:COLUMN"
+        f"{option} {spec!r}: unknown label; expected artist, album, genre, folder, folder:N or csv:PATH:COLUMN"
     )
 
 
-def csv_labels(path: str, column: str) -> dict[str, str]:
-    """track_id → label from a CSV with a track_id column and ``column``."""
+def parse_label(spec: str) -> tuple[str, str | None, str | None]:
+    """The label's row name, CSV path and column (None, None for the others)."""
+    parsed = label_spec(spec)
+    return parsed.name, parsed.csv_path, parsed.column
+
+
+def read_label_csv(path: str, column: str, option: str = "--label"):
+    """The CSV's key column ('track_id', else 'path') and ``column``, as text,
+    without rows missing either. Returns (key name, frame)."""
     import polars as pl
 
+    where = f"{option} csv:{path}:{column}"
     file = Path(path).expanduser()
     if not file.is_file():
-        raise EvaluationInputError(f"--label csv:{path}:{column}: no such file {path}")
+        raise EvaluationInputError(f"{where}: no such file {path}")
     try:
         frame = pl.read_csv(file, infer_schema_length=0)  # every column as text
     except Exception as error:  # polars raises several types for unreadable CSV
-        raise EvaluationInputError(f"--label csv:{path}:{column}: unreadable CSV ({error})") from error
-    for needed in ("track_id", column):
-        if needed not in frame.columns:
-            raise EvaluationInputError(
-                f"--label csv:{path}:{column}: {path} has no column {needed!r} "
-                f"(columns: {', '.join(frame.columns)})"
-            )
-    frame = frame.filter(pl.col("track_id").is_not_null() & pl.col(column).is_not_null())
+        raise EvaluationInputError(f"{where}: unreadable CSV ({error})") from error
+    key = next((name for name in ("track_id", "path") if name in frame.columns), None)
+    if column not in frame.columns or key is None:
+        missing = repr(column) if column not in frame.columns else "'track_id' or 'path'"
+        raise EvaluationInputError(
+            f"{where}: {path} has no column {missing} (columns: {', '.join(frame.columns)})"
+        )
+    frame = frame.select(key, column).filter(pl.col(key).is_not_null() & pl.col(column).is_not_null())
     frame = frame.filter(pl.col(column).str.strip_chars() != "")
-    return dict(zip(frame["track_id"].to_list(), frame[column].to_list()))
+    return key, frame
+
+
+def csv_labels(path: str, column: str, tracks=None, option: str = "--label") -> dict[str, str]:
+    """track_id → label from a CSV with ``column`` and a track_id or a path column.
+
+    A path is a track's file: absolute, or relative to its folder source's
+    root (``tracks``: track_id, path, root, as :meth:`Store.evaluation_space`
+    gives them). A path-keyed CSV none of whose paths is a track's file is an
+    error naming the file.
+    """
+    key, frame = read_label_csv(path, column, option)
+    if key == "track_id":
+        return dict(zip(frame["track_id"].to_list(), frame[column].to_list()))
+    absolute, relative = _path_index(tracks)
+    labels: dict[str, str] = {}
+    resolved: dict[str, list[str]] | None = None
+    for file, label in zip(frame["path"].to_list(), frame[column].to_list()):
+        file = os.path.expanduser(file.strip())
+        if os.path.isabs(file):
+            found = absolute.get(os.path.normpath(file), [])
+            if not found:
+                if resolved is None:
+                    resolved = {}
+                    for name, ids in absolute.items():
+                        resolved.setdefault(os.path.realpath(name), []).extend(ids)
+                found = resolved.get(os.path.realpath(file), [])
+        else:
+            found = relative.get(PurePath(os.path.normpath(file)).as_posix(), [])
+        for track_id in found:
+            labels[track_id] = label
+    if not labels and frame.height:
+        roots = sorted({root for root in (tracks["root"].to_list() if tracks is not None else []) if root})
+        where = ", ".join(roots) if roots else "no folder source in this database"
+        raise EvaluationInputError(
+            f"{option} csv:{path}:{column}: none of the {frame.height} paths in {path} is the file of a "
+            f"track in the latent space (paths are absolute, or relative to the folder source's root: {where})"
+        )
+    return labels
+
+
+def _path_index(tracks) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Tracks by absolute file path, and by path relative to their folder root."""
+    absolute: dict[str, list[str]] = {}
+    relative: dict[str, list[str]] = {}
+    if tracks is None:
+        return absolute, relative
+    for track_id, file, root in zip(tracks["track_id"].to_list(), tracks["path"].to_list(),
+                                    tracks["root"].to_list()):
+        if not file:
+            continue
+        file = os.path.normpath(file)
+        absolute.setdefault(file, []).append(track_id)
+        if root:
+            inside = os.path.relpath(file, root)
+            if not inside.startswith(".."):
+                relative.setdefault(PurePath(inside).as_posix(), []).append(track_id)
+    return absolute, relative
+
+
+def folder_labels(tracks, levels: int = 1) -> list[str | None]:
+    """Per track, the folder ``levels`` up from its file (1: the folder it lies
+    in, its album or soundtrack), as a path relative to the folder source's
+    root, so that two albums of the same name by two artists differ. None for
+    a track without a file, or whose folder would be the root or above it."""
+    out: list[str | None] = []
+    for file, root in zip(tracks["path"].to_list(), tracks["root"].to_list()):
+        if not file:
+            out.append(None)
+            continue
+        file = os.path.normpath(file)
+        if root and not os.path.relpath(file, root).startswith(".."):
+            parts = PurePath(os.path.relpath(file, root)).parts
+            out.append("/".join(parts[:-levels]) if len(parts) > levels else None)
+        else:
+            parents = PurePath(file).parents
+            out.append(str(parents[levels - 1]) if levels < len(parents) else None)
+    return out
+
+
+def resolve_labels(spec: LabelSpec, tracks, csv_cache: dict | None = None, option: str = "--label") -> list:
+    """One value per row of ``tracks`` (None: unlabelled)."""
+    if spec.kind == "builtin":
+        return [value if value != "" else None for value in tracks[spec.name].to_list()]
+    if spec.kind == "folder":
+        return folder_labels(tracks, spec.levels)
+    cache = csv_cache if csv_cache is not None else {}
+    key = (spec.csv_path, spec.column)
+    if key not in cache:
+        cache[key] = csv_labels(spec.csv_path, spec.column, tracks, option)
+    mapping = cache[key]
+    return [mapping.get(track_id) for track_id in tracks["track_id"].to_list()]
 
 
 # -- whole evaluations --------------------------------------------------------
 
-SPACES = ("latent", "mfcc", "random")
+SPACES = ("latent", "naive", "mfcc", "random")
+NO_EXCLUSION = "none"
+
+
+def _exclusion_text(name: str | None) -> str:
+    return "no exclusion" if name is None else f"same {name} excluded"
 
 
 def evaluate_spaces(
     spaces: dict[str, np.ndarray],
     labels: dict[str, Sequence],
-    artists: Sequence,
+    exclusions: Mapping[str | None, Sequence | None] | None = None,
     k: int = 10,
-    artist_filters: Sequence[bool] = (False, True),
     hub_reduced: Sequence[str] = (),
+    queries: int | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    per_query: bool = False,
+    block: int = 256,
+    min_label_tracks: int = 2,
 ) -> tuple[list[dict], list[str]]:
-    """Rows (space, label, artist_filter, k, precision, map, chance, map_chance, tracks).
+    """Rows (space, label, exclude_same, artist_filter, k, precision and MAP
+    with intervals, chance, map_chance, tracks) and notes.
 
     spaces: name → (tracks × dim) on the same tracks, in one order.
-    labels: name → one label per track (None: unlabelled, left out).
+    labels: name → one label per track (None: unlabelled; such a track is
+    no query for that label, and a candidate that never shares the label).
+    min_label_tracks: a query's label has at least this many tracks.
+    exclusions: name → one value per track: a query's neighbours sharing its
+    value are not candidates (None as the name: a row without exclusion).
+    Default: no exclusion only. ``artist_filter`` is exclude_same == 'artist'.
+    queries: how many query tracks per label (seeded sample; None: all).
     hub_reduced: names of spaces ranked by mutual proximity instead of cosine.
-    Returns the rows and notes on combinations that could not be scored
-    (e.g. the artist label with the artist filter: no hit is left).
+    per_query: each row also carries its per-query values ("per_query":
+    query index, precision, ap).
+    Notes say which combinations could not be scored and why.
     """
-    artists = np.asarray(artists, dtype=object)
-    rows: list[dict] = []
+    exclusions = dict(exclusions) if exclusions is not None else {None: None}
     notes: list[str] = []
+    tasks: list[tuple[str, str | None, _Task]] = []
+    group_codes = {name: None if values is None else _codes(list(values), unique_missing=True)
+                   for name, values in exclusions.items()}
     for label_name, values in labels.items():
-        values = np.asarray(values, dtype=object)
-        keep = np.array([v is not None for v in values], dtype=bool)
-        for artist_filter in artist_filters:
-            if keep.sum() < 2:
-                notes.append(f"{label_name}: fewer than 2 tracks have this label")
-                break
-            for space_name, vectors in spaces.items():
-                try:
-                    metrics = ranking_metrics(
-                        np.asarray(vectors)[keep],
-                        values[keep].astype(str),
-                        k,
-                        exclude_groups=artists[keep].astype(str) if artist_filter else None,
-                        hub_reduction=space_name in hub_reduced,
-                    )
-                except ValueError as error:
-                    notes.append(
-                        f"{label_name}, artist filter {'on' if artist_filter else 'off'}: {error}"
-                    )
-                    break
-                rows.append({"space": space_name, "label": label_name, "artist_filter": artist_filter,
-                             **metrics})
+        codes = _codes(list(values))
+        if (codes >= 0).sum() < 2:
+            notes.append(f"{label_name}: fewer than 2 tracks have this label")
+            continue
+        query_mask = _query_mask(_eligible(codes, min_label_tracks), queries, seed)
+        for exclusion, groups in group_codes.items():
+            if exclusion == label_name:
+                notes.append(f"{label_name}, {_exclusion_text(exclusion)}: every same-label neighbour is excluded")
+                continue
+            tasks.append((label_name, exclusion, _Task(codes, groups, query_mask)))
+    rows: list[dict] = []
+    if not tasks or not spaces:
+        return rows, notes
+    scored: dict[str, list[dict]] = {}
+    for space_name, vectors in spaces.items():
+        unit = _unit(vectors)
+        hub = _hub_statistics(unit, block) if space_name in hub_reduced else None
+        scored[space_name] = _score_tasks(unit, [task for _, _, task in tasks], k, block, hub)
+    for t, (label_name, exclusion, _) in enumerate(tasks):
+        if not len(next(iter(scored.values()))[t]["query"]):
+            notes.append(f"{label_name}, {_exclusion_text(exclusion)}: no track has {k} candidate "
+                         "neighbours and one of its label among them")
+            continue
+        for space_name in spaces:
+            found = scored[space_name][t]
+            row = {"space": space_name, "label": label_name, "exclude_same": exclusion,
+                   "artist_filter": exclusion == "artist", **summarise(found, k, resamples, seed)}
+            if per_query:
+                row["per_query"] = {name: found[name] for name in ("query", "precision", "ap")}
+            rows.append(row)
     return rows, notes
+
+
+def exclusion_specs(exclude_same: Sequence[str | None] | None, artist_filters: Sequence[bool] | None):
+    """The exclusions asked for: label specs, 'none'/None for no exclusion.
+    Default: none and artist (the artist filter off and on)."""
+    if exclude_same is None:
+        exclude_same = [("artist" if on else None) for on in artist_filters] if artist_filters is not None \
+            else [None, "artist"]
+    out: list[LabelSpec | None] = []
+    for spec in exclude_same:
+        parsed = None if spec in (None, NO_EXCLUSION) else label_spec(spec, "--exclude-same")
+        if parsed not in out:
+            out.append(parsed)
+    return out
 
 
 def evaluate_store(
     store,
     label_specs: Sequence[str] = ("genre", "artist"),
     k: int = 10,
-    artist_filters: Sequence[bool] = (False, True),
+    artist_filters: Sequence[bool] | None = None,
     seed: int = 0,
     record: bool = True,
     hub_reduction: bool = False,
     model_version: str | None = None,
+    exclude_same: Sequence[str | None] | None = None,
+    queries: int | None = QUERIES,
+    resamples: int = RESAMPLES,
+    spaces: Sequence[str] = SPACES,
+    per_query: bool = False,
+    cache: bool = True,
+    min_label_tracks: int = 2,
 ) -> dict:
     """Evaluate the current latent space of ``store`` (or that of ``model_version``)
-    against MFCC and random vectors.
+    against the naive log-mel and MFCC baselines and random vectors.
 
-    Tracks evaluated: those with a vector of the current model and a
-    spectrogram of its set (so every space ranks the same tracks). Returns
-    {"model_version", "rows", "notes", "tracks"}; with ``record`` the rows
-    are written to the evaluations table. With ``hub_reduction`` the latent
-    space is also ranked by mutual proximity, as space "latent+mp", and the
-    result has the hubness (k-occurrence skewness) of both rankings.
+    Tracks evaluated: those with a vector of the model and, when a baseline
+    is asked for, a spectrogram of its set (so every space ranks the same
+    tracks). ``exclude_same``: label specs whose same-value neighbours are
+    not candidates, 'none' for rows without exclusion (default: none and
+    artist; ``artist_filters`` (False, True) says the same the old way).
+    ``queries``: query tracks per label, a seeded sample of the labelled
+    ones (None: all); a query's label has at least ``min_label_tracks``
+    tracks; every track is a candidate neighbour (an unlabelled one never
+    shares the seed's label). Baseline features are cached in the store per
+    spectrogram set (with ``cache``).
+
+    Returns {"model_version", "rows", "notes", "tracks", "queries",
+    "resamples", "level"}; with ``record`` the rows are written to the
+    evaluations table. With ``per_query`` each row has its per-query values,
+    queries as track ids ("per_query": track_id, precision, ap). With
+    ``hub_reduction`` the latent space is also ranked by mutual proximity,
+    as space "latent+mp", and the result has the hubness (k-occurrence
+    skewness) of both rankings.
     """
-    parsed = [parse_label(spec) for spec in label_specs]  # bad names fail before any work
-    csv_maps = {name: csv_labels(path, column) for name, path, column in parsed if path is not None}
+    parsed = [label_spec(spec) for spec in label_specs]  # bad names fail before any work
+    excluded = exclusion_specs(exclude_same, artist_filters)
+    unknown = [name for name in spaces if name not in SPACES]
+    if unknown:
+        raise EvaluationInputError(f"unknown space {unknown[0]!r}; expected one of {', '.join(SPACES)}")
+    for specs, option in ((parsed, "--label"), ([e for e in excluded if e is not None], "--exclude-same")):
+        for spec in specs:
+            if spec.kind == "csv":  # a missing file or column fails before any work
+                read_label_csv(spec.csv_path, spec.column, option)
     space = store.evaluation_space(model_version)
     model_version, set_id, frame = space["model_version"], space["set_id"], space["tracks"]
-    manifest = store.spectrogram_manifest(set_id)
-    manifest = manifest.filter(manifest["track_id"].is_in(frame["track_id"].to_list()))
-    if manifest.is_empty():
-        raise EvaluationInputError(f"{store.path}: no spectrograms of set {set_id} for the latent space")
-    features = _mfcc_per_track(manifest)
-    frame = frame.filter(frame["track_id"].is_in(list(features)))
+    kinds = [name for name in spaces if name in BASELINES]
+    features: dict[str, dict[str, np.ndarray]] = {}
+    if kinds:
+        features = _baseline_features(store, set_id, frame["track_id"].to_list(), kinds, cache)
+        with_features = set(features[kinds[0]])
+        frame = frame.filter(frame["track_id"].is_in(list(with_features)))
+        if frame.is_empty():
+            raise EvaluationInputError(f"{store.path}: no spectrograms of set {set_id} for the latent space")
     track_ids = frame["track_id"].to_list()
-    labels: dict[str, list] = {}
-    for name, _, _ in parsed:
-        if name in csv_maps:
-            labels[name] = [csv_maps[name].get(t) for t in track_ids]
+    csv_cache: dict = {}
+    labels = {spec.name: resolve_labels(spec, frame, csv_cache) for spec in parsed}
+    exclusions = {None if spec is None else spec.name:
+                  None if spec is None else resolve_labels(spec, frame, csv_cache, "--exclude-same")
+                  for spec in excluded}
+    latent = np.array(frame["vector"].to_list(), dtype=np.float32)
+    vectors: dict[str, np.ndarray] = {}
+    for name in spaces:
+        if name == "latent":
+            vectors["latent"] = latent
+            if hub_reduction:
+                vectors["latent+mp"] = latent
+        elif name == "random":
+            vectors["random"] = random_vectors(len(track_ids), latent.shape[1] if latent.ndim == 2 else 256, seed)
         else:
-            labels[name] = [v if v not in ("",) else None for v in frame[name].to_list()]
-    latent = np.array(frame["vector"].to_list(), dtype=np.float64)
-    spaces = {
-        "latent": latent,
-        "mfcc": standardise_columns(np.stack([features[t] for t in track_ids])),
-        "random": random_vectors(len(track_ids), latent.shape[1] if latent.ndim == 2 else 256, seed),
-    }
-    hub_reduced: tuple[str, ...] = ()
+            vectors[name] = standardise_columns(np.stack([features[name][t] for t in track_ids]))
+    hub_reduced: tuple[str, ...] = ("latent+mp",) if hub_reduction and "latent" in spaces else ()
     result: dict = {}
-    if hub_reduction:
+    if hub_reduced and len(track_ids) > k:
         from sonufy_model.hubness import hubness
 
-        spaces = {"latent": latent, "latent+mp": latent, **{n: v for n, v in spaces.items() if n != "latent"}}
-        hub_reduced = ("latent+mp",)
-        if len(track_ids) > k:
-            result["hubness"] = {name: hubness(latent, k, name in hub_reduced) for name in ("latent", "latent+mp")}
-    rows, notes = evaluate_spaces(spaces, labels, frame["artist"].to_list(), k, artist_filters, hub_reduced)
+        result["hubness"] = {name: hubness(latent, k, name in hub_reduced) for name in ("latent", "latent+mp")}
+    rows, notes = evaluate_spaces(vectors, labels, exclusions, k, hub_reduced, queries, resamples, seed, per_query,
+                                  min_label_tracks=min_label_tracks)
+    if per_query:
+        ids = np.asarray(track_ids, dtype=object)
+        for row in rows:
+            found = row["per_query"]
+            row["per_query"] = {"track_id": ids[found["query"]].tolist(), "precision": found["precision"],
+                                "ap": found["ap"]}
     if record and rows:
         store.record_evaluations(model_version, rows)
-    return {"model_version": model_version, "rows": rows, "notes": notes, "tracks": len(track_ids), **result}
+    return {"model_version": model_version, "rows": rows, "notes": notes, "tracks": len(track_ids),
+            "queries": queries, "resamples": resamples, "level": LEVEL, **result}
 
 
-def _mfcc_per_track(manifest) -> dict[str, np.ndarray]:
-    """Per track, the MFCC statistics of its spectrograms (mean over excerpts)."""
-    from sonufy_model.spectrograms import read_spectrograms
-
-    from sonufy_model.encoding import mean_per_track
-
-    chunk = 256  # spectrograms read at a time
-    per_clip = np.concatenate(
-        [mfcc_statistics(read_spectrograms(manifest.slice(start, chunk))) for start in range(0, manifest.height, chunk)]
-    )
-    track_ids, means = mean_per_track(manifest["track_id"], per_clip)
-    return dict(zip(track_ids.to_list(), means))
+def _baseline_features(store, set_id: str, track_ids: Sequence[str], kinds: Sequence[str],
+                       cache: bool) -> dict[str, dict[str, np.ndarray]]:
+    """Per kind, per track with a spectrogram of ``set_id``: its baseline
+    features, from the store's cache where still valid, else computed (and
+    cached) from the spectrograms."""
+    manifest = store.baseline_manifest(set_id)
+    manifest = manifest.filter(manifest["track_id"].is_in(list(track_ids)))
+    features = {kind: (store.cached_baseline_features(set_id, kind) if cache else {}) for kind in kinds}
+    wanted = set(manifest["track_id"].to_list())
+    for kind in kinds:
+        features[kind] = {t: v for t, v in features[kind].items() if t in wanted}
+    missing = sorted(wanted - set.intersection(*(set(features[kind]) for kind in kinds)))
+    if missing:
+        todo = manifest.filter(manifest["track_id"].is_in(missing))
+        computed = baseline_features(todo, kinds)
+        for kind in kinds:
+            features[kind].update(computed[kind])
+            if cache:
+                store.record_baseline_features(set_id, kind, computed[kind], todo)
+    return features

@@ -569,11 +569,14 @@ class Store:
         }
 
     def record_evaluations(self, model_version: str, rows: Sequence[dict]) -> None:
-        """rows: space, label, artist_filter, k, precision, map, chance, map_chance, tracks."""
+        """rows: space, label, artist_filter, exclude_same, k, precision (and
+        precision_low/high), map (and map_low/high), chance, map_chance, tracks."""
         if not rows:
             return
-        schema = {"space": pl.String, "label": pl.String, "artist_filter": pl.Boolean, "k": pl.Int32,
-                  "precision": pl.Float64, "map": pl.Float64, "chance": pl.Float64,
+        schema = {"space": pl.String, "label": pl.String, "artist_filter": pl.Boolean,
+                  "exclude_same": pl.String, "k": pl.Int32, "precision": pl.Float64,
+                  "precision_low": pl.Float64, "precision_high": pl.Float64, "map": pl.Float64,
+                  "map_low": pl.Float64, "map_high": pl.Float64, "chance": pl.Float64,
                   "map_chance": pl.Float64, "tracks": pl.Int32}
         batch = pl.DataFrame([{name: row.get(name) for name in schema} for row in rows], schema=schema)
         with self.transaction() as con, self._registered(con, "evaluations_batch", batch):
@@ -582,6 +585,35 @@ class Store:
     def evaluations(self) -> pl.DataFrame:
         with self.connect() as con:
             return con.execute(sql.statement("evaluations")).pl()
+
+    def baseline_manifest(self, set_id: str) -> pl.DataFrame:
+        """track_id, excerpt, shard, row, created_at of a set's spectrograms, in shard order."""
+        with self.connect() as con:
+            return con.execute(sql.statement("baseline_manifest"), {"set_id": set_id}).pl()
+
+    def cached_baseline_features(self, set_id: str, kind: str) -> dict[str, np.ndarray]:
+        """track_id → baseline features of ``kind`` still valid for its spectrograms."""
+        with self.connect() as con:
+            rows = con.execute(sql.statement("cached_baseline_features"),
+                               {"set_id": set_id, "kind": kind}).fetchall()
+        return {track_id: np.asarray(features, dtype=np.float64) for track_id, features in rows}
+
+    def record_baseline_features(self, set_id: str, kind: str, features: dict[str, np.ndarray],
+                                 manifest: pl.DataFrame) -> None:
+        """Cache ``features`` (track_id → vector), computed from the spectrograms
+        of ``manifest`` (track_id, created_at), which say when they are stale."""
+        if not features:
+            return
+        made = manifest.group_by("track_id").agg(pl.len().alias("excerpts"),
+                                                 pl.col("created_at").max().alias("spectrograms_at"))
+        ids = list(features)
+        batch = pl.DataFrame({
+            "track_id": ids,
+            "features": pl.Series([np.asarray(features[t], dtype=np.float32) for t in ids],
+                                  dtype=pl.List(pl.Float32)),
+        }).join(made.with_columns(pl.col("excerpts").cast(pl.Int32)), on="track_id", how="inner")
+        with self.transaction() as con, self._registered(con, "baseline_features_batch", batch):
+            con.execute(sql.statement("upsert_baseline_features"), {"set_id": set_id, "kind": kind})
 
     # -- recommendations -----------------------------------------------------
 

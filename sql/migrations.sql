@@ -6,3 +6,25 @@
 -- while queries keep answering from the current one, then the switch is one
 -- UPDATE (see switch_model in queries.sql).
 ALTER TABLE models ADD COLUMN IF NOT EXISTS promotion_requested_at TIMESTAMP;
+
+-- name: evaluations_add_exclude_same
+-- `sonufy evaluate --exclude-same LABEL`: the label whose same-value
+-- neighbours were not candidates (NULL: none; artist_filter is 'artist').
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS exclude_same VARCHAR;
+
+-- name: evaluations_add_precision_low
+-- 95% bootstrap intervals over the query tracks, and how many were sampled.
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS precision_low DOUBLE;
+
+-- name: evaluations_add_precision_high
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS precision_high DOUBLE;
+
+-- name: evaluations_add_map_low
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS map_low DOUBLE;
+
+-- name: evaluations_add_map_high
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS map_high DOUBLE;
+
+-- name: evaluations_backfill_exclude_same
+-- Rows from before exclude_same: the artist filter was the only exclusion.
+UPDATE evaluations SET exclude_same = 'artist' WHERE artist_filter AND exclude_same IS NULL;

@@ -188,29 +188,57 @@ UPDATE previews SET path = NULL WHERE track_id IN (SELECT track_id FROM dropped_
 -- A model's latent space ($model_version, or the current one when NULL) with
 -- the labels `sonufy evaluate` knows: genre is the search query's genre:"..."
 -- (the style, for the demo catalog), album the album id (else artist and
--- album name).
+-- album name); path and root (the folder source's) for a local file, for the
+-- folder labels and path-keyed label files.
 SELECT e.track_id, e.model_version, m.set_id, e.vector, t.artist,
        coalesce(t.album_id, CASE WHEN t.album IS NOT NULL THEN t.artist || ' / ' || t.album END) AS album,
-       nullif(regexp_extract(t.found_by, 'genre:"([^"]+)"', 1), '') AS genre
+       nullif(regexp_extract(t.found_by, 'genre:"([^"]+)"', 1), '') AS genre,
+       t.path, f.root
 FROM embeddings AS e
 JOIN models AS m ON m.model_version = e.model_version
 JOIN tracks AS t ON t.track_id = e.track_id
+LEFT JOIN files AS f ON f.path = t.path
 WHERE CASE WHEN $model_version IS NULL THEN m.is_current ELSE m.model_version = $model_version END
 ORDER BY e.track_id;
 
 -- name: insert_evaluations
 -- One run's rows share evaluated_at (current_timestamp is the transaction's).
-INSERT INTO evaluations (evaluated_at, model_version, space, label, artist_filter, k,
-                         precision, map, chance, map_chance, tracks)
-SELECT current_timestamp, $model_version, space, label, artist_filter, k,
-       precision, map, chance, map_chance, tracks
+INSERT INTO evaluations (evaluated_at, model_version, space, label, artist_filter, exclude_same, k,
+                         precision, precision_low, precision_high, map, map_low, map_high,
+                         chance, map_chance, tracks)
+SELECT current_timestamp, $model_version, space, label, artist_filter, exclude_same, k,
+       precision, precision_low, precision_high, map, map_low, map_high, chance, map_chance, tracks
 FROM evaluations_batch;
 
 -- name: evaluations
-SELECT evaluated_at, model_version, space, label, artist_filter, k, precision, map, chance,
-       map_chance, tracks
+SELECT evaluated_at, model_version, space, label, artist_filter, exclude_same, k, precision,
+       precision_low, precision_high, map, map_low, map_high, chance, map_chance, tracks
 FROM evaluations
-ORDER BY evaluated_at, label, artist_filter, space;
+ORDER BY evaluated_at, label, artist_filter, exclude_same NULLS FIRST, space;
+
+-- name: baseline_manifest
+-- The spectrograms of a set that are not quarantined, with when each was
+-- made, in shard order: what the evaluation's baselines are computed from.
+SELECT s.track_id, s.excerpt, s.shard, s."row", s.created_at
+FROM spectrograms AS s
+WHERE s.set_id = $set_id
+  AND s.track_id NOT IN (SELECT track_id FROM quarantine WHERE stage = 'spectrogram')
+ORDER BY s.shard, s."row";
+
+-- name: cached_baseline_features
+-- Baseline features of a set and kind still computed from the track's
+-- current spectrograms (a rescan that redid them makes the row stale).
+SELECT b.track_id, b.features
+FROM baseline_features AS b
+JOIN (SELECT track_id, count(*) AS excerpts, max(created_at) AS created_at
+      FROM spectrograms WHERE set_id = $set_id GROUP BY track_id) AS s
+  ON s.track_id = b.track_id AND s.excerpts = b.excerpts AND s.created_at = b.spectrograms_at
+WHERE b.set_id = $set_id AND b.kind = $kind;
+
+-- name: upsert_baseline_features
+INSERT OR REPLACE INTO baseline_features (track_id, set_id, kind, features, excerpts, spectrograms_at, computed_at)
+SELECT track_id, $set_id, $kind, features, excerpts, spectrograms_at, current_timestamp
+FROM baseline_features_batch;
 
 -- name: crash_stale_runs
 -- Runs of a flow still marked running while a new one holds its lock: their

@@ -161,3 +161,20 @@ CREATE TABLE IF NOT EXISTS evaluations (
     map_chance    DOUBLE,
     tracks        INTEGER NOT NULL
 );
+
+-- name: create_baseline_features
+-- `sonufy evaluate`'s classic baselines, per track and spectrogram set: the
+-- mean over the track's excerpts of each excerpt's statistics (naive: mean
+-- and std over time of each mel band in dB; mfcc: mean and covariance of 20
+-- MFCCs), not standardised. A row holds while the track's spectrograms are
+-- the ones it was computed from (same count, same latest created_at).
+CREATE TABLE IF NOT EXISTS baseline_features (
+    track_id        VARCHAR NOT NULL,
+    set_id          VARCHAR NOT NULL,
+    kind            VARCHAR NOT NULL,        -- 'naive' | 'mfcc'
+    features        FLOAT[] NOT NULL,
+    excerpts        INTEGER NOT NULL,
+    spectrograms_at TIMESTAMP NOT NULL,      -- the latest created_at of the spectrograms it came from
+    computed_at     TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (track_id, set_id, kind)
+);

@@ -228,6 +228,6 @@ def test_evaluate_with_hub_reduction_scores_the_latent_space_both_ways(tmp_path,
         assert f"hubness of {space}: k-occurrence skewness" in out
     rows = store.evaluations().filter(pl.col("label") == "genre")
     by_space = {row["space"]: row for row in rows.iter_rows(named=True)}
-    assert set(by_space) == {"latent", "latent+mp", "mfcc", "random"}
+    assert set(by_space) == {"latent", "latent+mp", "naive", "mfcc", "random"}
     assert by_space["latent+mp"]["precision"] == 1.0
     assert by_space["latent+mp"]["chance"] == by_space["latent"]["chance"]
