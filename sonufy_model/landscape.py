@@ -564,17 +564,22 @@ def color_score(values: Sequence[Any]) -> dict:
     """How well a label's values split the tracks into groups to colour.
 
     values: distinct known values; labelled: tracks with a known value;
-    coverage: share of the tracks with a
-    known value; evenness: the normalised entropy of the known values
-    (H / ln values: 1 when every value has as many tracks, 0 with one value);
-    score: evenness x coverage, to 2 decimals; eligible: 2 to
-    AUTO_MAX_VALUES values, coverage at least AUTO_MIN_COVERAGE and at least
-    two tracks per value on average (not one value per track)."""
+    coverage: share of the tracks with a known value; evenness: the
+    normalised entropy of the known values (H / ln values: 1 when every value
+    has as many tracks, 0 with one value); coloured: share of the labelled
+    tracks whose value gets a colour of its own (the MAX_COLORS most common;
+    the rest are grey); score: evenness x coverage x coloured, to 2 decimals:
+    how much of the map the label paints in distinct, evenly used colours.
+    eligible: 2 to AUTO_MAX_VALUES values, coverage at least
+    AUTO_MIN_COVERAGE and at least two tracks per value on average (not one
+    value per track)."""
     n = len(values)
     known = _known(values)
-    counts = np.array(list(pl.Series(known, dtype=pl.String).value_counts()["count"]) if known else [], float)
+    counts = np.sort(np.array(pl.Series(known, dtype=pl.String).value_counts()["count"].to_list()
+                              if known else [], float))[::-1]
     k = len(counts)
     coverage = len(known) / n if n else 0.0
+    coloured = float(counts[:MAX_COLORS].sum() / counts.sum()) if k else 0.0
     if k >= 2:
         share = counts / counts.sum()
         evenness = float(-(share * np.log(share)).sum() / math.log(k))
@@ -582,7 +587,8 @@ def color_score(values: Sequence[Any]) -> dict:
         evenness = 0.0
     eligible = 2 <= k <= AUTO_MAX_VALUES and coverage >= AUTO_MIN_COVERAGE and 2 * k <= len(known)
     return {"values": k, "labelled": len(known), "coverage": round(coverage, 3), "evenness": round(evenness, 3),
-            "score": round(evenness * coverage, 2), "eligible": eligible}
+            "coloured": round(coloured, 3), "score": round(evenness * coverage * coloured, 2),
+            "eligible": eligible}
 
 
 def choose_color_by(points: pl.DataFrame, labels: Sequence[str] = COLOR_LABELS) -> tuple[str, dict[str, dict]]:
@@ -590,8 +596,9 @@ def choose_color_by(points: pl.DataFrame, labels: Sequence[str] = COLOR_LABELS) 
 
     Among the eligible labels (see :func:`color_score`: 2..40 values, most
     tracks labelled, not one value per track) the one with the highest score
-    (normalised entropy x coverage): the label that splits the tracks into
-    the most even groups. Ties go to the earlier label of ``labels`` (genre,
+    (normalised entropy x coverage x share of tracks in the 20 colours): the
+    label that paints most of the map in distinct, evenly used colours. Ties
+    go to the earlier label of ``labels`` (genre,
     folder, album, artist, year, source). With none eligible, the best score
     among labels with at least two values and two tracks per value (however
     many values, however few tracks labelled), else the last label (source).
@@ -848,7 +855,8 @@ def summary_markdown(result: dict) -> str:
         f"# The sonic landscape · model `{result['model_version']}`",
         "",
         f"- {result['tracks']:,} tracks, coloured by **{result['color_by']}** ({result['categories']:,} categories"
-        + ("; chosen as the label that splits the tracks most evenly)" if result.get("color_auto") else ")"),
+        + ("; chosen as the label that paints most tracks in distinct, evenly used colours)"
+           if result.get("color_auto") else ")"),
         f"- PNG: `{result['png']}`",
         f"- HTML: `{result['html']}` ({result['html_points']:,} points, {result['html_bytes'] / 1e6:.1f} MB)",
         "",

@@ -299,6 +299,12 @@ def test_the_default_colour_is_the_most_informative_label_present():
     assert not scores["source"]["eligible"], "one value"
     assert not scores["album"]["eligible"], "a third of the tracks"
     assert scores["artist"]["eligible"] and scores["artist"]["score"] < scores["folder"]["score"] == 1.0
+    # more values than colours: the tracks left grey count against a label
+    many = folder_library.with_columns(artist=pl.Series([f"composer {i % 30}" for i in range(n)]),
+                                       folder=pl.Series([f"s{i % 19 if i % 5 else 0}" for i in range(n)]))
+    label, scores = ls.choose_color_by(many)
+    assert scores["artist"]["evenness"] > scores["folder"]["evenness"] and scores["artist"]["coloured"] < 0.7
+    assert label == "folder"
     # one value per track (titles as artists) is not a colouring
     assert ls.choose_color_by(folder_library.with_columns(
         folder=pl.Series([f"f{i}" for i in range(n)]), artist=pl.lit("Someone")))[0] == "album"
@@ -348,7 +354,7 @@ def test_a_folder_library_is_coloured_by_its_folders(tmp_path):
     result = ls.render(store, tmp_path / "out")
     assert (result["color_by"], result["color_auto"], result["categories"]) == ("folder", True, 12)
     assert result["color_scores"]["folder"]["score"] == 1.0
-    assert "chosen as the label that splits" in ls.summary_markdown(result)
+    assert "chosen as the label that paints most tracks" in ls.summary_markdown(result)
     tracks = _page_data(tmp_path / "out" / "landscape.html")["layers"]["tracks"]
     assert tracks["colorBy"] == "folder"
     # a folder library has no genre or year: the page offers what exists
