@@ -1,9 +1,10 @@
 """The retrain flow: a new model version, promoted only if it is not worse.
 
 train (own process, see flows/train.py) → encode every track with the
-candidate → ``sonufy evaluate`` on the candidate and on the current version →
-promote if the candidate's score is not below the current one's (minus
-``tolerance``) → the switch. Queries answer from the current version until
+candidate → ``sonufy evaluate`` on the candidate and on the current version
+(the same query tracks) → promote unless the candidate is worse beyond the
+noise: the 95% paired bootstrap interval of its latent precision@k minus the
+current one's lies entirely below zero (below ``-tolerance``) → the switch. Queries answer from the current version until
 the switch, one UPDATE once every track has a vector in the new one. A
 candidate that is not promoted stays registered (table ``models``, its
 evaluation in ``evaluations``) and its vectors are deleted.
@@ -19,7 +20,7 @@ from flows.train import ENCODE_BATCH, training_options
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths
 from sonufy_model.store import Store
-from tasks.reporting import evaluate_version, latent_score, publish_evaluation
+from tasks.reporting import evaluate_version, latent_score, paired_difference, publish_evaluation
 from tasks.training import train_model
 
 FLOW = "retrain"
@@ -34,9 +35,10 @@ def retrain(
     k: int = 10,
     tolerance: float = 0.0,
 ) -> dict:
-    """Train a candidate on the current data; make it current only if its
-    mean latent precision@k (``sonufy evaluate``, ``labels``, default genre
-    and artist) is at least the current version's minus ``tolerance``."""
+    """Train a candidate on the current data; make it current unless its mean
+    latent precision@k (``sonufy evaluate``, ``labels``, default genre and
+    artist) is below the current version's beyond the noise: see
+    :func:`should_promote`."""
     logger = get_run_logger()
     options = training_options(config)  # a bad config fails here, before any work
     labels = list(labels or ["genre", "artist"])
@@ -58,7 +60,7 @@ def retrain(
             _add(counts, encode_model(store, store.model(version), run_id, ENCODE_BATCH))
             candidate = evaluate_version(store, version, labels, k)
             baseline = evaluate_version(store, current.model_version, labels, k) if current else None
-            promoted, reason = should_promote(latent_score(candidate), latent_score(baseline), tolerance, k)
+            promoted, reason = should_promote(candidate, baseline, tolerance, k)
             publish_evaluation(candidate, baseline, promoted, reason)
             if promoted:
                 store.request_promotion(version)
@@ -81,13 +83,30 @@ def retrain(
     }
 
 
-def should_promote(candidate: float | None, current: float | None, tolerance: float, k: int) -> tuple[bool, str]:
-    """Whether a candidate with mean latent precision@k ``candidate`` replaces one with ``current``."""
+def should_promote(candidate: dict | None, current: dict | None, tolerance: float, k: int) -> tuple[bool, str]:
+    """Whether a candidate replaces the current version, from their
+    evaluations (``evaluate_version``: rows with per-query values).
+
+    Paired on the same query tracks: the candidate is promoted unless the 95%
+    bootstrap interval of (candidate − current) latent precision@k lies
+    entirely below ``-tolerance`` (0: below zero), i.e. unless it is worse
+    beyond the noise of the queries. The reason says the difference and its
+    interval.
+    """
     if current is None:
         return candidate is not None, "no current version to compare with"
-    if candidate is None:
+    if candidate is None or latent_score(candidate) is None:
         return False, "the candidate could not be scored"
-    verdict = "not worse" if candidate >= current - tolerance else "worse"
-    return verdict == "not worse", (
-        f"mean latent precision@{k} {candidate:.4f} vs {current:.4f} (tolerance {tolerance:g}): {verdict}"
+    if latent_score(current) is None:
+        return True, "the current version could not be scored"
+    paired = paired_difference(candidate, current)
+    if paired is None:
+        return False, "the candidate and the current version share no scored query track"
+    worse = paired["high"] < -tolerance
+    margin = f"below {-tolerance:g}" if tolerance else "below zero"
+    return not worse, (
+        f"latent precision@{k} candidate − current {paired['difference']:+.4f} "
+        f"[{paired['low']:+.4f}, {paired['high']:+.4f}] (95% paired bootstrap over {paired['queries']} "
+        f"queries, {paired['rows']} rows; {latent_score(candidate):.4f} vs {latent_score(current):.4f}): "
+        + (f"worse (the whole interval is {margin})" if worse else "not worse")
     )

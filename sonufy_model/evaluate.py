@@ -11,7 +11,8 @@ spectrograms.
 Every figure comes with a 95% bootstrap interval over the query tracks
 (per-query values computed once, the queries resampled), and a large
 library is scored on a seeded sample of queries (all tracks stay candidate
-neighbours), so that a 100k-track library evaluates in minutes, not hours.
+neighbours): 5,000 queries among 100k tracks rank in about a minute and a
+half on 2 cores, for four spaces and four label and exclusion pairs.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class EvaluationInputError(ValueError):
 # -- bootstrap ----------------------------------------------------------------
 
 
-def bootstrap_means(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0, chunk: int = 250) -> np.ndarray:
+def bootstrap_means(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
     """Means of ``values`` (queries × columns, NaN: no value) over ``resamples``
     resamples of the queries with replacement: (resamples × columns).
 
@@ -55,6 +56,7 @@ def bootstrap_means(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 
     present = ~np.isnan(values)
     filled = np.where(present, values, 0.0)
     rng = np.random.default_rng(seed)
+    chunk = max(1, min(resamples, 2**22 // n))  # resamples at a time: memory of about 4M draws
     out = np.empty((resamples, values.shape[1]))
     for start in range(0, resamples, chunk):
         size = min(chunk, resamples - start)
@@ -574,6 +576,14 @@ def csv_labels(path: str, column: str, tracks=None, option: str = "--label") -> 
     return labels
 
 
+def _relative(file: str, root: str | None) -> str | None:
+    """``file``'s path under ``root`` (None when there is no root or it lies outside)."""
+    if not root:
+        return None
+    inside = os.path.relpath(file, root)
+    return None if inside == os.pardir or inside.startswith(os.pardir + os.sep) else inside
+
+
 def _path_index(tracks) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Tracks by absolute file path, and by path relative to their folder root."""
     absolute: dict[str, list[str]] = {}
@@ -586,10 +596,9 @@ def _path_index(tracks) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
             continue
         file = os.path.normpath(file)
         absolute.setdefault(file, []).append(track_id)
-        if root:
-            inside = os.path.relpath(file, root)
-            if not inside.startswith(".."):
-                relative.setdefault(PurePath(inside).as_posix(), []).append(track_id)
+        inside = _relative(file, root)
+        if inside is not None:
+            relative.setdefault(PurePath(inside).as_posix(), []).append(track_id)
     return absolute, relative
 
 
@@ -604,8 +613,9 @@ def folder_labels(tracks, levels: int = 1) -> list[str | None]:
             out.append(None)
             continue
         file = os.path.normpath(file)
-        if root and not os.path.relpath(file, root).startswith(".."):
-            parts = PurePath(os.path.relpath(file, root)).parts
+        inside = _relative(file, root)
+        if inside is not None:
+            parts = PurePath(inside).parts
             out.append("/".join(parts[:-levels]) if len(parts) > levels else None)
         else:
             parents = PurePath(file).parents

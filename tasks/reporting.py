@@ -22,7 +22,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from sonufy_model.evaluate import evaluate_store
+import numpy as np
+
+from sonufy_model.evaluate import LEVEL, RESAMPLES, bootstrap_means, evaluate_store
 from sonufy_model.quality import QualityReport
 from sonufy_model.store import Store
 
@@ -158,36 +160,80 @@ def publish_run_report(
 
 @task(cache_policy=NO_CACHE, task_run_name="evaluate[{model_version}]")
 def evaluate_version(store: Store, model_version: str, labels: Sequence[str], k: int) -> dict:
-    """``sonufy evaluate`` on one model version's space; the rows are recorded."""
-    result = evaluate_store(store, list(labels), k=k, model_version=model_version)
+    """``sonufy evaluate`` on one model version's space; the rows are recorded,
+    and the result keeps each row's per-query values for a paired comparison."""
+    result = evaluate_store(store, list(labels), k=k, model_version=model_version, per_query=True)
     for note in result["notes"]:
         get_run_logger().info("not scored: %s", note)
     return result
 
 
 def latent_score(result: dict | None) -> float | None:
-    """The number a promotion is decided on: the latent space's mean
-    precision@k over its rows (every label, with and without the artist filter)."""
+    """The latent space's mean precision@k over its rows (every label, with
+    and without the artist filter)."""
     if not result:
         return None
     scores = [row["precision"] for row in result["rows"] if row["space"] == "latent"]
     return sum(scores) / len(scores) if scores else None
 
 
+def _row_key(row: dict) -> tuple:
+    return row["label"], row.get("exclude_same", "artist" if row.get("artist_filter") else None)
+
+
+def paired_difference(candidate: dict, current: dict, resamples: int = RESAMPLES, seed: int = 0) -> dict | None:
+    """Candidate minus current latent precision@k, paired on the same queries.
+
+    For each latent row both evaluations have (same label and exclusion), the
+    per-query differences on the query tracks both scored; the statistic is
+    the mean over rows of each row's mean difference (what
+    :func:`latent_score` differs by on those queries). Its 95% interval: the
+    query tracks resampled with replacement, the same draw for every row.
+    Returns {"difference", "low", "high", "queries", "rows"}, or None when
+    no latent row and query is common to both.
+    """
+    def per_query(result: dict) -> dict[tuple, dict[str, float]]:
+        return {_row_key(row): dict(zip(row["per_query"]["track_id"], row["per_query"]["precision"]))
+                for row in result["rows"] if row["space"] == "latent" and "per_query" in row}
+
+    before, after = per_query(current), per_query(candidate)
+    columns = []
+    for key in after.keys() & before.keys():
+        common = after[key].keys() & before[key].keys()
+        if common:
+            columns.append({track: after[key][track] - before[key][track] for track in common})
+    if not columns:
+        return None
+    tracks = sorted(set().union(*columns))
+    position = {track: i for i, track in enumerate(tracks)}
+    matrix = np.full((len(tracks), len(columns)), np.nan)
+    for j, column in enumerate(columns):
+        for track, difference in column.items():
+            matrix[position[track], j] = difference
+    observed = float(np.mean(np.nanmean(matrix, axis=0)))
+    resampled = bootstrap_means(matrix, resamples, seed).mean(axis=1)
+    tail = (1.0 - LEVEL) / 2 * 100
+    low, high = np.nanpercentile(resampled, [tail, 100 - tail])
+    return {"difference": observed, "low": float(low), "high": float(high),
+            "queries": len(tracks), "rows": len(columns)}
+
+
 @task(cache_policy=NO_CACHE, task_run_name="evaluation-report[{candidate[model_version]}]")
 def publish_evaluation(candidate: dict, current: dict | None, promoted: bool, reason: str) -> list[dict]:
     """The evaluation table: each label and space, the current version beside the candidate."""
     def key(row: dict) -> tuple:
-        return row["label"], row["artist_filter"], row["space"]
+        return *_row_key(row), row["space"]
 
     before = {key(row): row for row in (current or {}).get("rows", [])}
     table = []
     for row in candidate["rows"]:
         old = before.get(key(row), {})
         table.append({
-            "label": row["label"], "artist_filter": row["artist_filter"], "space": row["space"],
-            "k": row["k"], "chance": round(row["chance"], 4),
+            "label": row["label"], "artist_filter": row["artist_filter"], "exclude_same": row.get("exclude_same"),
+            "space": row["space"], "k": row["k"], "chance": round(row["chance"], 4),
             "current_precision": _round(old.get("precision")), "candidate_precision": round(row["precision"], 4),
+            "candidate_precision_low": _round(row.get("precision_low")),
+            "candidate_precision_high": _round(row.get("precision_high")),
             "current_map": _round(old.get("map")), "candidate_map": round(row["map"], 4),
             "tracks": row["tracks"],
         })
