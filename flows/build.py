@@ -34,11 +34,10 @@ from tasks.spectrograms import (
 )
 from tasks.training import train_model
 
+# The model, batch and epochs come from the preset (sonufy_model.presets,
+# "invariance" unless the config names another); the build adds its time box.
 DEFAULT_TRAINING = {
-    "max_epochs": 20,
     "max_time_s": 300,
-    "batch_size": 32,
-    "crops_per_track": 8,
     "seed": 0,
 }
 

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from sonufy_model.presets import PRESET_NAMES
+
 # Offline by design: no telemetry from Prefect or Great Expectations.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -75,7 +77,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="processes computing spectrograms (default: 2)")
     build.add_argument("--train-minutes", type=_positive_float, default=5.0,
                        help="time box for training (default: 5)")
-    build.add_argument("--epochs", type=_positive_int, default=20, help="most epochs to train (default: 20)")
+    build.add_argument("--epochs", type=_positive_int,
+                       help="most epochs to train (default: the preset's; the time box usually ends it first)")
+    build.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                       help="the model: 'invariance' (default: learns what stays the same within a track) "
+                       "or 'reference' (the seed's autoencoder)")
     build.add_argument("--excerpts", type=_positive_int, default=1,
                        help="30 s clips analysed per file longer than that, vectors averaged (default: 1)")
     build.add_argument("--placement", choices=("middle", "spread"), default="middle",
@@ -163,12 +169,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_db(demo)
     demo.add_argument("--tracks", type=_positive_int, default=300, help="demo catalog size (default: 300)")
-    # 8 epochs: the reference model then beats the MFCC baseline on the demo's
-    # style and artist labels (4 epochs, what a 5-minute box gave, did not;
-    # see README, "How good is it?"). The box only caps a slow machine.
-    demo.add_argument("--epochs", type=_positive_int, default=8, help="epochs to train (default: 8)")
-    demo.add_argument("--train-minutes", type=_positive_float, default=20.0,
-                      help="time box for training, a cap on slow machines (default: 20)")
+    # The default model (the invariance preset) in the build's own 5-minute
+    # box: a newcomer sees what `sonufy build` gives them (README, "How good is it?").
+    demo.add_argument("--epochs", type=_positive_int, help="most epochs to train (default: the preset's)")
+    demo.add_argument("--train-minutes", type=_positive_float, default=5.0,
+                      help="time box for training (default: 5)")
+    demo.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                      help="the model: 'invariance' (default) or 'reference' (the seed's autoencoder)")
 
     train = commands.add_parser(
         "train",
@@ -181,6 +188,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="PATH",
                        help="a YAML file of training settings (see deployments/train.yaml)")
     train.add_argument("--max-epochs", type=_positive_int, help="most epochs to train")
+    train.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                       help="the model: 'invariance' (default) or 'reference' (the seed's autoencoder)")
     train.add_argument("--train-minutes", type=_positive_float, help="time box for training")
     train.add_argument("--devices", help="Lightning devices: a count, 'auto' or a list such as '0,1'")
     train.add_argument("--strategy", help="Lightning strategy, e.g. 'ddp' (default: auto)")
@@ -344,7 +353,7 @@ def _build(args: argparse.Namespace, source: str) -> dict:
         **scrape,
         demo_tracks=args.tracks,
         workers=getattr(args, "workers", min(2, os.cpu_count() or 1)),
-        training={"max_time_s": args.train_minutes * 60, "max_epochs": getattr(args, "epochs", 20)},
+        training=_training_overrides(args, max_time_s=args.train_minutes * 60),
         retrain=getattr(args, "retrain", False),
         excerpts=getattr(args, "excerpts", 1),
         placement=getattr(args, "placement", "middle"),
@@ -392,6 +401,15 @@ def _scrape_parameters(args: argparse.Namespace, kind: str) -> dict:
     }
 
 
+def _training_overrides(args: argparse.Namespace, **config) -> dict:
+    """Training settings the build's options set: the time box, and --epochs and --preset where given."""
+    if getattr(args, "epochs", None) is not None:
+        config["max_epochs"] = args.epochs
+    if getattr(args, "preset", None) is not None:
+        config["preset"] = args.preset
+    return config
+
+
 def _train(args: argparse.Namespace) -> str:
     """The train flow's config from --config and the options that override it."""
     config: dict = {}
@@ -406,6 +424,8 @@ def _train(args: argparse.Namespace) -> str:
             raise CommandError(f"--config {args.config}: expected a YAML mapping of training settings")
     if args.max_epochs is not None:
         config["max_epochs"] = args.max_epochs
+    if args.preset is not None:
+        config["preset"] = args.preset
     if args.train_minutes is not None:
         config["max_time_s"] = args.train_minutes * 60
     if args.devices is not None:

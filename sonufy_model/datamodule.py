@@ -97,18 +97,20 @@ def load_manifest(manifest: str | Path | pl.DataFrame) -> pl.DataFrame:
     return frame
 
 
-def split_tracks(track_ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+def split_tracks(
+    track_ids: Sequence[str], val_fraction: float, seed: int, min_val: int = 1
+) -> tuple[list[str], list[str]]:
     """Split unique track ids into sorted ``(train, validation)`` lists.
 
     A track is in validation iff its hash score is below ``val_fraction``, so
     the split of a track never depends on the other tracks, except for two
     guarantees: with at least two tracks the validation split gets at least
-    one track (the lowest score) and the training split keeps at least one
-    (the highest score).
+    ``min_val`` tracks (the lowest scores) and the training split keeps at
+    least one (the highest score).
     """
     scored = sorted((_split_score(track_id, seed), track_id) for track_id in set(track_ids))
     n_val = sum(score < val_fraction for score, _ in scored)
-    n_val = min(max(n_val, 1), len(scored) - 1) if len(scored) >= 2 else 0
+    n_val = min(max(n_val, min_val), len(scored) - 1) if len(scored) >= 2 else 0
     validation = sorted(track_id for _, track_id in scored[:n_val])
     train = sorted(track_id for _, track_id in scored[n_val:])
     return train, validation
@@ -220,6 +222,91 @@ class RandomCropPairDataset(RandomCropDataset):
         return torch.stack([self._read_tile(track, first), self._read_tile(track, second)])
 
 
+class TrackPairDataset(_ShardTileDataset):
+    """Pairs of crops of one *track*, for the invariance objective.
+
+    A track may span several rows (the excerpts of a whole song); item ``i``
+    is track ``i // crops_per_track`` and returns ``(2, n_mels,
+    crop_frames)``: each crop from a random row of the track at a random
+    offset, the two at different places when the track allows it. Crops are
+    wider than a tile so that the model's augmentation can stretch them. The
+    draws are a pure function of ``(seed, epoch, i)``, as in
+    :class:`RandomCropDataset`.
+
+    Args:
+        groups: per track, the positions in ``shards``/``rows`` of its rows.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        rows: np.ndarray,
+        groups: Sequence[np.ndarray],
+        n_frames: int,
+        crops_per_track: int,
+        crop_frames: int,
+        seed: int,
+    ) -> None:
+        crop_frames = min(crop_frames, n_frames)
+        super().__init__(shards, rows, crop_frames)
+        self.groups = [np.asarray(group, dtype=np.int64) for group in groups]
+        self.max_offset = n_frames - crop_frames
+        self.crops_per_track = crops_per_track
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.groups) * self.crops_per_track
+
+    def crop_places(self, index: int) -> list[tuple[int, int]]:
+        """(row position, start frame) of both crops for (epoch-encoded) ``index``."""
+        epoch, item = divmod(int(index), len(self))
+        group = self.groups[item // self.crops_per_track]
+        rng = np.random.default_rng((self.seed, epoch, item))
+        places = [(int(rng.choice(group)), int(rng.integers(0, self.max_offset + 1))) for _ in range(2)]
+        if places[0] == places[1] and (self.max_offset > 0 or len(group) > 1):
+            # Same row and offset: move the second crop to another offset of its row.
+            row, offset = places[1]
+            if self.max_offset > 0:
+                other = int(rng.integers(0, self.max_offset))
+                places[1] = (row, other + (other >= offset))
+            else:
+                places[1] = (int(rng.choice(group[group != row])), offset)
+        return places
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.stack([self._read_tile(row, offset) for row, offset in self.crop_places(index)])
+
+
+class FixedPairDataset(_ShardTileDataset):
+    """One fixed pair per track (validation of the invariance objective).
+
+    ``(2, n_mels, tile_frames)``: the first tile of the track's first row and
+    the last tile of its last row, as far apart as the track allows, with no
+    augmentation, so the validation loss is comparable across epochs.
+    """
+
+    def __init__(self, shards: Sequence[str], rows: np.ndarray, groups: Sequence[np.ndarray], n_frames: int,
+                 tile_frames: int) -> None:
+        super().__init__(shards, rows, tile_frames)
+        self.groups = [np.asarray(group, dtype=np.int64) for group in groups]
+        self.last_offset = n_frames - tile_frames
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        group = self.groups[int(index)]
+        return torch.stack([self._read_tile(int(group[0]), 0), self._read_tile(int(group[-1]), self.last_offset)])
+
+
+def track_groups(track_ids: Sequence[str]) -> list[np.ndarray]:
+    """Positions of each track's rows, tracks in first-seen order (rows of one track adjacent or not)."""
+    positions: dict[str, list[int]] = {}
+    for position, track_id in enumerate(track_ids):
+        positions.setdefault(track_id, []).append(position)
+    return [np.asarray(group) for group in positions.values()]
+
+
 class FixedTileDataset(_ShardTileDataset):
     """``tiles_per_track`` fixed, evenly spaced tiles per track (validation/test)."""
 
@@ -263,6 +350,26 @@ class EpochShuffleSampler(Sampler[int]):
         return iter((self.epoch * self.dataset_length + order).tolist())
 
 
+class TrackRoundSampler(EpochShuffleSampler):
+    """Like :class:`EpochShuffleSampler`, for datasets of ``crops_per_track`` items per track.
+
+    The epoch is ``crops_per_track`` rounds, each a fresh permutation of the
+    tracks with one item of each: a batch holds a track at most once (but at
+    a round's boundary), so no item's in-batch negatives include its own
+    track, which a contrastive loss would push apart.
+    """
+
+    def __init__(self, n_tracks: int, crops_per_track: int, seed: int) -> None:
+        super().__init__(n_tracks * crops_per_track, seed)
+        self.n_tracks = n_tracks
+        self.crops_per_track = crops_per_track
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        rounds = [rng.permutation(self.n_tracks) * self.crops_per_track + r for r in range(self.crops_per_track)]
+        return iter((self.epoch * self.dataset_length + np.concatenate(rounds)).tolist())
+
+
 class SpectrogramDataModule(L.LightningDataModule):
     """Train/validation tiles from a spectrogram manifest, split by track.
 
@@ -280,6 +387,13 @@ class SpectrogramDataModule(L.LightningDataModule):
             ``(2, n_mels, tile_frames)`` (:class:`RandomCropPairDataset`),
             for the contrastive objective; ``crops_per_track`` then counts
             pairs. Validation tiles stay single.
+        invariance: the invariance objective's data: training items are
+            pairs of ``crop_frames``-wide crops of one track, from any of its
+            rows (:class:`TrackPairDataset`), in rounds that keep a track
+            once per batch (:class:`TrackRoundSampler`); validation items
+            are one fixed pair per track (:class:`FixedPairDataset`).
+            ``crops_per_track`` counts pairs.
+        crop_frames: width of the invariance objective's training crops.
 
     Validation and test dataloaders serve the same tiles: the held-out tracks.
     """
@@ -295,6 +409,8 @@ class SpectrogramDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pairs: bool = False,
+        invariance: bool = False,
+        crop_frames: int = 128,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -310,11 +426,13 @@ class SpectrogramDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.pairs = pairs
+        self.invariance = invariance
+        self.crop_frames = crop_frames
         self.spectrogram_shape: tuple[int, int] | None = None  # (n_mels, n_frames), known after setup
         self.train_track_ids: list[str] = []
         self.val_track_ids: list[str] = []
-        self.train_dataset: RandomCropDataset | None = None
-        self.val_dataset: FixedTileDataset | None = None
+        self.train_dataset: RandomCropDataset | TrackPairDataset | None = None
+        self.val_dataset: FixedTileDataset | FixedPairDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Read the manifest, split tracks and build both datasets (once)."""
@@ -326,10 +444,23 @@ class SpectrogramDataModule(L.LightningDataModule):
         n_mels, n_frames = np.load(frame["shard"][0], mmap_mode="r").shape[1:]
         self.spectrogram_shape = (n_mels, n_frames)
         self.train_track_ids, self.val_track_ids = split_tracks(
-            frame["track_id"].to_list(), self.val_fraction, self.seed
+            # The invariance objective's validation loss tells held-out tracks
+            # apart: it needs two of them at least.
+            frame["track_id"].to_list(), self.val_fraction, self.seed, min_val=2 if self.invariance else 1
         )
         train = frame.filter(pl.col("track_id").is_in(self.train_track_ids)).sort("track_id", "shard", "row")
         val = frame.filter(pl.col("track_id").is_in(self.val_track_ids)).sort("track_id", "shard", "row")
+        if self.invariance:
+            train_ids, val_ids = train["track_id"].to_list(), val["track_id"].to_list()
+            self.train_dataset = TrackPairDataset(
+                train["shard"].to_list(), train["row"].to_numpy(), track_groups(train_ids), n_frames=n_frames,
+                crops_per_track=self.crops_per_track, crop_frames=self.crop_frames, seed=self.seed,
+            )
+            self.val_dataset = FixedPairDataset(
+                val["shard"].to_list(), val["row"].to_numpy(), track_groups(val_ids), n_frames=n_frames,
+                tile_frames=self.tile_frames,
+            )
+            return
         train_class = RandomCropPairDataset if self.pairs else RandomCropDataset
         self.train_dataset = train_class(
             train["shard"].to_list(),
@@ -349,7 +480,11 @@ class SpectrogramDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._require(self.train_dataset)
-        return self._loader(dataset, sampler=EpochShuffleSampler(len(dataset), self.seed))
+        if isinstance(dataset, TrackPairDataset):
+            sampler = TrackRoundSampler(len(dataset.groups), dataset.crops_per_track, self.seed)
+        else:
+            sampler = EpochShuffleSampler(len(dataset), self.seed)
+        return self._loader(dataset, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._require(self.val_dataset))

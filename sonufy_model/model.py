@@ -25,6 +25,18 @@ every crop of the other items in the batch. With weight 0 the model is the
 reference autoencoder (same parameters, same loss). ``{stage}_mse`` is always
 the reconstruction MSE alone, so checkpoint monitoring on ``val_mse`` stays
 comparable across variants.
+
+Invariance objective (``objective="invariance"``, the default of
+``sonufy_model.training``'s presets): no decoder at all. Training batches are
+pairs of wider crops of one track, taken at different positions (and, for a
+whole song analysed on several excerpts, from different excerpts); each crop
+becomes a random view (:mod:`sonufy_model.augment`: a small time stretch,
+a masked band and span), and the encoder, through a small projection head,
+learns to find a view's partner among the batch's other tracks (NT-Xent).
+What stays the same across a track — instruments, production, texture —
+is what the latent keeps; the head is only used in training, as in SimCLR.
+Validation scores the same loss on fixed, unaugmented pairs of held-out
+tracks (``val_loss``); there is no reconstruction and so no ``val_mse``.
 """
 
 from __future__ import annotations
@@ -33,6 +45,10 @@ import lightning as L
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from sonufy_model.augment import AugmentSettings, augment
+
+OBJECTIVES = ("reconstruction", "invariance")
 
 # Every encoder and decoder stage halves or doubles the resolution with the
 # same kernel, so the tile shapes stay exact (see ``_conv1d_block``).
@@ -104,6 +120,14 @@ class TimeFreqAutoencoder(L.LightningModule):
             track's vector averages (:func:`sonufy_model.encoding.encode_spectrograms`).
             Part of the model version, so that every vector of a version is
             computed alike; 32 (the seed's) for checkpoints that predate it.
+        objective: "reconstruction" (the seed's autoencoder, optionally with
+            ``contrastive_weight``) or "invariance" (encoder and projection
+            head only, NT-Xent between augmented views of one track; see the
+            module docstring).
+        projection_dim: output size of the invariance objective's projection
+            head (training only).
+        stretch, freq_mask_bands, time_mask_frames, pitch_semitones: the invariance
+            objective's augmentations (:class:`sonufy_model.augment.AugmentSettings`).
     """
 
     def __init__(
@@ -117,6 +141,12 @@ class TimeFreqAutoencoder(L.LightningModule):
         temperature: float = 0.1,
         time_pooling: str = "flatten",
         encode_tiles: int = 32,
+        objective: str = "reconstruction",
+        projection_dim: int = 128,
+        stretch: float = 0.25,
+        freq_mask_bands: int = 16,
+        time_mask_frames: int = 24,
+        pitch_semitones: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -146,6 +176,10 @@ class TimeFreqAutoencoder(L.LightningModule):
         if time_pooling not in ("flatten", "mean"):
             raise ValueError(f"time_pooling must be 'flatten' or 'mean', got {time_pooling!r}")
         self.temperature = float(temperature)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.objective = objective
+        self.augment_settings = AugmentSettings(stretch, freq_mask_bands, time_mask_frames, pitch_semitones)
 
         half = latent_dim // 2
         # Time branch: mel bands are channels, convolve along time.
@@ -153,6 +187,17 @@ class TimeFreqAutoencoder(L.LightningModule):
         # Frequency branch: time frames are channels, convolve along frequency.
         self.frequency_encoder = _encoder_branch(tile_frames, n_mels, filters, half)
 
+        if objective == "invariance":
+            # SimCLR's head: the loss acts on its output, the latent keeps
+            # what the head discards as irrelevant to telling tracks apart.
+            self.projection = nn.Sequential(
+                nn.Linear(latent_dim, 2 * latent_dim),
+                nn.BatchNorm1d(2 * latent_dim),
+                nn.ReLU(),
+                nn.Linear(2 * latent_dim, projection_dim),
+            )
+            self.decoder_input = self.decoder = None
+            return
         self._decoder_grid = (filters[-1], n_mels // scale, tile_frames // scale)
         self.decoder_input = nn.Linear(latent_dim, filters[-1] * (n_mels // scale) * (tile_frames // scale))
         # Mirror of the encoder: deepest filter count first, e.g. 256 -> 256/128/64/32.
@@ -183,6 +228,8 @@ class TimeFreqAutoencoder(L.LightningModule):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Reconstruct tiles ``(B, 1, n_mels, tile_frames)`` in (0, 1) from latents."""
+        if self.decoder is None:
+            raise RuntimeError("the invariance objective has no decoder: use encode()")
         grid = self.decoder_input(z).view(-1, *self._decoder_grid)
         return self.decoder(grid)
 
@@ -196,6 +243,44 @@ class TimeFreqAutoencoder(L.LightningModule):
             return x
         return None
 
+    @property
+    def train_crop_frames(self) -> int:
+        """Width of the training crops the DataModule must serve."""
+        if self.objective == "invariance":
+            return self.augment_settings.crop_frames(self.tile_frames)
+        return self.tile_frames
+
+    def _invariance_step(self, batch: torch.Tensor, stage: str) -> torch.Tensor:
+        """NT-Xent between the two views of each track in a batch of pairs.
+
+        Training pairs are ``(B, 2, n_mels, W)`` crops with ``W >=
+        tile_frames``, augmented here into views; validation pairs are fixed
+        ``(B, 2, n_mels, tile_frames)`` tiles, scored as they are.
+        """
+        if batch.ndim != 4 or batch.shape[1] != 2 or batch.shape[2] != self.n_mels:
+            raise ValueError(
+                f"the invariance objective trains on crop pairs (B, 2, {self.n_mels}, frames), "
+                f"got {tuple(batch.shape)}"
+            )
+        n_items = batch.shape[0]
+        crops = batch.transpose(0, 1).reshape(2 * n_items, self.n_mels, batch.shape[3])
+        if stage == "train":
+            views = augment(crops, self.tile_frames, self.augment_settings)
+        else:
+            views = crops[:, :, : self.tile_frames]
+        projected = self.projection(self.encode(views))
+        first, second = projected[:n_items], projected[n_items:]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            # Under DDP every rank scores its views against all ranks' views:
+            # the negatives of the global batch, gradients flowing back to each.
+            first = self.all_gather(first, sync_grads=True).flatten(0, 1)
+            second = self.all_gather(second, sync_grads=True).flatten(0, 1)
+        loss = nt_xent(first, second, self.temperature) if len(first) > 1 else projected.new_zeros(())
+        self.log(f"{stage}_loss", loss, prog_bar=stage in ("train", "val"), on_epoch=True, sync_dist=True,
+                 batch_size=n_items)
+        return loss
+
     def _shared_step(self, batch: torch.Tensor, stage: str) -> torch.Tensor:
         """Loss of one batch, logging ``{stage}_mse``, ``{stage}_contrastive`` and ``{stage}_loss``.
 
@@ -205,7 +290,10 @@ class TimeFreqAutoencoder(L.LightningModule):
         MSE of every tile in the batch. The contrastive term (NT-Xent over the
         pairs) is only computed for pair batches; otherwise it is logged as 0.
         The returned loss is ``mse + contrastive_weight * contrastive``.
+        With the invariance objective see :meth:`_invariance_step`.
         """
+        if self.objective == "invariance":
+            return self._invariance_step(batch, stage)
         pairs = self._as_pairs(batch)
         if pairs is not None:
             n_items = pairs.shape[0]

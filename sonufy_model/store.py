@@ -455,6 +455,7 @@ class Store:
         With ``promote`` the version is asked to become current (see
         :meth:`request_promotion`); it does once it is fully encoded."""
         params = dict(record)
+        params.setdefault("val_loss", None)  # the selection score, where the trainer reports one
         params["config"] = json.dumps(params["config"], sort_keys=True, default=str)
         for key in ("latent_mean", "latent_scale"):
             params[key] = [float(x) for x in params[key]]

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Width of the tiles the encoder sees: 128 frames, about 3 s of audio.
+TILE_FRAMES = 128
+
 #: Spectrogram pixels are stored as round(255 * s) with s in [0, 1].
 UINT8_SCALE = 255.0
 

@@ -33,8 +33,11 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
+from sonufy_model.augment import AugmentSettings
 from sonufy_model.datamodule import ManifestError, SpectrogramDataModule, load_manifest
 from sonufy_model.model import TimeFreqAutoencoder
+from sonufy_model.presets import DEFAULT_PRESET, PRESETS
+from sonufy_model.tiles import TILE_FRAMES
 
 LAST_CHECKPOINT_NAME = "last.ckpt"
 
@@ -52,9 +55,12 @@ class EpochReport(Callback):
     @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        shown = ", ".join(
-            f"{name} {float(metrics[name]):.5f}" for name in ("train_mse_epoch", "train_contrastive_epoch", "val_mse") if name in metrics
+        names = (
+            ("train_loss_epoch", "val_loss")
+            if getattr(pl_module, "objective", "") == "invariance"
+            else ("train_mse_epoch", "train_contrastive_epoch", "val_mse")
         )
+        shown = ", ".join(f"{name} {float(metrics[name]):.5f}" for name in names if name in metrics)
         print(
             f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown} "
             f"({time.perf_counter() - self._started:.0f} s)",
@@ -86,6 +92,8 @@ class ConfigError(ValueError):
     """The training configuration is missing, malformed or inconsistent."""
 
 
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; loadable from YAML.
@@ -113,6 +121,8 @@ class TrainConfig:
     devices: str | int = "auto"
     strategy: str = "auto"
     precision: str = "32-true"
+    # Which preset from_dict/from_yaml started from (None: built field by field).
+    preset: str | None = None
     num_nodes: int = 1
     limit_train_batches: float | int | None = None
     early_stopping_patience: int = 5
@@ -127,6 +137,14 @@ class TrainConfig:
     contrastive_weight: float = 0.0
     temperature: float = 0.1
     time_pooling: str = "flatten"
+    # "reconstruction" (the seed's autoencoder) or "invariance" (see PRESETS).
+    objective: str = "reconstruction"
+    projection_dim: int = 128
+    # The invariance objective's augmentations (sonufy_model.augment).
+    stretch: float = 0.25
+    freq_mask_bands: int = 16
+    time_mask_frames: int = 24
+    pitch_semitones: float = 0.0
     # Tiles per spectrogram averaged into a track's vector. 8 scores as 32
     # (the seed's) on the demo catalog's evaluation, at a quarter of the
     # encoding work (README, "How fast is search?").
@@ -138,23 +156,41 @@ class TrainConfig:
         self.manifest = str(self.manifest)
         self.output_dir = str(self.output_dir)
 
+    @property
+    def monitor(self) -> str:
+        """The validation metric that picks the best checkpoint and stops early."""
+        return "val_loss" if self.objective == "invariance" else "val_mse"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """A config from a mapping of field names to values, on top of its preset.
+
+        ``preset`` (default :data:`DEFAULT_PRESET`) names the starting point in
+        :data:`PRESETS`; every other key overrides it. Constructing
+        ``TrainConfig(...)`` directly uses no preset, only the fields' defaults.
+        """
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source} has unknown key(s) {unknown}")
+        missing = sorted(name for name in ("manifest", "output_dir") if name not in data)
+        if missing:
+            raise ConfigError(f"{source} lacks required key(s) {missing}")
+        preset = data.get("preset") or DEFAULT_PRESET
+        if preset not in PRESETS:
+            raise ConfigError(f"{source}: unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[preset], **data, "preset": preset})
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        """Load a config from a YAML mapping of field names to values."""
+        """Load a config from a YAML mapping of field names to values (see :meth:`from_dict`)."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         data = yaml.safe_load(path.read_text())
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a YAML mapping of TrainConfig fields")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"config {path} has unknown key(s) {unknown}")
-        missing = sorted(name for name in ("manifest", "output_dir") if name not in data)
-        if missing:
-            raise ConfigError(f"config {path} lacks required key(s) {missing}")
-        return cls(**data)
+        return cls.from_dict(data, f"config {path}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-serialisable dict (``filters`` as a list)."""
@@ -167,8 +203,10 @@ class TrainConfig:
 class TrainResult:
     """Outcome of :func:`train`.
 
-    ``checkpoint_path`` is the checkpoint with the lowest ``val_mse`` (the
-    model to encode with) and ``val_mse`` its score. ``train_mse`` is the mean
+    ``checkpoint_path`` is the checkpoint with the lowest validation score
+    (``monitor``: ``val_mse`` for the reconstruction objective, ``val_loss``
+    for the invariance one; the model to encode with), ``val_score`` that
+    score, and ``val_mse`` the reconstruction MSE (NaN without a decoder). ``train_mse`` is the mean
     training MSE of the last epoch run in this process (NaN when this process
     had no epoch left to run). ``epochs`` counts the epochs run so far,
     including those of the run this one resumed (``resumed_from``) and an
@@ -184,6 +222,8 @@ class TrainResult:
     n_val_tracks: int
     seconds: float
     resumed_from: str | None = None
+    monitor: str = "val_mse"
+    val_score: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -205,8 +245,8 @@ def train(config: TrainConfig) -> TrainResult:
     checkpoint_dir = output_dir / "checkpoints"
     checkpointing = ModelCheckpoint(
         dirpath=checkpoint_dir,
-        filename="best-{epoch:03d}-{val_mse:.5f}",
-        monitor="val_mse",
+        filename="best-{epoch:03d}-{" + config.monitor + ":.5f}",
+        monitor=config.monitor,
         mode="min",
         save_top_k=1,
         save_last=True,
@@ -224,7 +264,7 @@ def train(config: TrainConfig) -> TrainResult:
             checkpointing,
             EpochReport(),
             RankReport(),
-            EarlyStopping(monitor="val_mse", mode="min", patience=config.early_stopping_patience),
+            EarlyStopping(monitor=config.monitor, mode="min", patience=config.early_stopping_patience),
         ],
         logger=CSVLogger(save_dir=output_dir, name="logs"),
         default_root_dir=output_dir,
@@ -251,6 +291,10 @@ def train(config: TrainConfig) -> TrainResult:
         num_workers=config.num_workers,
         seed=config.seed,
         pairs=config.contrastive_weight > 0,
+        invariance=config.objective == "invariance",
+        crop_frames=AugmentSettings(config.stretch, config.freq_mask_bands, config.time_mask_frames).crop_frames(
+            TILE_FRAMES
+        ),
     )
     datamodule.setup("fit")
     if not datamodule.val_track_ids:
@@ -268,6 +312,12 @@ def train(config: TrainConfig) -> TrainResult:
         temperature=config.temperature,
         time_pooling=config.time_pooling,
         encode_tiles=config.encode_tiles,
+        objective=config.objective,
+        projection_dim=config.projection_dim,
+        stretch=config.stretch,
+        freq_mask_bands=config.freq_mask_bands,
+        time_mask_frames=config.time_mask_frames,
+        pitch_semitones=config.pitch_semitones,
     )
 
     last_checkpoint = checkpoint_dir / LAST_CHECKPOINT_NAME
@@ -277,6 +327,7 @@ def train(config: TrainConfig) -> TrainResult:
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
 
     train_mse = trainer.callback_metrics.get("train_mse_epoch")
+    val_mse = trainer.callback_metrics.get("val_mse")
     best_score = checkpointing.best_model_score
     return TrainResult(
         # Without any validation score (e.g. zero epochs ever ran) the last
@@ -285,11 +336,14 @@ def train(config: TrainConfig) -> TrainResult:
         last_checkpoint_path=checkpointing.last_model_path,
         epochs=trainer.current_epoch,
         train_mse=float("nan") if train_mse is None else float(train_mse),
-        val_mse=float("nan") if best_score is None else float(best_score),
+        val_mse=float("nan") if val_mse is None or config.monitor != "val_mse" or best_score is None
+        else float(best_score),
         n_train_tracks=len(datamodule.train_track_ids),
         n_val_tracks=len(datamodule.val_track_ids),
         seconds=time.perf_counter() - started,
         resumed_from=resume_from,
+        monitor=config.monitor,
+        val_score=float("nan") if best_score is None else float(best_score),
     )
 
 

@@ -28,3 +28,9 @@ ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS map_high DOUBLE;
 -- name: evaluations_backfill_exclude_same
 -- Rows from before exclude_same: the artist filter was the only exclusion.
 UPDATE evaluations SET exclude_same = 'artist' WHERE artist_filter AND exclude_same IS NULL;
+
+-- name: models_add_val_loss
+-- The validation score a model version was selected on: its objective's loss
+-- on held-out tracks (val_mse stays the reconstruction MSE, NULL for models
+-- without a decoder).
+ALTER TABLE models ADD COLUMN IF NOT EXISTS val_loss DOUBLE;

@@ -86,9 +86,9 @@ ORDER BY s.shard, s."row";
 
 -- name: insert_model
 INSERT OR REPLACE INTO models (model_version, set_id, config, checkpoint, epochs, train_mse,
-                               val_mse, n_train_tracks, n_val_tracks, train_seconds,
+                               val_mse, val_loss, n_train_tracks, n_val_tracks, train_seconds,
                                latent_mean, latent_scale, is_current)
-VALUES ($model_version, $set_id, $config, $checkpoint, $epochs, $train_mse, $val_mse,
+VALUES ($model_version, $set_id, $config, $checkpoint, $epochs, $train_mse, $val_mse, $val_loss,
         $n_train_tracks, $n_val_tracks, $train_seconds,
         $latent_mean::FLOAT[256], $latent_scale::FLOAT[256], false);
 

@@ -26,6 +26,7 @@ from sonufy_model.encoding import encode_spectrograms, load_encoder, mean_per_tr
 from sonufy_model.spectrograms import read_spectrograms
 from sonufy_model.standardise import Standardiser
 from sonufy_model.store import Store
+from sonufy_model.training import TrainConfig
 
 # Tracks the latent standardisation is fitted on: enough for 256 means and
 # standard deviations, few enough to take seconds.
@@ -55,7 +56,8 @@ def train_model(store: Store, paths: Paths, set_id: str, options: dict, promote:
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = run_dir / "manifest.parquet"
     manifest.write_parquet(manifest_path)
-    config = {"manifest": str(manifest_path), "output_dir": str(run_dir), **options}
+    # Resolved against its preset, so that the models table says what was trained.
+    config = TrainConfig.from_dict({"manifest": str(manifest_path), "output_dir": str(run_dir), **options}).to_dict()
     config_path = run_dir / "train.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=True))
     result_path = run_dir / "result.json"
@@ -90,7 +92,8 @@ def train_model(store: Store, paths: Paths, set_id: str, options: dict, promote:
             "checkpoint": result["checkpoint_path"],
             "epochs": result["epochs"],
             "train_mse": result["train_mse"],
-            "val_mse": result["val_mse"],
+            "val_mse": _finite_or_none(result["val_mse"]),
+            "val_loss": _finite_or_none(result.get("val_score")),
             "n_train_tracks": result["n_train_tracks"],
             "n_val_tracks": result["n_val_tracks"],
             "train_seconds": result["seconds"],
@@ -100,7 +103,13 @@ def train_model(store: Store, paths: Paths, set_id: str, options: dict, promote:
         promote=promote,
     )
     logger.info(
-        "model %s: %d epochs in %.0f s, train MSE %.4f, validation MSE %.4f",
-        version, result["epochs"], result["seconds"], result["train_mse"], result["val_mse"],
+        "model %s (%s): %d epochs in %.0f s, validation %s %.4f",
+        version, config["preset"], result["epochs"],
+        result["seconds"], result.get("monitor", "val_mse"), result.get("val_score", result["val_mse"]),
     )
     return version
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """A score for the models table: NULL where there is none (NaN from the trainer)."""
+    return None if value is None or value != value else float(value)

@@ -61,8 +61,12 @@ def test_vectors_are_256_finite_numbers(built):
     assert vectors.shape == (N_TRACKS, 256)
     assert np.isfinite(vectors).all()
     assert (np.linalg.norm(vectors, axis=1) > 0).all()
-    [(model_version, set_id, val_mse)] = _sql(db, "SELECT model_version, set_id, val_mse FROM models WHERE is_current")
-    assert np.isfinite(val_mse) and set_id.startswith("mel-128x512")
+    [(set_id, config, val_mse, val_loss)] = _sql(
+        db, "SELECT set_id, config->>'objective', val_mse, val_loss FROM models WHERE is_current"
+    )
+    # The default model is the invariance one: selected on its validation loss, no decoder and so no MSE.
+    assert config == "invariance" and val_mse is None and np.isfinite(val_loss)
+    assert set_id.startswith("mel-128x512")
 
 
 def test_recommendations_exclude_the_query_and_are_sorted(built):

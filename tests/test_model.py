@@ -240,7 +240,8 @@ def test_training_entry_point_checkpoints_and_resumes(shards, tmp_path):
     assert first.returncode == 0, first.stderr
     result = json.loads((tmp_path / "first.json").read_text())
     assert result["epochs"] == 1 and result["resumed_from"] is None
-    assert math.isfinite(result["train_mse"]) and math.isfinite(result["val_mse"])
+    # A YAML config starts from the default preset: the invariance model, selected on val_loss.
+    assert result["monitor"] == "val_loss" and math.isfinite(result["val_score"])
     assert result["n_train_tracks"] + result["n_val_tracks"] == 12 and result["n_val_tracks"] >= 1
     assert Path(result["checkpoint_path"]).is_file()
     assert Path(result["last_checkpoint_path"]).name == "last.ckpt"
@@ -249,7 +250,7 @@ def test_training_entry_point_checkpoints_and_resumes(shards, tmp_path):
     assert second.returncode == 0, second.stderr
     resumed = json.loads((tmp_path / "second.json").read_text())
     assert resumed["resumed_from"] == result["last_checkpoint_path"]
-    assert resumed["epochs"] == 2 and math.isfinite(resumed["train_mse"])
+    assert resumed["epochs"] == 2 and math.isfinite(resumed["val_score"])
     # The resumed run logged (so trained) only the new epoch.
     resumed_log = pl.read_csv(tmp_path / "run" / "logs" / "version_1" / "metrics.csv")
     assert resumed_log["epoch"].unique().to_list() == [1]

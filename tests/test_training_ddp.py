@@ -84,11 +84,12 @@ def test_two_process_ddp_on_cpu_trains_on_both_ranks(tmp_path):
     assert [p.name for p in results.iterdir()] == ["result.json"]
     result = json.loads((results / "result.json").read_text())
     assert result["epochs"] == 1
-    assert math.isfinite(result["train_mse"]) and math.isfinite(result["val_mse"])
+    # The default preset: the invariance model, its NT-Xent over both ranks' views.
+    assert result["monitor"] == "val_loss" and math.isfinite(result["val_score"]) and result["val_score"] > 0
     assert result["n_train_tracks"] + result["n_val_tracks"] == 12
     assert Path(result["checkpoint_path"]).is_file()
     assert Path(result["last_checkpoint_path"]).is_file()
 
     # Two optimizer steps (limit_train_batches), logged once (rank 0's logger).
     metrics = pl.read_csv(tmp_path / "run" / "logs" / "version_0" / "metrics.csv")
-    assert metrics["step"].max() <= 2 and metrics["val_mse"].drop_nulls().len() == 1
+    assert metrics["step"].max() <= 2 and metrics["val_loss"].drop_nulls().len() == 1

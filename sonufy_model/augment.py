@@ -1,0 +1,118 @@
+"""Augmentations of spectrogram crops for the invariance objective.
+
+The invariance model learns what stays the same between two crops of one
+track: its instruments, production and texture, not which notes happen to
+sound. The augmentations add the nuisances a listener ignores when judging
+"this sounds like that" — a few percent faster or slower (a time stretch,
+done as a random resized crop along time), a band or a moment missing
+(frequency and time masks) — so the encoder cannot match crops by them.
+
+A pitch shift (``pitch_semitones``: every frequency scaled by up to that
+many semitones, the mel axis warped accordingly) is available and off by
+default: on real music it cost precision (register and spectral envelope are
+part of what makes a soundtrack or a composer recognisable), although it is
+what lets the model group the synthetic demo catalog's styles across keys.
+Mixing in another track and a rolled (not warped) mel axis were measured and
+left out too (docs/model.md).
+
+Everything is done on a batch at once, with torch ops, on the batch's device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Ranges of the random augmentations (0 turns one off).
+
+    stretch: the crop's width varies by up to this share either way before it
+        is resized to the tile width (0.25: 96 to 160 frames for 128).
+    freq_mask_bands / time_mask_frames: the widest band (mel bands) and span
+        (frames) set to silence, one of each per crop, widths uniform from 0.
+    """
+
+    stretch: float = 0.25
+    freq_mask_bands: int = 16
+    time_mask_frames: int = 24
+    pitch_semitones: float = 0.0
+    # The mel scale the pitch shift warps: the spectrograms' (MelParams) top.
+    fmax: float = 8000.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.stretch < 1.0:
+            raise ValueError(f"stretch must be in [0, 1), got {self.stretch}")
+        if not 0.0 <= self.pitch_semitones <= 12.0:
+            raise ValueError(f"pitch_semitones must be in [0, 12], got {self.pitch_semitones}")
+        if self.freq_mask_bands < 0 or self.time_mask_frames < 0:
+            raise ValueError("mask widths must be >= 0")
+
+    def crop_frames(self, tile_frames: int) -> int:
+        """Frames a training crop must have for the widest stretched view of a tile."""
+        return int(round(tile_frames * (1.0 + self.stretch)))
+
+
+def augment(crops: torch.Tensor, tile_frames: int, settings: AugmentSettings,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random views ``(B, n_mels, tile_frames)`` of crops ``(B, n_mels, W)``, W >= tile_frames.
+
+    Each view takes a random window of ``tile_frames × (1 ± stretch)`` frames
+    (clipped to the crop) at a random place in its crop, resized to
+    ``tile_frames`` by linear interpolation, its frequencies scaled by up to
+    ``pitch_semitones`` either way, then masks one band and one span.
+    Values stay in [0, 1].
+    """
+    if crops.ndim != 3 or crops.shape[2] < tile_frames:
+        raise ValueError(f"expected crops (B, n_mels, >= {tile_frames} frames), got {tuple(crops.shape)}")
+    batch, n_mels, width = crops.shape
+    device = crops.device
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, device="cpu").to(device)
+
+    low = tile_frames * (1.0 - settings.stretch)
+    high = min(float(width), tile_frames * (1.0 + settings.stretch))
+    window = low + (high - low) * uniform(batch)  # frames each view covers
+    start = (width - window) * uniform(batch)
+    # grid_sample reads the crop at fractional frame positions: x in [-1, 1]
+    # spans the crop's width (align_corners=True: -1 and 1 are the end frames).
+    positions = start[:, None] + torch.linspace(0.0, 1.0, tile_frames, device=device)[None] * (window[:, None] - 1)
+    x = positions / max(width - 1, 1) * 2 - 1
+    y = torch.linspace(-1.0, 1.0, n_mels, device=device)[None].expand(batch, n_mels)
+    if settings.pitch_semitones > 0:
+        y = _pitch_rows(batch, n_mels, settings, uniform).to(device)
+    grid = torch.stack(
+        [x[:, None, :].expand(batch, n_mels, tile_frames), y[:, :, None].expand(batch, n_mels, tile_frames)], dim=-1
+    )
+    views = F.grid_sample(crops.unsqueeze(1), grid.to(crops.dtype), mode="bilinear", align_corners=True)[:, 0]
+
+    masked = torch.zeros_like(views, dtype=torch.bool)
+    for size, axis, length in ((settings.freq_mask_bands, 1, n_mels), (settings.time_mask_frames, 2, tile_frames)):
+        if size == 0:
+            continue
+        widths = (uniform(batch) * (size + 1)).floor()
+        starts = (uniform(batch) * (length - widths + 1)).floor()
+        index = torch.arange(length, device=device)[None]
+        hit = (index >= starts[:, None]) & (index < (starts + widths)[:, None])  # (B, length)
+        masked |= hit[:, :, None] if axis == 1 else hit[:, None, :]
+    return views.masked_fill(masked, 0.0).clamp_(0.0, 1.0)
+
+
+def _pitch_rows(batch: int, n_mels: int, settings: AugmentSettings, uniform) -> torch.Tensor:
+    """Per view, where each output mel band reads from (grid_sample's [-1, 1]) to scale every frequency by r.
+
+    A band centred on f reads the input at f / r, converted back to a
+    (fractional) band index on the mel scale; bands that would read past the
+    top read silence.
+    """
+    import librosa
+
+    centres = librosa.mel_frequencies(n_mels=n_mels, fmin=0.0, fmax=settings.fmax)
+    ratios = 2.0 ** ((uniform(batch).numpy() * 2 - 1) * settings.pitch_semitones / 12)
+    index = np.stack([np.interp(centres / r, centres, np.arange(n_mels), right=n_mels + 1.0) for r in ratios])
+    return torch.from_numpy(index / max(n_mels - 1, 1) * 2 - 1).float()
