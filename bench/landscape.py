@@ -1,7 +1,7 @@
 """How fast is the sonic landscape? UMAP fit, transform, and the PNG.
 
 On clustered synthetic 256-d latents (200 centres of unequal size, like a
-catalog's styles), with the track settings (n_neighbors 500, min_dist 0.5,
+catalog's styles), with the default track settings (n_neighbors about sqrt(N) within 10..500, min_dist 0.1,
 cosine, random_state 42, which makes UMAP single-threaded):
 
 - fit time and peak RSS at each of ``--sizes`` (default 10,000 and 50,000),
