@@ -174,15 +174,17 @@ def _config(library: dict, tmp_path: Path, **overrides) -> training.TrainConfig:
 
 def test_training_the_invariance_model_tells_held_out_tracks_apart(library, tmp_path):
     config = _config(library, tmp_path, max_epochs=30, learning_rate=3e-3, early_stopping_patience=30,
-                     val_fraction=0.4)
+                     val_fraction=0.4, crops_per_track=2)
     assert config.preset == DEFAULT_PRESET == "invariance" and config.objective == "invariance"
     result = training.train(config)
     assert result.monitor == "val_loss" and math.isnan(result.val_mse)
     assert math.isfinite(result.val_score) and Path(result.checkpoint_path).is_file()
     logs = pl.read_csv(next((tmp_path / "run" / "logs").rglob("metrics.csv")))
     val = logs["val_loss"].drop_nulls()
-    # NT-Xent of the held-out pairs starts near chance (log(2n - 1)) and must fall well below it.
-    assert val.len() >= 10 and float(val.min()) < 0.7 * float(val.head(1).item())
+    # NT-Xent of n held-out pairs is log(2n - 1) for latents that cannot tell tracks apart;
+    # training must bring it well below that.
+    chance = math.log(2 * result.n_val_tracks - 1)
+    assert val.len() >= 10 and float(val.min()) < 0.5 * chance, (chance, val.to_list())
     encoder = load_encoder(result.checkpoint_path)
     assert encoder.objective == "invariance" and encoder.encode_tiles == 8
     vectors = encode_spectrograms(encoder, library["clips"])
