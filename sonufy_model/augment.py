@@ -113,6 +113,6 @@ def _pitch_rows(batch: int, n_mels: int, settings: AugmentSettings, uniform) -> 
     import librosa
 
     centres = librosa.mel_frequencies(n_mels=n_mels, fmin=0.0, fmax=settings.fmax)
-    ratios = 2.0 ** ((uniform(batch).numpy() * 2 - 1) * settings.pitch_semitones / 12)
+    ratios = 2.0 ** ((uniform(batch).cpu().numpy() * 2 - 1) * settings.pitch_semitones / 12)
     index = np.stack([np.interp(centres / r, centres, np.arange(n_mels), right=n_mels + 1.0) for r in ratios])
     return torch.from_numpy(index / max(n_mels - 1, 1) * 2 - 1).float()
