@@ -57,8 +57,7 @@ class AugmentSettings:
         return int(round(tile_frames * (1.0 + self.stretch)))
 
 
-def augment(crops: torch.Tensor, tile_frames: int, settings: AugmentSettings,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+def augment(crops: torch.Tensor, tile_frames: int, settings: AugmentSettings) -> torch.Tensor:
     """Random views ``(B, n_mels, tile_frames)`` of crops ``(B, n_mels, W)``, W >= tile_frames.
 
     Each view takes a random window of ``tile_frames × (1 ± stretch)`` frames
@@ -73,7 +72,7 @@ def augment(crops: torch.Tensor, tile_frames: int, settings: AugmentSettings,
     device = crops.device
 
     def uniform(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator, device="cpu").to(device)
+        return torch.rand(*shape, device="cpu").to(device)
 
     low = tile_frames * (1.0 - settings.stretch)
     high = min(float(width), tile_frames * (1.0 + settings.stretch))

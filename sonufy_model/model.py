@@ -243,13 +243,6 @@ class TimeFreqAutoencoder(L.LightningModule):
             return x
         return None
 
-    @property
-    def train_crop_frames(self) -> int:
-        """Width of the training crops the DataModule must serve."""
-        if self.objective == "invariance":
-            return self.augment_settings.crop_frames(self.tile_frames)
-        return self.tile_frames
-
     def _invariance_step(self, batch: torch.Tensor, stage: str) -> torch.Tensor:
         """NT-Xent between the two views of each track in a batch of pairs.
 

@@ -92,8 +92,6 @@ class ConfigError(ValueError):
     """The training configuration is missing, malformed or inconsistent."""
 
 
-
-
 @dataclass
 class TrainConfig:
     """Everything a training run needs; loadable from YAML.
@@ -282,6 +280,11 @@ def train(config: TrainConfig) -> TrainResult:
             f"the effective global batch is {per_device_batch * n_processes}"
         )
 
+    # One set of augmentation settings: the model draws its views with them,
+    # and the data must serve crops wide enough for their widest stretch.
+    augment_settings = AugmentSettings(
+        config.stretch, config.freq_mask_bands, config.time_mask_frames, config.pitch_semitones
+    )
     datamodule = SpectrogramDataModule(
         manifest,
         batch_size=per_device_batch,
@@ -292,9 +295,7 @@ def train(config: TrainConfig) -> TrainResult:
         seed=config.seed,
         pairs=config.contrastive_weight > 0,
         invariance=config.objective == "invariance",
-        crop_frames=AugmentSettings(config.stretch, config.freq_mask_bands, config.time_mask_frames).crop_frames(
-            TILE_FRAMES
-        ),
+        crop_frames=augment_settings.crop_frames(TILE_FRAMES),
     )
     datamodule.setup("fit")
     if not datamodule.val_track_ids:
@@ -327,7 +328,6 @@ def train(config: TrainConfig) -> TrainResult:
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
 
     train_mse = trainer.callback_metrics.get("train_mse_epoch")
-    val_mse = trainer.callback_metrics.get("val_mse")
     best_score = checkpointing.best_model_score
     return TrainResult(
         # Without any validation score (e.g. zero epochs ever ran) the last
@@ -336,8 +336,7 @@ def train(config: TrainConfig) -> TrainResult:
         last_checkpoint_path=checkpointing.last_model_path,
         epochs=trainer.current_epoch,
         train_mse=float("nan") if train_mse is None else float(train_mse),
-        val_mse=float("nan") if val_mse is None or config.monitor != "val_mse" or best_score is None
-        else float(best_score),
+        val_mse=float("nan") if config.monitor != "val_mse" or best_score is None else float(best_score),
         n_train_tracks=len(datamodule.train_track_ids),
         n_val_tracks=len(datamodule.val_track_ids),
         seconds=time.perf_counter() - started,

@@ -148,7 +148,7 @@ def test_datamodule_serves_invariance_batches(library):
 
 def test_invariance_model_has_no_decoder_and_encodes_256_numbers():
     model = TimeFreqAutoencoder(objective="invariance", filters=SMALL_FILTERS, time_pooling="mean").eval()
-    assert model.decoder is None and model.train_crop_frames == 160
+    assert model.decoder is None and model.augment_settings.crop_frames(TILE) == 160
     assert model.encode(torch.rand(3, N_MELS, TILE)).shape == (3, 256)
     with pytest.raises(RuntimeError, match="no decoder"):
         model.decode(torch.zeros(1, 256))
