@@ -496,13 +496,9 @@ class Store:
     def switch_if_encoded(self) -> str | None:
         """Make the pending version current if no track is left to encode in
         it; the version switched to, or None."""
-        pending = self.pending_model()
-        if pending is None:
-            return None
-        if not self.spectrograms_without_embedding(pending.set_id, pending.model_version).is_empty():
-            return None
-        self.promote(pending.model_version)
-        return pending.model_version
+        with self.transaction() as con:
+            rows = con.execute(sql.statement("switch_to_pending")).fetchall()
+        return next((version for version, current in rows if current), None)
 
     def forget_model_embeddings(self, model_version: str) -> None:
         """Delete a model version's vectors (one that is not current)."""

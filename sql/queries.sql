@@ -99,6 +99,29 @@ UPDATE models SET is_current = (model_version = $model_version),
                   promotion_requested_at = CASE WHEN model_version = $model_version THEN NULL
                                                 ELSE promotion_requested_at END;
 
+-- name: switch_to_pending
+-- The pending version becomes current, in one statement that checks itself
+-- that every spectrogram of its set (but those quarantined) has a vector in
+-- it: no write landing between a check and the switch can leave a track out
+-- of `latent`. Returns the rows changed (none: nothing pending, or not yet
+-- encoded).
+WITH ready AS (
+    SELECT m.model_version FROM models AS m
+    WHERE m.promotion_requested_at IS NOT NULL AND NOT m.is_current
+      AND NOT EXISTS (
+          SELECT 1 FROM spectrograms AS s
+          WHERE s.set_id = m.set_id
+            AND s.track_id NOT IN (SELECT track_id FROM quarantine WHERE stage = 'spectrogram')
+            AND NOT EXISTS (SELECT 1 FROM embeddings AS e
+                            WHERE e.track_id = s.track_id AND e.model_version = m.model_version))
+      AND m.promotion_requested_at = (SELECT max(promotion_requested_at) FROM models WHERE NOT is_current)
+)
+UPDATE models SET is_current = (model_version = (SELECT model_version FROM ready)),
+                  promotion_requested_at = CASE WHEN model_version = (SELECT model_version FROM ready) THEN NULL
+                                                ELSE promotion_requested_at END
+WHERE EXISTS (SELECT 1 FROM ready)
+RETURNING model_version, is_current;
+
 -- name: request_promotion
 -- The version to become current once every track has a vector in it; a newer
 -- request replaces an older one.

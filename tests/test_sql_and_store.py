@@ -180,3 +180,33 @@ def test_an_unpromoted_version_is_neither_pending_nor_current(tmp_path):
     _register(store, "m", "set1", promote=False)
     assert store.pending_model() is None and store.current_model() is None
     assert store.switch_if_encoded() is None
+
+
+def test_the_switch_statement_checks_completeness_itself(tmp_path):
+    """No check on another connection before it: the one statement refuses a
+    version that a track (say, one a nightly just added) has no vector in."""
+    store = Store(tmp_path / "s.duckdb")
+    ids = ["a", "b"]
+    store.upsert_tracks(_tracks(ids + ["late"]))
+    store.register_spectrogram_set("set1", {"n_mels": 128})
+    spectrograms = lambda rows: pl.DataFrame(  # noqa: E731
+        {"track_id": rows, "excerpt": [0] * len(rows), "set_id": ["set1"] * len(rows),
+         "shard": ["x.npy"] * len(rows), "row": list(range(len(rows)))},
+        schema={"track_id": pl.String, "excerpt": pl.Int32, "set_id": pl.String, "shard": pl.String, "row": pl.Int32})
+    no_failures = pl.DataFrame(schema={"track_id": pl.String, "stage": pl.String, "reason": pl.String,
+                                       "run_id": pl.String})
+    store.record_spectrograms(spectrograms(ids), no_failures)
+    rng = np.random.default_rng(1)
+    _register(store, "old", "set1")
+    _embed(store, "old", {i: rng.standard_normal(LATENT_DIM) for i in ids})
+    assert store.switch_if_encoded() == "old"
+    _register(store, "new", "set1")
+    _embed(store, "new", {i: rng.standard_normal(LATENT_DIM) for i in ids})
+    store.record_spectrograms(spectrograms(["late"]), no_failures)  # lands after "new" was fully encoded
+    with store.transaction() as con:
+        assert con.execute(sql.statement("switch_to_pending")).fetchall() == []
+        assert con.execute("SELECT model_version FROM models WHERE is_current").fetchall() == [("old",)]
+    _embed(store, "new", {"late": rng.standard_normal(LATENT_DIM)})
+    with store.transaction() as con:
+        assert sorted(con.execute(sql.statement("switch_to_pending")).fetchall()) == [("new", True), ("old", False)]
+    assert store.current_model().model_version == "new" and store.pending_model() is None
