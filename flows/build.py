@@ -14,6 +14,7 @@ from prefect.runtime import flow_run
 
 from flows.progress import StageProgress
 from flows.sources import open_source
+from flows.writer import holds_writer_lock
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths, ServiceSettings
 from sonufy_model.store import ModelRecord, Store, batches
@@ -43,6 +44,7 @@ DEFAULT_TRAINING = {
 
 
 @flow(name="build", log_prints=True)
+@holds_writer_lock("build")  # one writer per store: waits for another
 def build(
     source: str = "standin",
     db: str = "sonufy.duckdb",

@@ -452,7 +452,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     db = Path(args.db)
     if not db.is_file():
         raise CommandError(f"--db {args.db}: no such file; run `sonufy build` first")
-    result = evaluate_store(Store(db), labels, k=args.k, exclude_same=args.exclude_same,
+    result = evaluate_store(Store(db, reader=True), labels, k=args.k, exclude_same=args.exclude_same,
                             hub_reduction=args.hub_reduction, queries=args.queries,
                             resamples=args.resamples, seed=args.seed, min_label_tracks=args.min_label_tracks)
     if not result["rows"]:
@@ -493,7 +493,7 @@ def _store(db: str):
 
     if not Path(db).is_file():
         raise CommandError(f"--db {db}: no such file; run `sonufy build` first")
-    return Store(db)
+    return Store(db, reader=True)  # read-only: never migrates, never waits for the writer lock
 
 
 def _seed(args: argparse.Namespace, store):
@@ -533,9 +533,12 @@ def _landscape(args: argparse.Namespace) -> None:
         )
     paths = Paths.for_db(args.db)
     store = Store(paths.db)
-    counts = landscape.update_landscape(store, paths.models, params=params, refit=args.refit)
-    result = landscape.render(store, Path(args.out) if args.out else paths.data_dir / "landscape",
-                              color_by=args.color_by)
+    with store.writer("landscape", store.lock_wait_s) as busy:  # one writer per store: waits for another
+        if busy:
+            raise CommandError(f"{busy} for more than {store.lock_wait_s:g} s (SONUFY_DB_LOCK_WAIT_S)")
+        counts = landscape.update_landscape(store, paths.models, params=params, refit=args.refit)
+        result = landscape.render(store, Path(args.out) if args.out else paths.data_dir / "landscape",
+                                  color_by=args.color_by)
     done = ", ".join(f"{name} {value}" for name, value in counts.items()) or "every track already had a point"
     print(f"landscape of model {result['model_version']}: {result['tracks']} tracks ({done}), "
           f"coloured by {result['color_by']}" + (" (auto)" if result["color_auto"] else ""))
@@ -629,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sonufy_model.store import TrackNotFound
+    from sonufy_model.store import DatabaseLocked, SchemaTooNew, TrackNotFound
 
     try:
         if args.command == "build":
@@ -681,7 +684,7 @@ def _run(args: argparse.Namespace) -> int:
             from sonufy_model.demo.standin import main as standin_main
 
             return standin_main(["--port", str(args.port), "--tracks", str(args.tracks)])
-    except (CommandError, TrackNotFound, ValueError, FileNotFoundError) as error:
+    except (CommandError, TrackNotFound, ValueError, FileNotFoundError, DatabaseLocked, SchemaTooNew) as error:
         print(f"sonufy {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -7,9 +7,11 @@ works on what is missing (tracks without a preview, previews without a
 spectrogram, spectrograms without a vector), so work and time grow with the
 new tracks only, and a run killed at any point is finished by the next one.
 
-One nightly at a time per database: the lock file ``<db>.nightly.lock``
-(held by the operating system, so kill -9 never leaves it stale); a second
-one waits ``wait_for_running_s`` and then exits cleanly, doing nothing.
+One writer at a time per database: the store's writer lock
+``<db>.writer.lock`` (held by the operating system, so kill -9 never leaves
+it stale), which every writing flow and command takes; a nightly that finds
+another writer (a nightly, a build, a retrain) waits ``wait_for_running_s``
+and then exits cleanly, doing nothing.
 Writes are short transactions; a user's DuckDB session that holds the file
 makes the run wait, never fail (see README, "Ad-hoc SQL while the nightly runs").
 """
@@ -73,9 +75,9 @@ def nightly_refresh(
         max_items_per_query=max_items_per_query,
         source="nightly parameters",
     )  # a bad id fails here, before any request
-    with store.exclusive(FLOW, wait_for_running_s) as busy:
+    with store.writer(FLOW, wait_for_running_s) as busy:
         if busy:
-            logger.warning("another nightly refresh is running (%s): this one does nothing", busy)
+            logger.warning("another writer is running on this store (%s): this nightly does nothing", busy)
             return {"db": str(paths.db), "skipped": busy}
         run_id = str(flow_run.id) if flow_run.id else "local"
         store.start_run(run_id, FLOW, {"source": source, "queries": list(scrape.queries)})
@@ -147,4 +149,4 @@ def _spectrogram_params(store: Store, model) -> MelParams:
     params = store.spectrogram_params(model.set_id)
     if params is None:
         raise ValueError(f"{store.path}: model {model.model_version}'s spectrogram set {model.set_id} is not registered")
-    return MelParams(**params)
+    return MelParams.from_stored(params)

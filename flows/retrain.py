@@ -46,9 +46,9 @@ def retrain(
     if not paths.db.exists():
         raise FileNotFoundError(f"{paths.db}: no such DuckDB file; run `sonufy build` first")
     store = Store(paths.db)
-    with store.exclusive(FLOW) as busy:
+    with store.writer(FLOW) as busy:
         if busy:
-            logger.warning("another retrain is running (%s): this one does nothing", busy)
+            logger.warning("another writer is running on this store (%s): this retrain does nothing", busy)
             return {"skipped": busy}
         run_id = str(flow_run.id) if flow_run.id else "local"
         current = store.current_model()

@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.build import DEFAULT_TRAINING, encode_pending
+from flows.writer import holds_writer_lock
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths
 from sonufy_model.store import Store
@@ -40,6 +41,7 @@ def training_options(config: dict | None) -> dict:
 
 
 @flow(name="train", log_prints=True)
+@holds_writer_lock("train")  # one writer per store: waits for another
 def train(
     db: str = "sonufy.duckdb",
     config: dict | None = None,

@@ -74,7 +74,12 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 
 
 class DatabaseLocked(RuntimeError):
-    """Another process held the DuckDB file for longer than the store waits."""
+    """Another process held the DuckDB file (or the store's writer lock) for
+    longer than the store waits."""
+
+
+class SchemaTooNew(RuntimeError):
+    """The store was migrated by newer code than this: this code may read it, never write it."""
 
 
 class TrackNotFound(LookupError):
@@ -98,26 +103,53 @@ class ModelRecord:
 
 
 class Store:
-    """Sonufy's DuckDB file."""
+    """Sonufy's DuckDB file.
 
-    _schema_applied: set[Path] = set()
-    _schema_lock = threading.Lock()
+    A writer (the default) opens it read-write, under the store's writer lock
+    (:meth:`writer`), and migrates its schema on its first write. A reader
+    (``reader=True``: recommend, path, radio, evaluate, ``sonufy sql``)
+    opens it read-only and never migrates; an explicit write of a reader
+    (evaluate's rows) is one short transaction under the writer lock.
+    """
 
-    def __init__(self, path: str | Path, lock_wait_s: float | None = None):
+    _held: dict[Path, list] = {}  # writer lock file -> [open handle, holds in this process]
+    _held_lock = threading.Lock()
+
+    def __init__(self, path: str | Path, lock_wait_s: float | None = None, reader: bool = False):
         self.path = Path(path).expanduser().resolve()
         self.lock_wait_s = LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
+        self.reader = reader
 
     def __repr__(self) -> str:
-        return f"Store({str(self.path)!r})"
+        return f"Store({str(self.path)!r}{', reader=True' if self.reader else ''})"
+
+    @property
+    def lock_path(self) -> Path:
+        """The writer lock: whoever writes the store holds it."""
+        return self.path.with_name(f"{self.path.name}.writer.lock")
 
     # -- connections ---------------------------------------------------------
 
     @contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection for one unit of work; the schema exists when it opens."""
-        if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._apply_schema_once()
+    def connect(self, read_only: bool | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for one unit of work: read-only for a reader (unless
+        ``read_only=False``), else read-write, holding the writer lock, the
+        schema migrated to this code's version."""
+        read_only = self.reader if read_only is None else read_only
+        if read_only:
+            with self._opened(True) as con:
+                yield con
+            return
+        with self.writer("write", self.lock_wait_s) as busy:
+            if busy:
+                raise DatabaseLocked(f"{self.path}: {busy} for more than {self.lock_wait_s:g} s "
+                                     "(SONUFY_DB_LOCK_WAIT_S)")
+            with self._opened(False) as con:
+                self._migrate(con)
+                yield con
+
+    @contextmanager
+    def _opened(self, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         con = self._open(read_only)
         opened = time.monotonic()
         try:
@@ -129,8 +161,8 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection inside one transaction: all of it lands, or none."""
-        with self.connect() as con:
+        """A read-write connection inside one transaction: all of it lands, or none."""
+        with self.connect(read_only=False) as con:
             con.begin()
             try:
                 yield con
@@ -168,57 +200,113 @@ class Store:
                 delay = min(delay * 2, 1.0)
 
     @contextmanager
-    def exclusive(self, name: str, wait_s: float = 0.0) -> Iterator[str | None]:
-        """Hold the lock file ``<db>.<name>.lock`` for the block, so that one
-        process at a time runs ``name`` on this database.
+    def writer(self, purpose: str, wait_s: float = 0.0) -> Iterator[str | None]:
+        """Hold the store's writer lock (``<db>.writer.lock``) for the block:
+        one writer per store, whatever the flow or command.
 
         Yields None once held, or, when another process still holds it after
-        ``wait_s`` seconds, a message naming it (and the block should do
-        nothing). The operating system releases the lock when its holder
+        ``wait_s`` seconds, a message naming it (and the block should write
+        nothing). While it waits it logs who holds it. Reentrant within a
+        process: a flow holds it for its whole run, and each of its writes
+        takes it again. The operating system releases it when its holder
         exits, even on kill -9: a stale lock file never blocks.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path.with_name(f"{self.path.name}.{name}.lock")
-        deadline = time.monotonic() + wait_s
-        with open(lock_path, "a+") as handle:
+        lock_path = self.lock_path
+        with self._held_lock:
+            held = self._held.get(lock_path)
+            if held is not None:
+                held[1] += 1
+        if held is None:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock_path, "a+")
+            started, next_log = time.monotonic(), 0.0
             while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
+                with self._held_lock:
+                    held = self._held.get(lock_path)
+                    if held is not None:  # another thread of this process took it meanwhile
+                        held[1] += 1
+                        handle.close()
+                        break
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        pass
+                    else:
                         handle.seek(0)
-                        holder = handle.read().strip() or "another process"
-                        yield f"{lock_path} is held by {holder}"
-                        return
-                    time.sleep(0.2)
-            try:
+                        handle.truncate()
+                        handle.write(f"pid {os.getpid()} ({purpose}, since "
+                                     f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
+                        handle.flush()
+                        held = self._held[lock_path] = [handle, 1]
+                        break
+                waited = time.monotonic() - started
                 handle.seek(0)
-                handle.truncate()
-                handle.write(f"pid {os.getpid()}")
-                handle.flush()
-                yield None
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                busy = f"{lock_path} is held by {handle.read().strip() or 'another process'}"
+                if waited >= wait_s:
+                    handle.close()
+                    yield busy
+                    return
+                if waited >= next_log:
+                    _log.warning("%s waits for the writer lock: %s (waited %.0f s of %g)",
+                                 purpose, busy, waited, wait_s)
+                    next_log = waited + 30.0
+                time.sleep(min(0.2, max(0.01, wait_s - waited)))
+        try:
+            yield None
+        finally:
+            with self._held_lock:
+                held[1] -= 1
+                if held[1] == 0:
+                    del self._held[lock_path]
+                    fcntl.flock(held[0], fcntl.LOCK_UN)
+                    held[0].close()
 
-    def _apply_schema_once(self) -> None:
-        with self._schema_lock:
-            if self.path in self._schema_applied and self.path.exists():
-                return
-            con = self._open(read_only=False)
-            try:
-                con.begin()
-                for statement in sql.schema_statements():
-                    con.execute(statement)
-                con.commit()
-            finally:
-                con.close()
-            self._schema_applied.add(self.path)
+    def schema_version(self) -> int | None:
+        """The schema version recorded in the store (None: none recorded,
+        a store from before versions, or no store)."""
+        if not self.path.exists():
+            return None
+        with self.connect(read_only=True) as con:
+            stored = self._stored_schema(con)
+        return stored[0] if stored else None
+
+    @staticmethod
+    def _stored_schema(con: duckdb.DuckDBPyConnection) -> tuple[int, str] | None:
+        if not con.execute(sql.statement("has_schema_version")).fetchone()[0]:
+            return None
+        row = con.execute(sql.statement("schema_version")).fetchone()
+        return (int(row[0]), row[1]) if row else None
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Bring the schema to this code's version, or refuse to write a store
+        a newer version has migrated. Nothing to do when it is this code's."""
+        stored = self._stored_schema(con)
+        fingerprint = sql.schema_fingerprint()
+        if stored is not None and stored[0] > sql.SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{self.path} has schema version {stored[0]}, newer than this code's {sql.SCHEMA_VERSION}: "
+                "newer Sonufy code has migrated it, and this code must not write to it (its macros and "
+                "tables would replace the newer ones). Update this checkout (git pull; make install) to "
+                "write; reading it (sonufy recommend, sonufy sql) works as it is."
+            )
+        if stored == (sql.SCHEMA_VERSION, fingerprint):
+            return
+        con.begin()
+        try:
+            for statement in sql.schema_statements():
+                con.execute(statement)
+            con.execute(sql.statement("record_schema_version"),
+                        {"version": sql.SCHEMA_VERSION, "fingerprint": fingerprint})
+        except BaseException:
+            con.rollback()
+            raise
+        con.commit()
+        _log.info("%s: schema version %s migrated to %s", self.path.name, stored and stored[0], sql.SCHEMA_VERSION)
 
     def apply_schema(self) -> None:
-        """Create or update the schema now (it is also applied on first write)."""
-        self._schema_applied.discard(self.path)
-        self._apply_schema_once()
+        """Create or update the schema now (it is also migrated on first write)."""
+        with self.connect(read_only=False):
+            pass
 
     # -- generic helpers -----------------------------------------------------
 
@@ -249,14 +337,14 @@ class Store:
     # -- runs ----------------------------------------------------------------
 
     def start_run(self, run_id: str, flow: str, parameters: dict) -> None:
-        with self.connect() as con:
+        with self.connect(read_only=False) as con:
             con.execute(
                 sql.statement("start_run"),
                 {"run_id": run_id, "flow": flow, "parameters": json.dumps(parameters, default=str)},
             )
 
     def finish_run(self, run_id: str, status: str, counts: dict) -> None:
-        with self.connect() as con:
+        with self.connect(read_only=False) as con:
             con.execute(
                 sql.statement("finish_run"),
                 {"run_id": run_id, "status": status, "counts": json.dumps(counts, default=str)},
@@ -264,8 +352,8 @@ class Store:
 
     def crash_stale_runs(self, flow: str, run_id: str) -> None:
         """Mark ``flow``'s other runs still 'running' as 'crashed' (call while
-        holding the flow's :meth:`exclusive` lock: no other one is alive)."""
-        with self.connect() as con:
+        holding the :meth:`writer` lock: no other writer is alive)."""
+        with self.connect(read_only=False) as con:
             con.execute(sql.statement("crash_stale_runs"), {"flow": flow, "run_id": run_id})
 
     def run_changes(self, run_id: str, model_version: str | None) -> dict:
@@ -412,7 +500,7 @@ class Store:
     # -- spectrograms --------------------------------------------------------
 
     def register_spectrogram_set(self, set_id: str, params: dict) -> None:
-        with self.connect() as con:
+        with self.connect(read_only=False) as con:
             con.execute(
                 sql.statement("upsert_spectrogram_set"),
                 {"set_id": set_id, "params": json.dumps(params, sort_keys=True)},

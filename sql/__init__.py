@@ -6,6 +6,7 @@ line. Comments above a statement's first SQL line document it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import lru_cache
 from importlib import resources
@@ -34,9 +35,23 @@ def statement(name: str, filename: str = "queries.sql") -> str:
         raise KeyError(f"no SQL statement named {name!r} in sql/{filename}") from None
 
 
-# Applied in this order at the start of every run: the baseline tables, then
-# migrations of them, then each feature's own tables, views and macros.
+# Applied in this order by a writer whose store is not at this code's schema:
+# the baseline tables, then migrations of them, then each feature's own
+# tables, views and macros.
 SCHEMA_FILES = ("schema.sql", "migrations.sql", "search.sql", "landscape.sql")
+
+#: The schema version this code writes (table sonufy_schema). Add one with
+#: every released change to the schema files (a migration, a new table, a
+#: changed view or macro): a store migrated by newer code refuses older code's
+#: writes (sonufy_model.store.SchemaTooNew), while older code can still read it.
+#: 1: stores from before versions were recorded.
+SCHEMA_VERSION = 2
+
+
+def schema_fingerprint() -> str:
+    """A digest of the schema statements: a writer re-applies them when the
+    store's differs (a development change within one version)."""
+    return hashlib.sha256("\n;\n".join(schema_statements()).encode()).hexdigest()[:16]
 
 
 def schema_statements() -> list[str]:

@@ -317,3 +317,16 @@ FROM vectors_batch AS b
 JOIN embeddings AS e ON e.model_version = $model_version AND e.raw = b.raw::FLOAT[256]
 WHERE e.track_id <> b.track_id
 ORDER BY b.track_id, e.track_id;
+
+-- name: has_schema_version
+-- Whether the store records its schema version (stores from before versions do not).
+SELECT count(*) > 0 FROM duckdb_tables() WHERE table_name = 'sonufy_schema' AND schema_name = 'main';
+
+-- name: schema_version
+SELECT version, fingerprint FROM sonufy_schema;
+
+-- name: record_schema_version
+-- In the migration's transaction, after every schema statement.
+INSERT OR REPLACE INTO sonufy_schema (singleton, version, fingerprint, migrated_at)
+VALUES (true, $version, $fingerprint, current_timestamp);
+

@@ -1,6 +1,17 @@
 -- Sonufy's DuckDB schema. Idempotent: applied at the start of every run.
 -- Every statement is named ("-- name: ...") so that code refers to it by name.
 
+-- name: create_sonufy_schema
+-- One row: the schema version of the code that last migrated this store, and
+-- a digest of its schema statements. Only writers migrate; code older than
+-- the version refuses to write (see sql/__init__.py, SCHEMA_VERSION).
+CREATE TABLE IF NOT EXISTS sonufy_schema (
+    singleton     BOOLEAN PRIMARY KEY DEFAULT true CHECK (singleton),
+    version       INTEGER NOT NULL,
+    fingerprint   VARCHAR NOT NULL,
+    migrated_at   TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
 -- name: create_tracks
 -- One row per recording we know about, whatever the source. track_id is the
 -- Spotify id for catalog tracks, "file:<sha1 of path>" for local files.

@@ -7,6 +7,7 @@ processes for the readers, the killed nightly and training.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -87,12 +88,49 @@ def test_a_nightly_adds_only_the_new_releases_and_reports_them(built):
     assert _sql(built, "SELECT count(*) FROM latent")[0][0] == before + 4
 
 
-def test_a_second_nightly_at_once_exits_cleanly(built):
-    store = Store(built)
-    with store.exclusive("nightly") as busy:
-        assert busy is None
+def test_a_nightly_that_finds_another_writer_exits_cleanly(built):
+    # Another process writes the store (a build, say): it holds the writer lock.
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from sonufy_model.store import Store
+        with Store({str(built)!r}).writer("build") as busy:
+            print("held" if busy is None else busy, flush=True)
+            sys.stdin.readline()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = _sql(built, "SELECT count(*) FROM runs")[0][0]
         result = _nightly(built, new_tracks=4)
-    assert "nightly.lock is held by pid" in result["skipped"]
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert "writer.lock is held by pid" in result["skipped"] and "(build, since" in result["skipped"]
+    assert _sql(built, "SELECT count(*) FROM runs")[0][0] == before  # it wrote nothing
+
+
+def test_two_nightlies_started_together_one_writes_the_other_exits(built, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    db = tmp_path / "sonufy.duckdb"
+    shutil.copy(built, db)
+    data_dir = str(built.with_suffix(".data"))
+    runs_before = _sql(db, "SELECT count(*) FROM runs")[0][0]
+    code = (f"import json; from flows.nightly import nightly_refresh; r = nightly_refresh(source='standin', "
+            f"db={str(db)!r}, data_dir={data_dir!r}, demo_tracks={N_TRACKS}, demo_new_tracks=6, batch_size=8, "
+            f"workers=1, data_docs=False); print('RESULT ' + json.dumps(r, default=str))")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=env, cwd=os.getcwd()) for _ in range(2)]
+    results = []
+    for run in runs:
+        output = run.communicate(timeout=600)[0]
+        assert run.returncode == 0, output[-3000:]
+        results.append(json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:]))
+    skipped = [r for r in results if "skipped" in r]
+    assert len(skipped) == 1 and "writer.lock is held by pid" in skipped[0]["skipped"]
+    total = N_TRACKS + 6
+    assert _sql(db, "SELECT count(*), count(DISTINCT track_id) FROM latent")[0] == (total, total)
+    assert _sql(db, "SELECT count(*) FROM runs")[0][0] == runs_before + 1  # one run wrote, one did nothing
 
 
 def test_a_nightly_killed_midway_is_finished_by_the_next(built, tmp_path):

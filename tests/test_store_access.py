@@ -1,0 +1,173 @@
+"""Who may open the store how: readers read-only, one writer at a time (a lock
+every writer takes), a schema version only writers migrate.
+
+Real DuckDB files, real processes for the other holders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+import sql
+from flows.cli import main
+from sonufy_model.store import LATENT_DIM, TRACK_SCHEMA, DatabaseLocked, SchemaTooNew, Store
+
+
+def _space(path, n=12) -> Store:
+    """A store with n tracks and a current model with a vector for each."""
+    store = Store(path)
+    ids = [f"t{i:02d}" for i in range(n)]
+    store.upsert_tracks(pl.DataFrame(
+        {"track_id": ids, "source": ["spotify"] * n, "title": [f"title {i}" for i in ids],
+         "artist": [f"artist {i}" for i in ids]}).with_columns(
+        [pl.lit(None, dtype).alias(name) for name, dtype in TRACK_SCHEMA.items()
+         if name not in ("track_id", "source", "title", "artist")]))
+    store.register_model(
+        {"model_version": "m1", "set_id": "s", "config": {}, "checkpoint": "c.ckpt", "epochs": 1,
+         "train_mse": None, "val_mse": None, "n_train_tracks": 1, "n_val_tracks": 1, "train_seconds": 1.0,
+         "latent_mean": np.zeros(LATENT_DIM), "latent_scale": np.ones(LATENT_DIM)}, promote=False)
+    vectors = np.random.default_rng(0).standard_normal((n, LATENT_DIM)).astype(np.float32)
+    store.record_embeddings(pl.DataFrame({"track_id": ids, "model_version": ["m1"] * n}).with_columns(
+        pl.Series("raw", vectors, dtype=pl.Array(pl.Float32, LATENT_DIM)),
+        pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, LATENT_DIM))))
+    store.promote("m1")
+    return store
+
+
+def _python(code: str, **kwargs) -> subprocess.Popen:
+    """Another process running ``code``, its stdin and stdout piped."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=os.getcwd(), **kwargs)
+
+
+def _holding_writer_lock(db, purpose="build") -> subprocess.Popen:
+    holder = _python(f"""
+        import sys
+        from sonufy_model.store import Store
+        with Store({str(db)!r}).writer({purpose!r}) as busy:
+            print("held" if busy is None else busy, flush=True)
+            sys.stdin.readline()
+    """)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def _holding_read_only_session(db) -> subprocess.Popen:
+    """A user's `duckdb -readonly` session: the file open read-only in another process."""
+    reader = _python(f"""
+        import sys, duckdb
+        con = duckdb.connect({str(db)!r}, read_only=True)
+        print(con.execute("SELECT count(*) FROM latent").fetchone()[0], flush=True)
+        sys.stdin.readline()
+    """)
+    assert int(reader.stdout.readline()) > 0
+    return reader
+
+
+def _release(process: subprocess.Popen) -> None:
+    process.stdin.close()
+    assert process.wait(timeout=30) == 0
+
+
+def test_a_second_writer_waits_for_the_writer_lock_and_names_its_holder(tmp_path):
+    store = _space(tmp_path / "s.duckdb")
+    holder = _holding_writer_lock(store.path, "build")
+    try:
+        impatient = Store(store.path, lock_wait_s=0.5)
+        with pytest.raises(DatabaseLocked, match=r"writer\.lock is held by pid \d+ \(build, since"):
+            impatient.register_spectrogram_set("set2", {"n_mels": 64})
+        # The lock is for writers only: a reader reads meanwhile.
+        assert Store(store.path, reader=True).counts()["tracks"] == 12
+    finally:
+        _release(holder)
+    impatient.register_spectrogram_set("set2", {"n_mels": 64})
+    assert impatient.spectrogram_params("set2") == {"n_mels": 64}
+
+
+def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
+    store = _space(tmp_path / "s.duckdb")
+    holder = _holding_writer_lock(store.path)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    Store(store.path, lock_wait_s=0.0).register_spectrogram_set("set2", {"n_mels": 64})
+
+
+def test_the_writer_lock_is_reentrant_within_a_process(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    with store.writer("build") as busy:
+        assert busy is None
+        store.register_spectrogram_set("set1", {"n_mels": 128})  # each write takes it again
+        with Store(store.path).writer("nested") as again:
+            assert again is None
+    # Released: another process gets it at once.
+    other = _holding_writer_lock(store.path)
+    _release(other)
+
+
+def test_older_code_is_refused_by_a_newer_store_but_still_reads_it(tmp_path):
+    store = _space(tmp_path / "s.duckdb")
+    assert store.schema_version() == sql.SCHEMA_VERSION
+    with duckdb.connect(str(store.path)) as con:  # newer code migrated it
+        con.execute("UPDATE sonufy_schema SET version = version + 1")
+    with pytest.raises(SchemaTooNew, match=rf"schema version {sql.SCHEMA_VERSION + 1}, newer than this "
+                                           rf"code's {sql.SCHEMA_VERSION}.*git pull"):
+        Store(store.path).register_spectrogram_set("set2", {"n_mels": 64})
+    reader = Store(store.path, reader=True)
+    assert reader.find_track("t03")["track_id"] == "t03"
+    assert reader.schema_version() == sql.SCHEMA_VERSION + 1
+
+
+def test_a_writing_command_refuses_a_newer_store_with_the_reason(tmp_path, capsys):
+    store = _space(tmp_path / "s.duckdb")
+    with duckdb.connect(str(store.path)) as con:
+        con.execute("UPDATE sonufy_schema SET version = version + 1")
+    assert main(["landscape", "--db", str(store.path)]) == 2
+    assert "newer than this code's" in capsys.readouterr().err
+    # Reading commands still answer.
+    assert main(["recommend", "t01", "--db", str(store.path), "--json", "-k", "3"]) == 0
+
+
+def test_only_writers_migrate_and_a_current_store_is_not_rewritten(tmp_path):
+    path = tmp_path / "s.duckdb"
+    with duckdb.connect(str(path)) as con:  # a store from before schema versions
+        con.execute(sql.statement("create_tracks", "schema.sql"))
+    reader = Store(path, reader=True)
+    assert reader.schema_version() is None
+    # A reader's reads leave the file as it was (no tables, views or version added).
+    with pytest.raises(Exception, match="latent"):
+        reader.find_track("t01")
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'sonufy_schema'").fetchone()[0] == 0
+    writer = Store(path)
+    writer.register_spectrogram_set("set1", {"n_mels": 128})
+    assert writer.schema_version() == sql.SCHEMA_VERSION
+    # At this code's version the schema is not applied again: a macro changed
+    # in the file by hand (or by another checkout of the same version) stays.
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE OR REPLACE MACRO search_artist_key(artist) AS 'mine'")
+    writer.register_spectrogram_set("set2", {"n_mels": 64})
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT search_artist_key('X')").fetchone()[0] == "mine"
+
+
+def test_reading_commands_answer_while_a_read_only_session_holds_the_file(tmp_path, capsys):
+    store = _space(tmp_path / "s.duckdb")
+    reader = _holding_read_only_session(store.path)
+    try:
+        assert main(["recommend", "t01", "--db", str(store.path), "--json", "-k", "3"]) == 0
+        assert len(json.loads(capsys.readouterr().out)["recommendations"]) == 3
+        assert main(["radio", "t01", "t02", "-n", "4", "--db", str(store.path), "--json"]) == 0
+        assert len(json.loads(capsys.readouterr().out)["radio"]) == 4
+    finally:
+        _release(reader)
+
