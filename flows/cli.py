@@ -285,6 +285,15 @@ def _parser() -> argparse.ArgumentParser:
                          "latent precision@k minus the current one's lies entirely below minus this "
                          "(default: 0)")
 
+    sql_shell = commands.add_parser(
+        "sql",
+        help="ad-hoc SQL on the store, read-only, with its views and macros (latent, similar_to)",
+        description="Open the DuckDB shell on the store, read-only (our own small shell where the duckdb "
+        "binary is not installed), or run the statements of -c and print their results.",
+    )
+    add_db(sql_shell)
+    sql_shell.add_argument("-c", dest="sql", metavar="SQL", help="statements to run (';' between them), then exit")
+
     standin = commands.add_parser(
         "standin",
         help="run the local Spotify/Deezer stand-in in the foreground",
@@ -650,7 +659,7 @@ def _run(args: argparse.Namespace) -> int:
             seed_id = rows[0]["seed_track_id"]
             print(f"\nDuckDB file: {result['db']}")
             print("Ask it yourself in the DuckDB shell:")
-            print(f"  .venv/bin/duckdb -readonly {result['db']} -c \"SELECT * FROM similar_to('{seed_id}', 10)\"")
+            print(f"  .venv/bin/sonufy sql --db {result['db']} -c \"SELECT * FROM similar_to('{seed_id}', 10)\"")
         elif args.command == "recommend":
             _recommend(args)
         elif args.command == "path":
@@ -680,6 +689,11 @@ def _run(args: argparse.Namespace) -> int:
             _evaluate(args)
         elif args.command == "landscape":
             _landscape(args)
+        elif args.command == "sql":
+            from sonufy_model import shell
+
+            store = _store(args.db)
+            return shell.run(store, args.sql) if args.sql is not None else shell.shell(store)
         elif args.command == "standin":
             from sonufy_model.demo.standin import main as standin_main
 

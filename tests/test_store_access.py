@@ -1,11 +1,12 @@
 """Who may open the store how: readers read-only, one writer at a time (a lock
-every writer takes), a schema version only writers migrate.
+every writer takes), a schema version only writers migrate, and `sonufy sql`.
 
 Real DuckDB files, real processes for the other holders.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import pytest
 
 import sql
 from flows.cli import main
+from sonufy_model import shell
 from sonufy_model.store import LATENT_DIM, TRACK_SCHEMA, DatabaseLocked, SchemaTooNew, Store
 
 
@@ -168,6 +170,38 @@ def test_reading_commands_answer_while_a_read_only_session_holds_the_file(tmp_pa
         assert len(json.loads(capsys.readouterr().out)["recommendations"]) == 3
         assert main(["radio", "t01", "t02", "-n", "4", "--db", str(store.path), "--json"]) == 0
         assert len(json.loads(capsys.readouterr().out)["radio"]) == 4
+        assert main(["sql", "--db", str(store.path), "-c",
+                     "SELECT count(*) AS n FROM latent; SELECT track_id FROM similar_to('t01', 2)"]) == 0
+        out = capsys.readouterr().out
+        assert "12" in out and out.count("t0") + out.count("t1") >= 2
     finally:
         _release(reader)
+
+
+def test_sonufy_sql_is_read_only(tmp_path, capsys):
+    store = _space(tmp_path / "s.duckdb")
+    assert main(["sql", "--db", str(store.path), "-c", "CREATE TABLE mine (i INTEGER)"]) == 1
+    assert "read-only" in capsys.readouterr().err
+    assert main(["sql", "--db", str(tmp_path / "none.duckdb"), "-c", "SELECT 1"]) == 2
+
+
+def test_the_fallback_shell_runs_statements_until_quit(tmp_path):
+    store = _space(tmp_path / "s.duckdb")
+    out = io.StringIO()
+    script = io.StringIO("SELECT count(*) AS n\nFROM latent;\nSELECT 'after' AS a;\n.quit\nSELECT 'never';\n")
+    assert shell.interactive(Store(store.path, reader=True), stdin=script, out=out) == 0
+    text = out.getvalue()
+    assert "12" in text and "after" in text and "never" not in text
+
+
+def test_the_duckdb_shell_opens_the_store_read_only_with_its_macros(tmp_path):
+    store = _space(tmp_path / "s.duckdb")
+    binary = shell.duckdb_binary()
+    if binary is None:
+        pytest.skip("no duckdb binary: the fallback shell is tested above")
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "sql", "--db", str(store.path)],
+                          input="SELECT track_id FROM similar_to('t01', 2);\nCREATE TABLE mine (i INTEGER);\n",
+                          capture_output=True, text=True, timeout=60, cwd=os.getcwd())
+    assert "t0" in done.stdout or "t1" in done.stdout
+    assert "read-only" in done.stderr + done.stdout
 
