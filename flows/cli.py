@@ -285,6 +285,18 @@ def _parser() -> argparse.ArgumentParser:
                          "latent precision@k minus the current one's lies entirely below minus this "
                          "(default: 0)")
 
+    gc = commands.add_parser(
+        "gc",
+        help="remove orphan spectrogram shards, rejected candidates' checkpoints and old reports",
+        description="Delete what the store no longer points at: shards no row names (a killed run's), "
+        "the model folders of versions neither current nor pending and without vectors, and Great "
+        "Expectations reports beyond the most recent runs; print how much was freed.",
+    )
+    add_db(gc)
+    gc.add_argument("--keep-reports", type=int, default=20, metavar="N",
+                    help="validation runs whose reports stay, the most recent (default: 20)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
+
     sql_shell = commands.add_parser(
         "sql",
         help="ad-hoc SQL on the store, read-only, with its views and macros (latent, similar_to)",
@@ -689,6 +701,17 @@ def _run(args: argparse.Namespace) -> int:
             _evaluate(args)
         elif args.command == "landscape":
             _landscape(args)
+        elif args.command == "gc":
+            from sonufy_model import gc
+            from sonufy_model.config import Paths
+            from sonufy_model.store import Store
+
+            _store(args.db)  # an existing file, or a clear error
+            paths = Paths.for_db(args.db)
+            found = gc.collect(Store(paths.db), paths, keep_reports=args.keep_reports, dry_run=args.dry_run)
+            for path in found.shards + found.checkpoints + found.reports:
+                print(f"{'would remove' if args.dry_run else 'removed'} {path}")
+            print(found.summary(args.dry_run))
         elif args.command == "sql":
             from sonufy_model import shell
 

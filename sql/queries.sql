@@ -330,3 +330,17 @@ SELECT version, fingerprint FROM sonufy_schema;
 INSERT OR REPLACE INTO sonufy_schema (singleton, version, fingerprint, migrated_at)
 VALUES (true, $version, $fingerprint, current_timestamp);
 
+-- name: gc_shards_in_use
+-- `sonufy gc`: the spectrogram shards the store points at (every other .npy
+-- under the data folder's spectrograms is an orphan: a batch written by a
+-- run killed before it recorded it).
+SELECT DISTINCT shard FROM spectrograms;
+
+-- name: gc_rejected_models
+-- `sonufy gc`: versions that are neither current nor waiting to become
+-- current and have no vectors left (a retrain's candidate that was not
+-- promoted): their checkpoints can go; their rows and evaluations stay.
+SELECT m.model_version, m.checkpoint FROM models AS m
+WHERE NOT m.is_current AND m.promotion_requested_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM embeddings AS e WHERE e.model_version = m.model_version)
+ORDER BY m.model_version;

@@ -205,3 +205,44 @@ def test_the_duckdb_shell_opens_the_store_read_only_with_its_macros(tmp_path):
     assert "t0" in done.stdout or "t1" in done.stdout
     assert "read-only" in done.stderr + done.stdout
 
+
+def test_gc_removes_orphan_shards_rejected_checkpoints_and_old_reports(tmp_path, capsys):
+    store = _space(tmp_path / "s.duckdb")
+    data = tmp_path / "s.data"
+    shards = data / "spectrograms" / "set1"
+    shards.mkdir(parents=True)
+    kept, orphan, partial = shards / "shard-kept.npy", shards / "shard-orphan.npy", shards / "shard-x.npy.tmp"
+    for path in (kept, orphan, partial):
+        np.save(path if path.suffix == ".npy" else open(path, "wb"), np.zeros((2, 4, 4), dtype=np.uint8))
+    store.register_spectrogram_set("set1", {"n_mels": 4})
+    store.record_spectrograms(
+        pl.DataFrame({"track_id": ["t00"], "set_id": ["set1"], "excerpt": [0], "shard": [str(kept)], "row": [0]},
+                     schema={"track_id": pl.String, "set_id": pl.String, "excerpt": pl.Int32, "shard": pl.String,
+                             "row": pl.Int32}),
+        pl.DataFrame(schema={"track_id": pl.String, "stage": pl.String, "reason": pl.String, "run_id": pl.String}))
+    for version in ("m1", "rejected"):  # m1 is current
+        (data / "models" / version).mkdir(parents=True)
+        (data / "models" / version / "best.ckpt").write_bytes(b"x" * 1000)
+    store.register_model(
+        {"model_version": "rejected", "set_id": "s", "config": {}, "checkpoint": str(data / "models/rejected/best.ckpt"),
+         "epochs": 1, "train_mse": None, "val_mse": None, "n_train_tracks": 1, "n_val_tracks": 1,
+         "train_seconds": 1.0, "latent_mean": np.zeros(LATENT_DIM), "latent_scale": np.ones(LATENT_DIM)},
+        promote=False)
+    validations = data / "great_expectations" / "gx" / "uncommitted" / "validations" / "suite"
+    for number in range(3):
+        run = validations / f"nightly-{number}"
+        run.mkdir(parents=True)
+        (run / "result.json").write_text("{}")
+        os.utime(run, (1_000_000 + number, 1_000_000 + number))
+
+    assert main(["gc", "--db", str(store.path), "--keep-reports", "2", "--dry-run"]) == 0
+    assert "would free" in capsys.readouterr().out and orphan.exists()
+    assert main(["gc", "--db", str(store.path), "--keep-reports", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 orphan shards, 1 rejected model folders, 1 old report folders" in out and "freed" in out
+    assert kept.exists() and not orphan.exists() and not partial.exists()
+    assert (data / "models" / "m1" / "best.ckpt").exists() and not (data / "models" / "rejected").exists()
+    assert sorted(p.name for p in validations.iterdir()) == ["nightly-1", "nightly-2"]
+    assert Store(store.path, reader=True).model("rejected").model_version == "rejected"  # its row stays
+    assert main(["gc", "--db", str(store.path)]) == 0
+    assert "freed 0.0 MiB: 0 orphan shards, 0 rejected model folders, 0 old report folders" in capsys.readouterr().out
