@@ -464,7 +464,7 @@ def _train(args: argparse.Namespace) -> str:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from sonufy_model.evaluate import evaluate_store, exclusion_specs, label_spec
-    from sonufy_model.store import Store
+    from sonufy_model.store import DatabaseLocked, Store
 
     labels = args.labels or ["genre", "artist"]
     for label in labels:
@@ -476,6 +476,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     result = evaluate_store(Store(db, reader=True), labels, k=args.k, exclude_same=args.exclude_same,
                             hub_reduction=args.hub_reduction, queries=args.queries,
                             resamples=args.resamples, seed=args.seed, min_label_tracks=args.min_label_tracks)
+    try:  # its rows to readers now; a writer that took the lock meanwhile publishes them at its end
+        Store(db, lock_wait_s=0.0).publish()
+    except DatabaseLocked:
+        pass
     if not result["rows"]:
         raise CommandError("nothing could be scored: " + "; ".join(result["notes"]))
     if args.json:
@@ -554,7 +558,7 @@ def _landscape(args: argparse.Namespace) -> None:
         )
     paths = Paths.for_db(args.db)
     store = Store(paths.db)
-    with store.writer("landscape", store.lock_wait_s) as busy:  # one writer per store: waits for another
+    with store.writer("landscape", store.lock_wait_s, publish=True) as busy:  # one writer per store: waits for another
         if busy:
             raise CommandError(f"{busy} for more than {store.lock_wait_s:g} s (SONUFY_DB_LOCK_WAIT_S)")
         counts = landscape.update_landscape(store, paths.models, params=params, refit=args.refit)

@@ -75,7 +75,7 @@ def nightly_refresh(
         max_items_per_query=max_items_per_query,
         source="nightly parameters",
     )  # a bad id fails here, before any request
-    with store.writer(FLOW, wait_for_running_s) as busy:
+    with store.writer(FLOW, wait_for_running_s, publish=True) as busy:  # readers see the run at its end
         if busy:
             logger.warning("another writer is running on this store (%s): this nightly does nothing", busy)
             return {"db": str(paths.db), "skipped": busy}

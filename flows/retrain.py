@@ -46,7 +46,7 @@ def retrain(
     if not paths.db.exists():
         raise FileNotFoundError(f"{paths.db}: no such DuckDB file; run `sonufy build` first")
     store = Store(paths.db)
-    with store.writer(FLOW) as busy:
+    with store.writer(FLOW, publish=True) as busy:  # readers see the switch at its end
         if busy:
             logger.warning("another writer is running on this store (%s): this retrain does nothing", busy)
             return {"skipped": busy}

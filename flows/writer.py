@@ -17,7 +17,8 @@ from sonufy_model.store import DatabaseLocked, Store
 
 def holds_writer_lock(purpose: str):
     """Decorate a flow function whose parameters include ``db`` (and maybe
-    ``data_dir``): it runs holding that store's writer lock."""
+    ``data_dir``): it runs holding that store's writer lock, and publishes
+    the store for readers at its end (see Store.publish)."""
 
     def decorate(fn):
         signature = inspect.signature(fn)
@@ -27,7 +28,7 @@ def holds_writer_lock(purpose: str):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             store = Store(Paths.for_db(bound.arguments["db"], bound.arguments.get("data_dir")).db)
-            with store.writer(purpose, store.lock_wait_s) as busy:
+            with store.writer(purpose, store.lock_wait_s, publish=True) as busy:
                 if busy:
                     raise DatabaseLocked(f"{purpose}: {busy} for more than {store.lock_wait_s:g} s "
                                          "(SONUFY_DB_LOCK_WAIT_S); nothing was written")

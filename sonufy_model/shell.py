@@ -1,5 +1,9 @@
 """``sonufy sql``: ad-hoc SQL on the store, read-only, its views and macros ready.
 
+It opens the snapshot the writers publish after each run (see
+``Store.publish``), so that a session of any length never holds up a
+nightly; where none is published yet, the file itself.
+
 The views (``latent``) and macros (``similar_to``, ``similar_to_vector``) are
 stored in the file by the writers, so a read-only session has them as soon
 as it opens. ``-c SQL`` runs the statements here, through the Python DuckDB
@@ -74,7 +78,7 @@ def interactive(store: Store, stdin: TextIO | None = None, out: TextIO | None = 
     stdin, out = stdin or sys.stdin, out or sys.stdout
     prompt = stdin.isatty()
     if prompt:
-        print(f"sonufy sql on {store.path} (read-only). End statements with ';', .quit to leave.", file=out)
+        print(f"sonufy sql on {store.read_path} (read-only). End statements with ';', .quit to leave.", file=out)
     status, pending = 0, []
     with store.connect(read_only=True) as con:
         while True:
@@ -98,9 +102,10 @@ def shell(store: Store) -> int:
     binary = duckdb_binary()
     if binary is None:
         return interactive(store)
-    # Wait here, like every reader, while a write holds the file: the shell
-    # itself would fail at once with "Conflicting lock".
+    # The published snapshot (see Store.publish), or the file itself while
+    # none is published: then wait here, like every reader, while a write
+    # holds it (the shell itself would fail at once with "Conflicting lock").
     with store.connect(read_only=True):
         pass
-    os.execv(binary, [binary, "-readonly", str(store.path)])
+    os.execv(binary, [binary, "-readonly", str(store.read_path)])
     return 0  # not reached

@@ -12,6 +12,8 @@ import fcntl
 import json
 import logging
 import os
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -106,10 +108,14 @@ class Store:
     """Sonufy's DuckDB file.
 
     A writer (the default) opens it read-write, under the store's writer lock
-    (:meth:`writer`), and migrates its schema on its first write. A reader
-    (``reader=True``: recommend, path, radio, evaluate, ``sonufy sql``)
-    opens it read-only and never migrates; an explicit write of a reader
-    (evaluate's rows) is one short transaction under the writer lock.
+    (:meth:`writer`), and migrates its schema on its first write. After each
+    run the writing flow publishes it (:meth:`publish`): a copy, renamed into
+    place as ``<stem>.snapshot/<name>`` beside it. A reader (``reader=True``:
+    recommend, path, radio, evaluate, ``sonufy sql``) opens that snapshot
+    read-only (the file itself while none is published) and never migrates:
+    readers never wait for the writer, nor the writer for them, and each
+    keeps the snapshot it opened. An explicit write of a reader (evaluate's
+    rows) goes to the file, one short transaction under the writer lock.
     """
 
     _held: dict[Path, list] = {}  # writer lock file -> [open handle, holds in this process]
@@ -122,6 +128,17 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}{', reader=True' if self.reader else ''})"
+
+    @property
+    def snapshot_path(self) -> Path:
+        """The published read-only copy readers open: ``<stem>.snapshot/<name>``
+        beside the file (in SQL its database is still called ``<stem>``)."""
+        return self.path.with_name(f"{self.path.stem}.snapshot") / self.path.name
+
+    @property
+    def read_path(self) -> Path:
+        """The file a reader opens: the snapshot, or the file while none is published."""
+        return self.snapshot_path if self.reader and self.snapshot_path.exists() else self.path
 
     @property
     def lock_path(self) -> Path:
@@ -137,26 +154,26 @@ class Store:
         schema migrated to this code's version."""
         read_only = self.reader if read_only is None else read_only
         if read_only:
-            with self._opened(True) as con:
+            with self._opened(True, self.read_path) as con:
                 yield con
             return
         with self.writer("write", self.lock_wait_s) as busy:
             if busy:
                 raise DatabaseLocked(f"{self.path}: {busy} for more than {self.lock_wait_s:g} s "
                                      "(SONUFY_DB_LOCK_WAIT_S)")
-            with self._opened(False) as con:
+            with self._opened(False, self.path) as con:
                 self._migrate(con)
                 yield con
 
     @contextmanager
-    def _opened(self, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = self._open(read_only)
+    def _opened(self, read_only: bool, path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self._open(read_only, path)
         opened = time.monotonic()
         try:
             yield con
         finally:
             con.close()
-            _log.debug("held %s %s for %.4f s", self.path.name, "read-only" if read_only else "read-write",
+            _log.debug("held %s %s for %.4f s", path, "read-only" if read_only else "read-write",
                        time.monotonic() - opened)
 
     @contextmanager
@@ -171,7 +188,7 @@ class Store:
                 raise
             con.commit()
 
-    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+    def _open(self, read_only: bool, path: Path) -> duckdb.DuckDBPyConnection:
         """Open the file, waiting with backoff while another process holds it.
 
         Every write is one short transaction on a short-lived connection, so
@@ -183,24 +200,24 @@ class Store:
         delay, next_log = 0.02, 0.0
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                return duckdb.connect(str(path), read_only=read_only)
             except duckdb.IOException as error:
                 waited = time.monotonic() - started
                 if _LOCK_ERROR not in str(error):
                     raise
                 if waited >= self.lock_wait_s:
                     raise DatabaseLocked(
-                        f"{self.path}: another process held it for {waited:.0f} s "
+                        f"{path}: another process held it for {waited:.0f} s "
                         f"(SONUFY_DB_LOCK_WAIT_S={self.lock_wait_s:g}): {error}"
                     ) from error
                 if waited >= next_log:
-                    _log.warning("waiting for %s: %s", self.path.name, str(error).split(". See")[0])
+                    _log.warning("waiting for %s: %s", path.name, str(error).split(". See")[0])
                     next_log = waited + 30.0
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
     @contextmanager
-    def writer(self, purpose: str, wait_s: float = 0.0) -> Iterator[str | None]:
+    def writer(self, purpose: str, wait_s: float = 0.0, publish: bool = False) -> Iterator[str | None]:
         """Hold the store's writer lock (``<db>.writer.lock``) for the block:
         one writer per store, whatever the flow or command.
 
@@ -210,6 +227,12 @@ class Store:
         process: a flow holds it for its whole run, and each of its writes
         takes it again. The operating system releases it when its holder
         exits, even on kill -9: a stale lock file never blocks.
+
+        With ``publish`` (a flow's or a command's run), the outermost hold
+        publishes the file for readers (:meth:`publish`) before it lets go,
+        whether the block finished or failed: readers then see every whole
+        batch it wrote. A writer killed mid-run publishes nothing: readers
+        keep the last whole state.
         """
         lock_path = self.lock_path
         with self._held_lock:
@@ -254,12 +277,63 @@ class Store:
         try:
             yield None
         finally:
-            with self._held_lock:
-                held[1] -= 1
-                if held[1] == 0:
-                    del self._held[lock_path]
-                    fcntl.flock(held[0], fcntl.LOCK_UN)
-                    held[0].close()
+            try:
+                if publish and held[1] == 1:
+                    self._publish_on_release(purpose)
+            finally:
+                with self._held_lock:
+                    held[1] -= 1
+                    if held[1] == 0:
+                        del self._held[lock_path]
+                        fcntl.flock(held[0], fcntl.LOCK_UN)
+                        held[0].close()
+
+    def _publish_on_release(self, purpose: str) -> None:
+        failing = sys.exc_info()[1] is not None
+        try:
+            self.publish()
+        except Exception:
+            if not failing:
+                raise
+            _log.exception("%s: could not publish %s for readers", purpose, self.path)
+
+    def publish(self) -> Path | None:
+        """Publish the file for readers: checkpointed, copied, and renamed into
+        place as :attr:`snapshot_path` (a reader that has the old snapshot open
+        keeps it). Its cost is a copy of the file. Nothing to do when the file
+        has not changed since the last publication. Returns the snapshot."""
+        if not self.path.exists():
+            return None
+        with self.writer("publish", self.lock_wait_s) as busy:
+            if busy:
+                raise DatabaseLocked(f"publish: {busy} for more than {self.lock_wait_s:g} s")
+            with self.connect(read_only=False) as con:
+                con.execute("CHECKPOINT")
+            target = self.snapshot_path
+            wal = self.path.with_name(self.path.name + ".wal")
+            if (target.exists() and not wal.exists()
+                    and target.stat().st_mtime_ns > self.path.stat().st_mtime_ns):
+                return target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            started = time.monotonic()
+            staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            try:
+                if wal.exists():  # a transaction of this process still open: the file alone is an earlier whole state
+                    _log.warning("publishing %s without its write-ahead log: an open transaction kept it", self.path)
+                shutil.copyfile(self.path, staged)
+                with open(staged, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(staged, target)
+            finally:
+                staged.unlink(missing_ok=True)
+            directory = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            _log.info("published %s for readers (%.1f MiB in %.2f s)", target,
+                      target.stat().st_size / 2**20, time.monotonic() - started)
+        return target
 
     def schema_version(self) -> int | None:
         """The schema version recorded in the store (None: none recorded,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -108,19 +110,41 @@ def test_a_nightly_that_finds_another_writer_exits_cleanly(built):
     assert _sql(built, "SELECT count(*) FROM runs")[0][0] == before  # it wrote nothing
 
 
-def test_two_nightlies_started_together_one_writes_the_other_exits(built, tmp_path):
+def test_two_nightlies_at_once_beside_a_reader_that_holds_the_store_throughout(built, tmp_path, capsys):
+    """Two nightlies started together: one writes, the other exits cleanly.
+    Meanwhile a reader holds the published store for the whole run, `sonufy
+    sql -c` answers, and afterwards `sonufy recommend` answers from the new
+    snapshot while the reader still sees the one it opened."""
     from prefect.settings import PREFECT_API_URL
+
+    from flows.cli import main
 
     db = tmp_path / "sonufy.duckdb"
     shutil.copy(built, db)
     data_dir = str(built.with_suffix(".data"))
     runs_before = _sql(db, "SELECT count(*) FROM runs")[0][0]
+    snapshot = Store(db).publish()
+    before = _sql(db, "SELECT count(*) FROM latent")[0][0]
+    reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, duckdb
+        con = duckdb.connect({str(snapshot)!r}, read_only=True)
+        for _ in range(2):
+            print(con.execute("SELECT count(*) FROM latent").fetchone()[0], flush=True)
+            sys.stdin.readline()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert int(reader.stdout.readline()) == before
     code = (f"import json; from flows.nightly import nightly_refresh; r = nightly_refresh(source='standin', "
             f"db={str(db)!r}, data_dir={data_dir!r}, demo_tracks={N_TRACKS}, demo_new_tracks=6, batch_size=8, "
             f"workers=1, data_docs=False); print('RESULT ' + json.dumps(r, default=str))")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, env=env, cwd=os.getcwd()) for _ in range(2)]
+    total = N_TRACKS + 6
+    answers = []
+    while any(run.poll() is None for run in runs):  # ad-hoc SQL during the nightly
+        assert main(["sql", "--db", str(db), "-c", "SELECT count(*) AS n FROM latent"]) == 0
+        answers.append(int(re.findall(r"\b\d+\b", capsys.readouterr().out)[-1]))
+        time.sleep(0.5)
     results = []
     for run in runs:
         output = run.communicate(timeout=600)[0]
@@ -128,9 +152,21 @@ def test_two_nightlies_started_together_one_writes_the_other_exits(built, tmp_pa
         results.append(json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:]))
     skipped = [r for r in results if "skipped" in r]
     assert len(skipped) == 1 and "writer.lock is held by pid" in skipped[0]["skipped"]
-    total = N_TRACKS + 6
+    assert answers and set(answers) <= {before, total}, answers  # whole runs only
     assert _sql(db, "SELECT count(*), count(DISTINCT track_id) FROM latent")[0] == (total, total)
     assert _sql(db, "SELECT count(*) FROM runs")[0][0] == runs_before + 1  # one run wrote, one did nothing
+
+    # Published at the end of the run: readers that open the store now see it...
+    assert Store(db, reader=True).counts()["embeddings"] >= total
+    new_track = _sql(snapshot, "SELECT track_id FROM latent ORDER BY track_id")[-1][0]
+    assert main(["recommend", new_track, "--db", str(db), "--json", "-k", "3"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["recommendations"]) == 3
+    # ...while the reader that held the old snapshot throughout still sees it whole.
+    reader.stdin.write("\n")
+    reader.stdin.flush()
+    assert int(reader.stdout.readline()) == before
+    reader.stdin.close()
+    assert reader.wait(timeout=30) == 0
 
 
 def test_a_nightly_killed_midway_is_finished_by_the_next(built, tmp_path):
@@ -141,6 +177,7 @@ def test_a_nightly_killed_midway_is_finished_by_the_next(built, tmp_path):
     shutil.copy(built, db)
     data_dir = str(built.with_suffix(".data"))  # the models and shards the copy points at
     base = _sql(db, "SELECT count(*) FROM latent")[0][0]
+    snapshot = Store(db).publish()
     code = (f"from flows.nightly import nightly_refresh; nightly_refresh(source='standin', db={str(db)!r}, "
             f"data_dir={data_dir!r}, demo_tracks={N_TRACKS}, demo_new_tracks=12, batch_size=4, workers=1)")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONUNBUFFERED": "1"}
@@ -156,12 +193,14 @@ def test_a_nightly_killed_midway_is_finished_by_the_next(built, tmp_path):
     problems = [line for line in seen if "Failed" in line or "Error" in line]
     assert process.returncode == -signal.SIGKILL, "".join(problems[:10] + seen[-10:])
     assert _sql(db, "SELECT count(*) FROM latent")[0][0] < N_TRACKS + 12
+    assert _sql(snapshot, "SELECT count(*) FROM latent")[0][0] == base  # readers: the last whole state
 
     result = nightly_refresh(source="standin", db=str(db), data_dir=data_dir, demo_tracks=N_TRACKS,
                              demo_new_tracks=12, batch_size=4, workers=1, data_docs=False)
     # The 12 new releases include the 4 of the first test (the catalog grows).
     total = N_TRACKS + 12
     assert _sql(db, "SELECT count(*), count(DISTINCT track_id) FROM latent")[0] == (total, total)
+    assert _sql(snapshot, "SELECT count(*) FROM latent")[0][0] == total  # published by the rerun
     assert _sql(db, "SELECT count(*) FROM spectrograms")[0][0] == _sql(
         db, "SELECT count(DISTINCT (track_id, set_id, excerpt)) FROM spectrograms")[0][0]
     assert _sql(db, "SELECT count(*) FROM tracks")[0][0] == _sql(db, "SELECT count(DISTINCT isrc) FROM tracks")[0][0]

@@ -246,3 +246,49 @@ def test_gc_removes_orphan_shards_rejected_checkpoints_and_old_reports(tmp_path,
     assert Store(store.path, reader=True).model("rejected").model_version == "rejected"  # its row stays
     assert main(["gc", "--db", str(store.path)]) == 0
     assert "freed 0.0 MiB: 0 orphan shards, 0 rejected model folders, 0 old report folders" in capsys.readouterr().out
+
+
+def test_readers_read_the_published_snapshot_and_keep_the_one_they_opened(tmp_path, capsys):
+    store = _space(tmp_path / "s.duckdb")
+    reader = Store(store.path, reader=True)
+    assert reader.read_path == store.path  # nothing published yet: the file itself
+    assert store.publish() == store.snapshot_path == reader.read_path
+    # A long session on the snapshot, in another process.
+    session = _python(f"""
+        import sys, duckdb
+        con = duckdb.connect({str(store.snapshot_path)!r}, read_only=True)
+        for _ in range(2):
+            print(con.execute("SELECT count(*) FROM latent").fetchone()[0], flush=True)
+            sys.stdin.readline()
+    """)
+    try:
+        assert int(session.stdout.readline()) == 12
+        # The writer neither waits for it (no waiting allowed here) nor shows readers a half-done run.
+        impatient = Store(store.path, lock_wait_s=0.0)
+        ids = [f"n{i}" for i in range(3)]
+        impatient.upsert_tracks(pl.DataFrame(
+            {"track_id": ids, "source": ["spotify"] * 3, "title": ids, "artist": ids}).with_columns(
+            [pl.lit(None, dtype).alias(name) for name, dtype in TRACK_SCHEMA.items()
+             if name not in ("track_id", "source", "title", "artist")]))
+        assert reader.counts()["tracks"] == 12
+        assert main(["sql", "--db", str(store.path), "-c", "SELECT count(*) AS n FROM tracks"]) == 0
+        assert "12" in capsys.readouterr().out
+        impatient.publish()
+        assert reader.counts()["tracks"] == 15
+        session.stdin.write("\n")
+        session.stdin.flush()
+        assert int(session.stdout.readline()) == 12  # the session keeps the snapshot it opened
+    finally:
+        _release(session)
+    first = store.snapshot_path.stat().st_mtime_ns
+    store.publish()  # nothing changed since: nothing copied
+    assert store.snapshot_path.stat().st_mtime_ns == first
+
+
+def test_a_writing_run_publishes_at_its_end_even_when_it_fails(tmp_path):
+    store = _space(tmp_path / "s.duckdb")
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.writer("build", publish=True):
+            store.register_spectrogram_set("set9", {"n_mels": 9})
+            raise RuntimeError("boom")
+    assert Store(store.path, reader=True).spectrogram_params("set9") == {"n_mels": 9}
