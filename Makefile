@@ -58,4 +58,4 @@ serve-one: install
 	$(BIN)/python deployments/serve.py
 
 clean:
-	rm -rf sonufy.duckdb sonufy.duckdb.wal sonufy.data .pytest_cache
+	rm -rf sonufy.duckdb sonufy.duckdb.wal sonufy.duckdb.writer.lock sonufy.snapshot sonufy.data .pytest_cache
