@@ -1,8 +1,15 @@
 """Audio to mel spectrogram, with the seed's parameters.
 
 22,050 Hz mono, 30 s, n_fft 2048, hop 512, 128 Slaney mel bands up to 8 kHz,
-power_to_db(ref=max, top_db=80), scaled to [0, 1] and resized along time to
-512 frames; stored as uint8 (0..255), as the seed stored its images.
+in dB floored 80 dB below the clip's peak, scaled to [0, 1] and resized along
+time to 512 frames; stored as uint8 (0..255), as the seed stored its images.
+
+The seed measured dB relative to each clip's peak (``level="peak"``), which
+throws away how loud the music is. The default is now ``level="absolute"``:
+dB relative to a full-scale sine, on a fixed scale, so that a quiet, airy
+track and a loud, compressed one differ in their spectrograms as they do to
+a listener. On real music that level is a large part of what one soundtrack's
+or composer's tracks share (docs/model.md).
 """
 
 from __future__ import annotations
@@ -21,6 +28,13 @@ import soxr
 
 SILENCE_DBFS = -60.0
 PLACEMENTS = ("middle", "spread")
+LEVELS = ("absolute", "peak")
+# The absolute scale, in dB relative to a full-scale sine: 0 is the quietest
+# value a spectrogram keeps, 1 is 6 dB above full scale (a square wave's
+# fundamental, or inter-sample overs, can exceed a sine). 120 dB fit the
+# floor of a quiet track's spectrogram (80 dB below a peak at -34 dBFS) in
+# uint8 steps of 0.47 dB.
+ABSOLUTE_RANGE_DBFS = (-114.0, 6.0)
 # Decoded by ffmpeg, when it is installed; libsndfile reads the rest.
 FFMPEG_SUFFIXES = (".m4a", ".mp4", ".aac", ".alac")
 
@@ -48,16 +62,34 @@ class MelParams:
     # previews are comparable.
     excerpts: int = 1
     placement: str = "middle"
+    # "absolute": dB relative to full scale on ABSOLUTE_RANGE_DBFS; "peak":
+    # dB relative to the clip's peak (the seed's), which hides loudness.
+    level: str = "absolute"
 
     def __post_init__(self) -> None:
         if self.excerpts < 1:
             raise ValueError(f"excerpts must be at least 1, got {self.excerpts}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        if self.level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}")
+
+    @classmethod
+    def from_stored(cls, params: dict) -> MelParams:
+        """The parameters a store recorded for a spectrogram set.
+
+        Sets recorded before ``level`` existed were measured relative to each
+        clip's peak, so a missing ``level`` reads as "peak".
+        """
+        return cls(**{"level": "peak", **params})
 
     @property
     def set_id(self) -> str:
-        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        fields = asdict(self)
+        if fields["level"] == "peak":
+            # Sets made before `level` existed keep the ids stores know them by.
+            del fields["level"]
+        digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()
         return f"mel-{self.n_mels}x{self.n_frames}-{digest[:10]}"
 
     @property
@@ -227,14 +259,33 @@ def mel_power(clip: np.ndarray, params: MelParams) -> np.ndarray:
     return basis @ power.T
 
 
+@lru_cache(maxsize=8)
+def full_scale_power(params: MelParams) -> float:
+    """The mel power peak of a full-scale 1 kHz sine: 0 dB on the absolute scale."""
+    t = np.arange(params.sample_rate, dtype=np.float64) / params.sample_rate
+    sine = np.sin(2 * np.pi * 1000.0 * t).astype(np.float32)
+    return float(mel_power(sine, params).max())
+
+
 def scaled_mel(clip: np.ndarray, params: MelParams) -> np.ndarray:
-    """float32 (n_mels, n_frames) in [0, 1]: dB relative to the clip's peak."""
+    """float32 (n_mels, n_frames) in [0, 1], on the scale ``params.level`` names.
+
+    Either way values more than ``top_db`` below the clip's peak are floored
+    there. "peak": dB relative to the clip's peak, [-top_db, 0] mapped to
+    [0, 1]. "absolute": dB relative to a full-scale sine, ABSOLUTE_RANGE_DBFS
+    mapped to [0, 1], so that a clip played 6 dB softer sits 6 dB lower.
+    """
     import librosa
 
-    db = librosa.power_to_db(mel_power(clip, params), ref=np.max, top_db=params.top_db)
-    # With ref=max and top_db, dB lies in [-top_db, 0]: a fixed map to [0, 1]
-    # keeps spectrograms of different clips on one scale.
-    scaled = (db + params.top_db) / params.top_db
+    power = mel_power(clip, params)
+    if params.level == "peak":
+        db = librosa.power_to_db(power, ref=np.max, top_db=params.top_db)
+        low, high = -params.top_db, 0.0
+    else:
+        db = librosa.power_to_db(power, ref=full_scale_power(params), top_db=params.top_db)
+        low, high = ABSOLUTE_RANGE_DBFS
+    # A fixed map to [0, 1] keeps spectrograms of different clips on one scale.
+    scaled = (db - low) / (high - low)
     resized = scaled.astype(np.float32) @ _time_resize_matrix(scaled.shape[1], params.n_frames)
     return np.clip(resized, 0.0, 1.0, out=resized)
 

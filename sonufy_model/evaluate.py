@@ -397,7 +397,10 @@ def mfcc_statistics(spectrograms: np.ndarray, top_db: float = TOP_DB, chunk: int
     spectrograms: uint8 (tracks × n_mels × frames) as stored, round(255 s)
     with s = (dB + top_db) / top_db; dB is recovered as s·top_db − top_db and
     given to librosa as a log-power mel spectrogram. Returns (tracks, 230),
-    not standardised.
+    not standardised. On an absolute-level set (audio.MelParams.level) the
+    recovered dB are off by an affine map; MFCCs are linear in dB (the offset
+    lands in c0's mean), so after the standardisation that precedes ranking
+    the neighbours are the same.
     """
     import librosa
 
@@ -421,7 +424,9 @@ def mfcc_statistics(spectrograms: np.ndarray, top_db: float = TOP_DB, chunk: int
 def logmel_statistics(spectrograms: np.ndarray, top_db: float = TOP_DB) -> np.ndarray:
     """The naive baseline: mean and standard deviation over time of each mel
     band, in dB, per stored spectrogram: (tracks, 2 · n_mels), means first,
-    not standardised. The stored uint8 is round(255 (dB + top_db) / top_db)."""
+    not standardised. The stored uint8 is round(255 (dB + top_db) / top_db);
+    on an absolute-level set the dB are off by an affine map per column, which
+    the standardisation before ranking removes."""
     spectrograms = np.asarray(spectrograms)
     if spectrograms.ndim != 3:
         raise ValueError(f"expected tracks × mels × frames, got shape {spectrograms.shape}")

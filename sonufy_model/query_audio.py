@@ -70,7 +70,7 @@ def mel_params(store, model: ModelRecord) -> MelParams:
         raise QueryError(f"{store.path}: model {model.model_version} names spectrogram set {model.set_id}, "
                          "which is not recorded")
     params = rows[0][0]
-    return MelParams(**(json.loads(params) if isinstance(params, str) else params))
+    return MelParams.from_stored(json.loads(params) if isinstance(params, str) else params)
 
 
 def encode_file(store, path: str | Path) -> np.ndarray:

@@ -9,10 +9,12 @@ import soundfile as sf
 
 from sonufy_model import quality, spectrograms
 from sonufy_model.audio import (
+    ABSOLUTE_RANGE_DBFS,
     AudioDecodeError,
     MelParams,
     analyse,
     excerpt_starts,
+    full_scale_power,
     load_excerpt,
     load_excerpts,
     scaled_mel,
@@ -58,10 +60,45 @@ def test_matches_librosa_melspectrogram(clips):
     )
     reference = (reference + 80.0) / 80.0
     clip, duration = load_excerpt(clips["high"], PARAMS)
-    ours = scaled_mel(clip, MelParams(n_frames=reference.shape[1]))
+    ours = scaled_mel(clip, MelParams(n_frames=reference.shape[1], level="peak"))
     assert duration == pytest.approx(30.0, abs=0.1)
     assert ours.shape == reference.shape == (128, reference.shape[1])
     assert np.abs(ours - reference).max() < 0.02
+    # The absolute scale is the same dB, shifted by the clip's peak and rescaled.
+    absolute = scaled_mel(clip, MelParams(n_frames=reference.shape[1]))
+    db_re_full_scale = librosa.power_to_db(
+        librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2048, hop_length=512, n_mels=128, fmax=8000),
+        ref=full_scale_power(PARAMS), top_db=80.0,
+    )
+    low, high = ABSOLUTE_RANGE_DBFS
+    assert np.abs(absolute - np.clip((db_re_full_scale - low) / (high - low), 0, 1)).max() < 0.02
+
+
+def test_absolute_level_keeps_loudness_and_peak_level_hides_it(clips):
+    clip, _ = load_excerpt(clips["song"], PARAMS)
+    softer = clip * np.float32(10 ** (-12 / 20))  # 12 dB down
+    absolute = MelParams()
+    low, high = ABSOLUTE_RANGE_DBFS
+    shift = scaled_mel(clip, absolute) - scaled_mel(softer, absolute)
+    # Every value above the floor moves down by 12 dB on the 120 dB scale.
+    assert np.median(shift) == pytest.approx(12 / (high - low), abs=0.005)
+    # A full-scale sine peaks at 0 dBFS: 114/120 of the way up.
+    t = np.arange(PARAMS.clip_samples, dtype=np.float32) / PARAMS.sample_rate
+    sine = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    assert scaled_mel(sine, absolute).max() == pytest.approx(-low / (high - low), abs=0.01)
+    peak = MelParams(level="peak")
+    assert np.abs(scaled_mel(clip, peak) - scaled_mel(softer, peak)).max() < 0.01
+    with pytest.raises(ValueError, match="level"):
+        MelParams(level="loud")
+
+
+def test_sets_recorded_before_level_existed_keep_their_ids():
+    # The seed's default set id, as stores made before the level option know it.
+    legacy = {k: v for k, v in MelParams().to_dict().items() if k != "level"}
+    stored = MelParams.from_stored(legacy)
+    assert stored.level == "peak" and stored.set_id == "mel-128x512-7d0b09a328"
+    assert MelParams().set_id != stored.set_id
+    assert MelParams.from_stored(MelParams().to_dict()) == MelParams()
 
 
 def test_spectrogram_shape_range_and_seed_parameters(clips):
