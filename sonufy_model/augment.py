@@ -5,7 +5,11 @@ track: its instruments, production and texture, not which notes happen to
 sound. The augmentations add the nuisances a listener ignores when judging
 "this sounds like that" — a few percent faster or slower (a time stretch,
 done as a random resized crop along time), a band or a moment missing
-(frequency and time masks) — so the encoder cannot match crops by them.
+(frequency and time masks), the volume a few dB up or down (gain) — so the
+encoder cannot match crops by them. The gain is small on purpose: how loud a
+track is mastered is part of how it sounds, and the spectrograms keep it
+(audio.MelParams.level); the gain only stops the encoder from matching two
+crops by their exact level.
 
 A pitch shift (``pitch_semitones``: every frequency scaled by up to that
 many semitones, the mel axis warped accordingly) is available and off by
@@ -26,6 +30,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from sonufy_model.audio import ABSOLUTE_RANGE_DBFS
+
 
 @dataclass(frozen=True)
 class AugmentSettings:
@@ -35,12 +41,15 @@ class AugmentSettings:
         is resized to the tile width (0.25: 96 to 160 frames for 128).
     freq_mask_bands / time_mask_frames: the widest band (mel bands) and span
         (frames) set to silence, one of each per crop, widths uniform from 0.
+    gain_db: each view's level moves by up to this many dB either way, on
+        the absolute spectrogram scale (audio.ABSOLUTE_RANGE_DBFS).
     """
 
     stretch: float = 0.25
     freq_mask_bands: int = 16
     time_mask_frames: int = 24
     pitch_semitones: float = 0.0
+    gain_db: float = 0.0
     # The mel scale the pitch shift warps: the spectrograms' (MelParams) top.
     fmax: float = 8000.0
 
@@ -49,6 +58,8 @@ class AugmentSettings:
             raise ValueError(f"stretch must be in [0, 1), got {self.stretch}")
         if not 0.0 <= self.pitch_semitones <= 12.0:
             raise ValueError(f"pitch_semitones must be in [0, 12], got {self.pitch_semitones}")
+        if not 0.0 <= self.gain_db <= 24.0:
+            raise ValueError(f"gain_db must be in [0, 24], got {self.gain_db}")
         if self.freq_mask_bands < 0 or self.time_mask_frames < 0:
             raise ValueError("mask widths must be >= 0")
 
@@ -63,8 +74,8 @@ def augment(crops: torch.Tensor, tile_frames: int, settings: AugmentSettings) ->
     Each view takes a random window of ``tile_frames × (1 ± stretch)`` frames
     (clipped to the crop) at a random place in its crop, resized to
     ``tile_frames`` by linear interpolation, its frequencies scaled by up to
-    ``pitch_semitones`` either way, then masks one band and one span.
-    Values stay in [0, 1].
+    ``pitch_semitones`` either way, its level moved by up to ``gain_db``,
+    then masks one band and one span. Values stay in [0, 1].
     """
     if crops.ndim != 3 or crops.shape[2] < tile_frames:
         raise ValueError(f"expected crops (B, n_mels, >= {tile_frames} frames), got {tuple(crops.shape)}")
@@ -89,6 +100,11 @@ def augment(crops: torch.Tensor, tile_frames: int, settings: AugmentSettings) ->
         [x[:, None, :].expand(batch, n_mels, tile_frames), y[:, :, None].expand(batch, n_mels, tile_frames)], dim=-1
     )
     views = F.grid_sample(crops.unsqueeze(1), grid.to(crops.dtype), mode="bilinear", align_corners=True)[:, 0]
+
+    if settings.gain_db > 0:
+        low, high = ABSOLUTE_RANGE_DBFS
+        gain = (uniform(batch) * 2 - 1) * (settings.gain_db / (high - low))
+        views = views + gain.to(views.dtype)[:, None, None]
 
     masked = torch.zeros_like(views, dtype=torch.bool)
     for size, axis, length in ((settings.freq_mask_bands, 1, n_mels), (settings.time_mask_frames, 2, tile_frames)):

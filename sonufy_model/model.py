@@ -126,7 +126,7 @@ class TimeFreqAutoencoder(L.LightningModule):
             module docstring).
         projection_dim: output size of the invariance objective's projection
             head (training only).
-        stretch, freq_mask_bands, time_mask_frames, pitch_semitones: the invariance
+        stretch, freq_mask_bands, time_mask_frames, pitch_semitones, gain_db: the invariance
             objective's augmentations (:class:`sonufy_model.augment.AugmentSettings`).
     """
 
@@ -147,6 +147,7 @@ class TimeFreqAutoencoder(L.LightningModule):
         freq_mask_bands: int = 16,
         time_mask_frames: int = 24,
         pitch_semitones: float = 0.0,
+        gain_db: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -179,7 +180,9 @@ class TimeFreqAutoencoder(L.LightningModule):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.objective = objective
-        self.augment_settings = AugmentSettings(stretch, freq_mask_bands, time_mask_frames, pitch_semitones)
+        self.augment_settings = AugmentSettings(
+            stretch, freq_mask_bands, time_mask_frames, pitch_semitones, gain_db
+        )
 
         half = latent_dim // 2
         # Time branch: mel bands are channels, convolve along time.

@@ -143,6 +143,7 @@ class TrainConfig:
     freq_mask_bands: int = 16
     time_mask_frames: int = 24
     pitch_semitones: float = 0.0
+    gain_db: float = 0.0
     # Tiles per spectrogram averaged into a track's vector. 8 scores as 32
     # (the seed's) on the demo catalog's evaluation, at a quarter of the
     # encoding work (README, "How fast is search?").
@@ -283,7 +284,7 @@ def train(config: TrainConfig) -> TrainResult:
     # One set of augmentation settings: the model draws its views with them,
     # and the data must serve crops wide enough for their widest stretch.
     augment_settings = AugmentSettings(
-        config.stretch, config.freq_mask_bands, config.time_mask_frames, config.pitch_semitones
+        config.stretch, config.freq_mask_bands, config.time_mask_frames, config.pitch_semitones, config.gain_db
     )
     datamodule = SpectrogramDataModule(
         manifest,
@@ -319,6 +320,7 @@ def train(config: TrainConfig) -> TrainResult:
         freq_mask_bands=config.freq_mask_bands,
         time_mask_frames=config.time_mask_frames,
         pitch_semitones=config.pitch_semitones,
+        gain_db=config.gain_db,
     )
 
     last_checkpoint = checkpoint_dir / LAST_CHECKPOINT_NAME

@@ -223,3 +223,20 @@ def test_pitch_shift_moves_a_band_within_its_range_and_only_when_asked():
     assert len(set(peaks)) > 3 and all(low - 1 <= p <= high for p in peaks), (low, high, peaks)
     with pytest.raises(ValueError, match="pitch_semitones"):
         AugmentSettings(pitch_semitones=-1)
+
+
+def test_gain_moves_each_view_by_one_level_within_its_range():
+    torch.manual_seed(2)
+    crops = torch.full((64, N_MELS, TILE), 0.5)
+    crops[:, 10] = 0.7
+    views = augment(crops, TILE, AugmentSettings(stretch=0.0, freq_mask_bands=0, time_mask_frames=0, gain_db=6.0))
+    shift = views - crops
+    per_view = shift.mean(dim=(1, 2))
+    # One shift per view, the same in every band and frame (the spectrum's shape is kept)...
+    assert torch.allclose(shift, per_view[:, None, None].expand_as(shift), atol=1e-5)
+    # ...within ±6 dB on the 120 dB absolute scale, and different from view to view.
+    assert per_view.abs().max() <= 6 / 120 + 1e-6 and per_view.std() > 1 / 120
+    still = augment(crops, TILE, AugmentSettings(stretch=0.0, freq_mask_bands=0, time_mask_frames=0))
+    assert torch.allclose(still, crops, atol=1e-5)
+    with pytest.raises(ValueError, match="gain_db"):
+        AugmentSettings(gain_db=-1)
