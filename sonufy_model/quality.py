@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -85,15 +86,22 @@ def _context():
     return context
 
 
+#: One suite at a time per process: the shared ephemeral context registers
+#: each frame as the same "#ephemeral_pandas_asset", and two batches checked
+#: at once in threads failed with "... already exists" / "... not found".
+_SUITE_LOCK = threading.Lock()
+
+
 def _run_suite(name: str, frame: pl.DataFrame, expectations: list) -> QualityReport:
     import great_expectations as gx
 
-    batch = _context().data_sources.pandas_default.read_dataframe(frame.to_pandas())
-    suite = gx.ExpectationSuite(name=name, expectations=expectations)
-    result = batch.validate(
-        suite,
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["track_id"]},
-    )
+    with _SUITE_LOCK:
+        batch = _context().data_sources.pandas_default.read_dataframe(frame.to_pandas())
+        suite = gx.ExpectationSuite(name=name, expectations=expectations)
+        result = batch.validate(
+            suite,
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["track_id"]},
+        )
     failed: dict[str, str] = {}
     described: list[dict] = []
     for outcome in result.results:

@@ -60,3 +60,25 @@ def test_the_store_finds_stored_tracks_with_an_identical_vector(tmp_path):
     # A track is never its own clash, and another version's vectors are not compared.
     assert store.stored_identical_vectors("m1", pl.Series(["x"]), batch[:1]) == []
     assert store.stored_identical_vectors("m2", pl.Series(["new"]), batch[:1]) == []
+
+
+def test_suites_checked_at_once_in_threads_each_judge_their_own_batch():
+    """Batches in flight are checked in threads: each report must be its own
+    batch's, never a failure of the shared Great Expectations context."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sonufy_model.audio import MelParams
+
+    params = MelParams()
+
+    def check(number: int):
+        ids = [f"b{number}-{i}" for i in range(20)]
+        stats = pl.DataFrame({
+            "track_id": ids, "n_mels": [params.n_mels] * 20, "n_frames": [params.n_frames] * 20,
+            "min_value": [0.0] * 20, "max_value": [1.0] * 20, "non_finite": [0] * 20,
+            "silent_share": [0.0] * 20, "duration_s": [30.0] * 19 + [1.0],  # the last one too short
+        })
+        return quality.check_spectrograms(stats, params).failures["track_id"].to_list()
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        assert list(pool.map(check, range(24))) == [[f"b{n}-19"] for n in range(24)]
