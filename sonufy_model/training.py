@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 
 import lightning as L
 import yaml
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
@@ -40,6 +41,8 @@ from sonufy_model.presets import DEFAULT_PRESET, PRESETS
 from sonufy_model.tiles import TILE_FRAMES
 
 LAST_CHECKPOINT_NAME = "last.ckpt"
+# Starts every line of StepReport's, so that a launcher can tell them from the rest.
+PROGRESS_PREFIX = "progress "
 
 
 class EpochReport(Callback):
@@ -66,6 +69,81 @@ class EpochReport(Callback):
             f"({time.perf_counter() - self._started:.0f} s)",
             flush=True,
         )
+
+
+class StepReport(Callback):
+    """A line on stdout at most every ``every_s`` seconds, for a launcher to
+    draw a progress bar and log from (``tasks.training``)::
+
+        progress {"phase": "train", "step": 120, "total": 1500, "epoch": 2, "max_epochs": 20,
+                  "loss": 2.13, "elapsed_s": 45.2, "left_s": 74.8}
+
+    ``step`` counts optimizer steps (those of a resumed run included),
+    ``total`` is the step the run ends at unless early stopping or the time
+    box ends it first (null when unbounded), ``loss`` a moving average of the
+    training loss (null before the first step), ``left_s`` the smaller of
+    the steps still to go at this run's pace and the time box's remainder
+    (null while neither is known). ``phase`` is "train", "validate" (held-out
+    batches; also the sanity check before the first step) or "done". Only
+    global rank 0 prints.
+    """
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.every_s = every_s
+        self._started = time.perf_counter()
+        self._first_step = 0
+        self._last_print = -math.inf
+        self._loss: Any = None  # a tensor on the model's device: no sync per step
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+        self._first_step = trainer.global_step
+        self._emit(trainer, "train", force=True)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if loss is not None:
+            loss = loss.detach().float()
+            self._loss = loss if self._loss is None else self._loss.lerp(loss, 0.1)
+        self._emit(trainer, "train")
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any,
+                                **kwargs: Any) -> None:
+        self._emit(trainer, "validate")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._emit(trainer, "done", force=True)
+
+    def _emit(self, trainer: L.Trainer, phase: str, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not trainer.is_global_zero or (not force and now - self._last_print < self.every_s):
+            return
+        self._last_print = now
+        elapsed = now - self._started
+        step = trainer.global_step
+        total = trainer.estimated_stepping_batches if trainer.max_epochs not in (None, -1) else math.inf
+        total = None if not math.isfinite(total) else int(total)
+        lefts = []
+        done_here = step - self._first_step
+        if total is not None and done_here > 0:
+            lefts.append(max(total - step, 0) * elapsed / done_here)
+        timer = next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
+        box_left = timer.time_remaining() if timer is not None else None
+        if box_left is not None:
+            lefts.append(max(box_left, 0.0))
+        state = {
+            "phase": phase,
+            "step": step,
+            "total": total,
+            "epoch": trainer.current_epoch + (phase != "done"),
+            "max_epochs": trainer.max_epochs,
+            "loss": None if self._loss is None else round(float(self._loss), 5),
+            "elapsed_s": round(elapsed, 1),
+            "left_s": 0.0 if phase == "done" else (round(min(lefts), 1) if lefts else None),
+        }
+        print(PROGRESS_PREFIX + json.dumps(state), flush=True)
 
 
 class RankReport(Callback):
@@ -228,8 +306,11 @@ class TrainResult:
         return dataclasses.asdict(self)
 
 
-def train(config: TrainConfig) -> TrainResult:
+def train(config: TrainConfig, progress_every_s: float | None = None) -> TrainResult:
     """Fit the autoencoder on ``config.manifest``; see :class:`TrainConfig`.
+
+    With ``progress_every_s``, rank 0 prints a :class:`StepReport` line at
+    most that often.
 
     Raises:
         ManifestError: the manifest or a shard is missing or unusable, or too
@@ -264,6 +345,7 @@ def train(config: TrainConfig) -> TrainResult:
             EpochReport(),
             RankReport(),
             EarlyStopping(monitor=config.monitor, mode="min", patience=config.early_stopping_patience),
+            *([StepReport(progress_every_s)] if progress_every_s is not None else []),
         ],
         logger=CSVLogger(save_dir=output_dir, name="logs"),
         default_root_dir=output_dir,
@@ -395,6 +477,11 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=argparse.SUPPRESS,
     )
+    parser.add_argument(
+        "--progress-every-s", type=float, default=None, metavar="S",
+        help=f"print a line starting {PROGRESS_PREFIX.strip()!r} (JSON: step, total, loss, time left) at most "
+        "every S seconds, for a launcher to draw a progress bar from",
+    )
     return parser
 
 
@@ -406,9 +493,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = vars(_parser().parse_args(argv))
     config_path, result_path = args.pop("config"), args.pop("result_json")
+    progress_every_s = args.pop("progress_every_s")
     try:
         config = dataclasses.replace(TrainConfig.from_yaml(config_path), **args)
-        result = train(config)
+        result = train(config, progress_every_s)
     except (ConfigError, ManifestError) as exc:
         print(f"sonufy_model.training: error: {exc}", file=sys.stderr)
         return 2

@@ -4,16 +4,21 @@ Lightning's DDP re-executes the command line of the process that starts it,
 so training never runs inside the orchestrator: this task writes a manifest
 and a config, starts ``python -m sonufy_model.training``, waits, and records
 the result in DuckDB. The flow keeps the DuckDB file; the trainer reads only
-the manifest and the shards.
+the manifest and the shards. The trainer reports its steps on its stdout
+(``--progress-every-s``); this task draws them as a bar in a terminal and logs
+a line at least every 10 s to the flow run (``flows.progress.TrainingProgress``).
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
+import threading
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from datetime import datetime, timezone
 
 import polars as pl
@@ -21,16 +26,19 @@ import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.progress import TrainingProgress
 from sonufy_model.config import Paths
 from sonufy_model.encoding import encode_spectrograms, load_encoder, mean_per_track
 from sonufy_model.spectrograms import read_spectrograms
 from sonufy_model.standardise import Standardiser
 from sonufy_model.store import Store
-from sonufy_model.training import TrainConfig
+from sonufy_model.training import PROGRESS_PREFIX, TrainConfig
 
 # Tracks the latent standardisation is fitted on: enough for 256 means and
 # standard deviations, few enough to take seconds.
 STANDARDISER_SAMPLE = 2000
+# How often the trainer reports its step: the terminal's bar moves this often.
+PROGRESS_EVERY_S = 1.0
 
 
 def new_model_version() -> str:
@@ -63,16 +71,12 @@ def train_model(store: Store, paths: Paths, set_id: str, options: dict, promote:
     result_path = run_dir / "result.json"
 
     command = [sys.executable, "-m", "sonufy_model.training", "--config", str(config_path),
-               "--result-json", str(result_path)]
+               "--result-json", str(result_path), "--progress-every-s", str(PROGRESS_EVERY_S)]
     logger.info("training %s on %d tracks: %s", version, manifest.height, " ".join(command))
     tail: deque[str] = deque(maxlen=40)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
         assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            if line.startswith(("epoch ", "Resuming")) or "Error" in line:
-                logger.info("trainer: %s", line[-300:])
+        follow_trainer(process.stdout, TrainingProgress(logger), logger, tail)
     if process.returncode != 0 or not result_path.exists():
         raise RuntimeError(
             f"training process exited with {process.returncode}; last output:\n" + "\n".join(tail)
@@ -108,6 +112,43 @@ def train_model(store: Store, paths: Paths, set_id: str, options: dict, promote:
         result["seconds"], result.get("monitor", "val_mse"), result.get("val_score", result["val_mse"]),
     )
     return version
+
+
+def follow_trainer(output: Iterable[str], progress: TrainingProgress, logger, tail: deque[str]) -> None:
+    """Read the trainer's output to its end: its progress lines into
+    ``progress``, which logs at least every 10 s even while the trainer is
+    quiet; epoch lines, a resume and errors to ``logger``; every other line
+    into ``tail`` (shown if the trainer fails)."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for line in output:
+                lines.put(line)
+        finally:
+            lines.put(None)
+
+    threading.Thread(target=read, name="trainer-output", daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=max(progress.log_due_in(), 0.05))
+        except queue.Empty:
+            progress.tick()
+            continue
+        if line is None:
+            return
+        line = line.rstrip()
+        if line.startswith(PROGRESS_PREFIX):
+            try:
+                state = json.loads(line[len(PROGRESS_PREFIX):])
+            except json.JSONDecodeError:
+                state = None
+            if isinstance(state, dict):
+                progress.update(state)
+                continue
+        tail.append(line)
+        if line.startswith(("epoch ", "Resuming")) or "Error" in line:
+            logger.info("trainer: %s", line[-300:])
 
 
 def _finite_or_none(value: float | None) -> float | None:
