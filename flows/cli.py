@@ -320,26 +320,31 @@ def _print_recommendations(rows: list[dict], seed: str, as_json: bool, extra: di
     if as_json:
         print(json.dumps({"seed": seed, **(extra or {}), "recommendations": rows}, indent=2, default=str))
         return
-    _print_tracks(rows, f"Sounds like: {seed}")
+    seed_style = rows[0].get("seed_style") if rows else None
+    _print_tracks(rows, f"Sounds like: {seed}" + (f" ({seed_style})" if seed_style else ""))
 
 
 def _print_tracks(rows: list[dict], title: str, first: str = "rank", notes: tuple[str, ...] = ()) -> None:
-    """A table of tracks: rank (or step), artist, title, the three scores, the
-    mutual proximity when ranked by it, the seed when rows have one, the preview link."""
+    """A table of tracks: rank (or step), artist, style when rows have one (the
+    demo's), title, the three scores, the mutual proximity when ranked by it,
+    the seed when rows come from several, the preview link."""
     from rich.console import Console
     from rich.table import Table
 
-    columns = [first, "artist", "title", "cosine", "time", "frequency"]
+    styled = any(row.get("style") for row in rows)
+    columns = [first, "artist", *(["style"] if styled else []), "title", "cosine", "time", "frequency"]
     columns += ["mp"] if rows and rows[0].get("mutual_proximity") is not None else []
-    columns += ["seed"] if rows and "seed" in rows[0] else []
+    seeds = {seed: number for number, seed in enumerate(dict.fromkeys(r["seed"] for r in rows if "seed" in r), 1)}
+    # A column of 1s would only take room: one seed is named below, or in the title.
+    columns += ["seed"] if len(seeds) > 1 else []
     columns += ["preview"]
     table = Table(title=title)
     for column in columns:
         table.add_column(column, justify="right" if column in (first, "cosine", "time", "frequency", "mp", "seed")
                          else "left")
-    seeds = {seed: number for number, seed in enumerate(dict.fromkeys(r["seed"] for r in rows if "seed" in r), 1)}
     for rank, row in enumerate(rows, start=1):
-        cells = [str(row.get("step", rank - 1) if first == "step" else rank), row["artist"], row["title"],
+        cells = [str(row.get("step", rank - 1) if first == "step" else rank), row["artist"],
+                 *([row.get("style") or ""] if styled else []), row["title"],
                  f"{row['cosine']:.3f}", f"{row['time_similarity']:.3f}", f"{row['frequency_similarity']:.3f}"]
         cells += [f"{row['mutual_proximity']:.3f}"] if "mp" in columns else []
         cells += [str(seeds[row["seed"]])] if "seed" in columns else []
@@ -350,7 +355,8 @@ def _print_tracks(rows: list[dict], title: str, first: str = "rank", notes: tupl
         console = Console(width=200)
     console.print(table)
     for seed, number in seeds.items():
-        console.print(f"seed {number}: {seed}")
+        if len(seeds) > 1 or seed not in title:
+            console.print(f"seed {number}: {seed}")
     for note in notes:
         console.print(note)
 

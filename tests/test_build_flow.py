@@ -14,6 +14,7 @@ import duckdb
 import numpy as np
 import pytest
 
+from flows import cli as cli_module
 from flows.build import build
 from flows.cli import main as cli
 from sonufy_model.demo.synth import build_catalog
@@ -80,6 +81,24 @@ def test_recommendations_exclude_the_query_and_are_sorted(built):
     assert _sql(db, "SELECT track_id FROM similar_to(?, 10)", [seed_id]) == [
         (row["track_id"],) for row in recommendations
     ]
+
+
+def test_recommendations_show_each_tracks_style(built, capsys):
+    _, result = built
+    style = {track.track_id: track.style for track in build_catalog(N_TRACKS)}
+    rows = result["recommendations"]
+    assert [row["style"] for row in rows] == [style[row["track_id"]] for row in rows]
+    assert rows[0]["seed_style"] == style[rows[0]["seed_track_id"]]
+
+    cli_module._print_recommendations(rows, rows[0]["seed"], False)
+    table = capsys.readouterr().out
+    assert f"Sounds like: {rows[0]['seed']} ({rows[0]['seed_style']})" in table
+    header = next(line for line in table.splitlines() if "artist" in line)
+    assert header.index("artist") < header.index("style") < header.index("title")
+    assert "seed" not in header  # one seed: named in the title, not in a column of 1s
+    for row in rows:
+        line = next(line for line in table.splitlines() if row["title"] in line)
+        assert line.index(row["artist"]) < line.index(row["style"]) < line.index(row["title"])
 
 
 def test_the_duckdb_shell_answers_similar_to_from_the_file(built):
