@@ -24,6 +24,7 @@ from tasks.encoding import encode_batch, spectrograms_without_embedding
 from tasks.landscape import render_landscape, update_landscape
 from tasks.previews import fetch_previews, record_previews, tracks_without_preview
 from tasks.recommend import recommend
+from tasks.reporting import Stopwatch
 from tasks.search import update_search_index
 from tasks.spectrograms import (
     check_spectrograms,
@@ -100,58 +101,70 @@ def build(
         {"source": source, "queries": queries, "album_ids": album_ids, "playlist_ids": playlist_ids},
     )
     counts: dict = {}
+    clock = Stopwatch()  # seconds per stage, returned as "timings"
     try:
         with open_source(source, demo_tracks, cache_dir=paths.data_dir / "standin-cache") as origin:
             # 1. scrape: the catalog's tracks into DuckDB
-            if origin.folder is not None:
-                _add(counts, scan_folder(store, str(origin.folder), run_id))
-            else:
-                if scrape.empty:
-                    scrape = scrape.merged(origin.queries)
-                # parse → check (the metadata suite) → one track per ISRC, upserted; failures quarantined
-                tracks = parse_tracks(scrape_catalog(origin.settings, scrape))
-                _add(counts, upsert_tracks(store, tracks, check_tracks(tracks), run_id))
-                # 2. fetch: previews, concurrently within a batch; one batch at a
-                # time, so that the settings' concurrency, per-host and rate
-                # limits hold for the whole run, and each batch is recorded
-                # (a rerun resumes after the last recorded batch).
-                settings = with_preview_sources(origin.settings, preview_sources, preview_folder)
-                _add(counts, fetch_pending(store, settings, paths, run_id, batch_size))
+            with clock.stage("scrape"):
+                if origin.folder is not None:
+                    _add(counts, scan_folder(store, str(origin.folder), run_id))
+                else:
+                    if scrape.empty:
+                        scrape = scrape.merged(origin.queries)
+                    # parse → check (the metadata suite) → one track per ISRC, upserted; failures quarantined
+                    tracks = parse_tracks(scrape_catalog(origin.settings, scrape))
+                    _add(counts, upsert_tracks(store, tracks, check_tracks(tracks), run_id))
+            # 2. fetch: previews, concurrently within a batch; one batch at a
+            # time, so that the settings' concurrency, per-host and rate
+            # limits hold for the whole run, and each batch is recorded
+            # (a rerun resumes after the last recorded batch).
+            if origin.folder is None:
+                with clock.stage("fetch"):
+                    settings = with_preview_sources(origin.settings, preview_sources, preview_folder)
+                    _add(counts, fetch_pending(store, settings, paths, run_id, batch_size))
             demo_query = origin.demo_query
 
         # 3-4. spectrograms, checked by the spectrogram suite, written as shards
-        _add(counts, spectrograms_pending(
-            store, params, paths, run_id, batch_size, workers, max_failed_share, batches_in_flight, keep_previews
-        ))
+        with clock.stage("spectrograms"):
+            _add(counts, spectrograms_pending(
+                store, params, paths, run_id, batch_size, workers, max_failed_share, batches_in_flight, keep_previews
+            ))
 
         # 5. train a model version on every checked spectrogram; it becomes
         # current once encoded. A version already trained on this set (current,
         # or pending after a failed run) is reused, so a rerun resumes encoding.
-        model = store.target_model()
-        if retrain or model is None or model.set_id != params.set_id:
-            train_model(store, paths, params.set_id, {**DEFAULT_TRAINING, **(training or {})})
+        with clock.stage("train"):
+            model = store.target_model()
+            if retrain or model is None or model.set_id != params.set_id:
+                train_model(store, paths, params.set_id, {**DEFAULT_TRAINING, **(training or {})})
 
         # 6. encode every track without a vector, then switch to a pending version
-        _add(counts, encode_pending(store, run_id, tracks_per_batch=4 * batch_size))
+        with clock.stage("encode"):
+            _add(counts, encode_pending(store, run_id, tracks_per_batch=4 * batch_size))
         counts["model_version"] = store.current_model().model_version
         # 6a. the search index of the current version: built once, then the
         # tracks encoded since are added to their cells
-        update_search_index(store)
+        with clock.stage("search index"):
+            update_search_index(store)
 
         # 6b. the sonic landscape: a point per track (UMAP, fitted once per
         # model version, new tracks placed by it), drawn and published
-        _add(counts, update_landscape(store, paths))
-        render_landscape(store, paths.data_dir / "landscape")
+        with clock.stage("landscape"):
+            _add(counts, update_landscape(store, paths))
+            render_landscape(store, paths.data_dir / "landscape")
 
         # 7. recommend: nearest neighbours of a demo track, by cosine in SQL
-        recommendations = recommend(store, demo_query, 10)
+        with clock.stage("recommend"):
+            recommendations = recommend(store, demo_query, 10)
     except BaseException:
         store.finish_run(run_id, "failed", counts)
         raise
     counts.update({f"total_{name}": value for name, value in store.counts().items()})
     store.finish_run(run_id, "completed", counts)
-    logger.info("build finished: %s", counts)
-    return {"db": str(paths.db), "counts": counts, "recommendations": recommendations.to_dicts()}
+    logger.info("build finished in %.1f s: %s; stages: %s", clock.total, counts,
+                ", ".join(f"{name} {seconds:.1f} s" for name, seconds in clock.seconds.items()))
+    return {"db": str(paths.db), "counts": counts, "recommendations": recommendations.to_dicts(),
+            "timings": clock.seconds}
 
 
 def with_preview_sources(

@@ -83,6 +83,14 @@ def test_recommendations_exclude_the_query_and_are_sorted(built):
     ]
 
 
+def test_the_build_reports_seconds_per_stage(built):
+    _, result = built
+    timings = result["timings"]
+    assert list(timings) == ["scrape", "fetch", "spectrograms", "train", "encode", "search index", "landscape",
+                             "recommend"]
+    assert all(seconds >= 0 for seconds in timings.values()) and timings["train"] > 0
+
+
 def test_recommendations_show_each_tracks_style(built, capsys):
     _, result = built
     style = {track.track_id: track.style for track in build_catalog(N_TRACKS)}
