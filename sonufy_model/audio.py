@@ -18,6 +18,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import threading
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -141,7 +142,7 @@ def load_excerpts(path: str | Path, params: MelParams) -> list[tuple[np.ndarray,
                     raise AudioDecodeError(f"{path}: contains no audio samples")
                 mono = _downmix(samples)
                 if rate != params.sample_rate:
-                    mono = soxr.resample(mono, rate, params.sample_rate).astype(np.float32)
+                    mono = soxr.resample(mono, rate, params.sample_rate).astype(np.float32, copy=False)
                 clips.append(_fit(mono, params))
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         raise AudioDecodeError(f"{path}: does not decode as audio ({error})") from error
@@ -154,12 +155,17 @@ def load_excerpt(path: str | Path, params: MelParams) -> tuple[np.ndarray, float
 
 
 def _downmix(samples: np.ndarray) -> np.ndarray:
-    """The mean of the channels. A matrix-vector product: numpy's mean over
-    the short axis of a (frames, channels) array is ten times slower, as
-    slow as decoding the mp3."""
+    """The mean of the channels. Stereo: the two columns added and halved,
+    bit for bit the matrix-vector product used for more channels, three
+    times faster (numpy's mean over the short axis of a (frames, channels)
+    array is ten times slower still, as slow as decoding the mp3)."""
     channels = samples.shape[1]
     if channels == 1:
         return samples[:, 0]
+    if channels == 2:
+        mono = np.add(samples[:, 0], samples[:, 1])
+        mono *= samples.dtype.type(0.5)
+        return mono
     return samples @ np.full(channels, 1.0 / channels, dtype=samples.dtype)
 
 
@@ -238,12 +244,29 @@ def _time_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return weights
 
 
+# Each thread's buffer for the windowed frames, reused from clip to clip: a
+# fresh 10 MB array a clip costs its page faults, about as much as the window.
+_frames_buffer = threading.local()
+
+
+def _windowed(frames: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """``frames * window`` in this thread's reused buffer (valid until its next call)."""
+    buffer = getattr(_frames_buffer, "array", None)
+    if buffer is None or buffer.shape != frames.shape:
+        buffer = _frames_buffer.array = np.empty(frames.shape, dtype=np.float32)
+    return np.multiply(frames, window, out=buffer)
+
+
 def mel_power(clip: np.ndarray, params: MelParams) -> np.ndarray:
     """The mel power spectrogram, as librosa.feature.melspectrogram computes it.
 
     The same centred, zero-padded, Hann-windowed STFT as librosa.stft, done
     as one float32 real FFT over a strided view of the frames (no copies but
-    the windowed frames), then only the bins the filterbank uses.
+    the windowed frames, in a buffer reused from clip to clip), then only the
+    bins the filterbank uses. The product with the filterbank runs with the
+    frames as rows, (frames × bins) @ (bins × mels): the same sums, but four
+    times faster here than the filterbank on the left of the transposed
+    power; the result is its transpose, a view in column-major order.
     """
     import scipy.fft
 
@@ -254,9 +277,9 @@ def mel_power(clip: np.ndarray, params: MelParams) -> np.ndarray:
         padded, shape=(n_frames, n_fft), strides=(padded.strides[0] * hop, padded.strides[0]), writeable=False
     )
     basis, used = _mel_basis(params.sample_rate, n_fft, params.n_mels, params.fmax)
-    spectrum = scipy.fft.rfft(frames * _window(n_fft), axis=1)[:, :used]
+    spectrum = scipy.fft.rfft(_windowed(frames, _window(n_fft)), axis=1)[:, :used]
     power = np.square(spectrum.real) + np.square(spectrum.imag)
-    return basis @ power.T
+    return (power @ basis.T).T
 
 
 @lru_cache(maxsize=8)

@@ -74,6 +74,27 @@ def test_matches_librosa_melspectrogram(clips):
     assert np.abs(absolute - np.clip((db_re_full_scale - low) / (high - low), 0, 1)).max() < 0.02
 
 
+def test_stereo_is_the_mean_of_its_channels(tmp_path):
+    from sonufy_model.audio import _downmix
+
+    rng = np.random.default_rng(5)
+    for channels in (2, 3):
+        samples = rng.uniform(-1, 1, (10_000, channels)).astype(np.float32)
+        # The same bits as the matrix-vector product that any channel count can use.
+        np.testing.assert_array_equal(_downmix(samples), samples @ np.full(channels, 1 / channels, np.float32))
+        np.testing.assert_allclose(_downmix(samples), samples.mean(axis=1), atol=1e-6)
+    # A stereo mp3 with different channels, decoded and resampled: librosa.load's mono.
+    import librosa
+
+    path = tmp_path / "stereo.mp3"
+    sf.write(path, np.stack([_tone(30.0, 44100, 440.0), _tone(30.0, 44100, 2500.0, seed=1)], axis=1), 44100,
+             format="MP3")
+    clip, _ = load_excerpt(path, PARAMS)
+    y, _ = librosa.load(path, sr=PARAMS.sample_rate, duration=PARAMS.clip_seconds)
+    n = min(y.size, clip.size)
+    assert np.abs(clip[:n] - y[:n]).max() < 1e-3 and np.abs(clip[:n]).max() > 0.1
+
+
 def test_absolute_level_keeps_loudness_and_peak_level_hides_it(clips):
     clip, _ = load_excerpt(clips["song"], PARAMS)
     softer = clip * np.float32(10 ** (-12 / 20))  # 12 dB down
