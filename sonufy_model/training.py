@@ -80,12 +80,12 @@ class StepReport(Callback):
 
     ``step`` counts optimizer steps (those of a resumed run included),
     ``total`` is the step the run ends at unless early stopping or the time
-    box ends it first (null when unbounded), ``loss`` a moving average of the
-    training loss (null before the first step), ``left_s`` the smaller of
-    the steps still to go at this run's pace and the time box's remainder
-    (null while neither is known). ``phase`` is "train", "validate" (held-out
-    batches; also the sanity check before the first step) or "done". Only
-    global rank 0 prints.
+    box ends it first (null when unbounded, and during the sanity check),
+    ``loss`` a moving average of the training loss (null before the first
+    step), ``left_s`` the smaller of the steps still to go at this run's
+    pace and the time box's remainder (null while neither is known).
+    ``phase`` is "train", "validate" (held-out batches; also the sanity
+    check before the first step) or "done". Only global rank 0 prints.
     """
 
     def __init__(self, every_s: float = 1.0) -> None:
@@ -94,10 +94,15 @@ class StepReport(Callback):
         self._first_step = 0
         self._last_print = -math.inf
         self._loss: Any = None  # a tensor on the model's device: no sync per step
+        # Known from the start of training (not during the sanity check, which
+        # must not set up the training data early).
+        self._total: int | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
         self._first_step = trainer.global_step
+        total = trainer.estimated_stepping_batches if trainer.max_epochs not in (None, -1) else math.inf
+        self._total = int(total) if math.isfinite(total) else None
         self._emit(trainer, "train", force=True)
 
     def on_train_batch_end(
@@ -122,9 +127,7 @@ class StepReport(Callback):
             return
         self._last_print = now
         elapsed = now - self._started
-        step = trainer.global_step
-        total = trainer.estimated_stepping_batches if trainer.max_epochs not in (None, -1) else math.inf
-        total = None if not math.isfinite(total) else int(total)
+        step, total = trainer.global_step, self._total
         lefts = []
         done_here = step - self._first_step
         if total is not None and done_here > 0:

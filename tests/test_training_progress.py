@@ -39,19 +39,24 @@ def _states(text: str) -> list[dict]:
             if line.startswith(training.PROGRESS_PREFIX)]
 
 
-def test_the_trainer_reports_steps_total_loss_and_time_left(manifest, tmp_path, capsys):
-    config = training.TrainConfig.from_dict({
-        "manifest": manifest, "output_dir": str(tmp_path / "run"), "max_epochs": 2, "limit_train_batches": 3,
-        "batch_size": 4, "crops_per_track": 2, "val_fraction": 0.25, "accelerator": "cpu", "devices": 1,
-        "filters": [4, 8, 16, 32], "max_time_s": 600,
+def _config(output_dir, **changes) -> training.TrainConfig:
+    return training.TrainConfig.from_dict({
+        "manifest": changes.pop("manifest"), "output_dir": str(output_dir), "max_epochs": 2,
+        "limit_train_batches": 3, "batch_size": 4, "crops_per_track": 2, "val_fraction": 0.25,
+        "accelerator": "cpu", "devices": 1, "filters": [4, 8, 16, 32], "max_time_s": 600, **changes,
     })
-    result = training.train(config, progress_every_s=0.0)
+
+
+def test_the_trainer_reports_steps_total_loss_and_time_left(manifest, tmp_path, capsys):
+    result = training.train(_config(tmp_path / "run", manifest=manifest), progress_every_s=0.0)
     states = _states(capsys.readouterr().out)
 
     train_states = [s for s in states if s["phase"] == "train"]
     assert train_states and {"validate", "done"} <= {s["phase"] for s in states}
     assert states[-1]["phase"] == "done" and states[-1]["step"] == 6 and states[-1]["epoch"] == result.epochs == 2
-    assert all(s["total"] == 6 and s["max_epochs"] == 2 for s in states)
+    # The sanity check validates before training has set up its data: no total yet.
+    assert states[0] == {**states[0], "phase": "validate", "step": 0, "total": None}
+    assert all(s["total"] == 6 and s["max_epochs"] == 2 for s in states[1:])
     steps = [s["step"] for s in train_states]
     assert steps == sorted(steps) and steps[-1] == 6
     stepped = [s for s in train_states if s["step"] > 0]
@@ -61,14 +66,12 @@ def test_the_trainer_reports_steps_total_loss_and_time_left(manifest, tmp_path, 
     assert [s["left_s"] for s in stepped if s["step"] == 6] == [0.0] * len([s for s in stepped if s["step"] == 6])
 
 
-def test_without_the_option_the_trainer_prints_no_progress(manifest, tmp_path, capsys):
-    config = training.TrainConfig.from_dict({
-        "manifest": manifest, "output_dir": str(tmp_path / "run"), "max_epochs": 1, "limit_train_batches": 1,
-        "batch_size": 4, "crops_per_track": 2, "val_fraction": 0.25, "accelerator": "cpu", "devices": 1,
-        "filters": [4, 8, 16, 32],
-    })
-    training.train(config)
+def test_reporting_changes_nothing_in_training_and_is_off_by_default(manifest, tmp_path, capsys):
+    reported = training.train(_config(tmp_path / "reported", manifest=manifest, max_epochs=1), progress_every_s=0.0)
+    assert _states(capsys.readouterr().out)
+    silent = training.train(_config(tmp_path / "silent", manifest=manifest, max_epochs=1))
     assert _states(capsys.readouterr().out) == []
+    assert silent.val_score == reported.val_score and silent.epochs == reported.epochs == 1
 
 
 def _line(step: int, phase: str = "train", loss: float | None = 1.5) -> str:
