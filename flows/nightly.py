@@ -13,7 +13,7 @@ it stale), which every writing flow and command takes; a nightly that finds
 another writer (a nightly, a build, a retrain) waits ``wait_for_running_s``
 and then exits cleanly, doing nothing.
 Writes are short transactions; a user's DuckDB session that holds the file
-makes the run wait, never fail (see README, "Ad-hoc SQL while the nightly runs").
+makes the run wait, never fail (see docs/operations.md, "Ad-hoc SQL while the nightly runs").
 """
 
 from __future__ import annotations
