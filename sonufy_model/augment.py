@@ -43,6 +43,13 @@ class AugmentSettings:
         (frames) set to silence, one of each per crop, widths uniform from 0.
     gain_db: each view's level moves by up to this many dB either way, on
         the absolute spectrogram scale (audio.ABSOLUTE_RANGE_DBFS).
+    blur_bands: each view is smoothed along the mel axis by a Gaussian whose
+        width (standard deviation, in mel bands) is uniform from 0 to this:
+        the harmonics that spell out the notes blur, the spectral envelope
+        (the instruments' colour) stays.
+    shuffle_segments: each view is cut along time into this many equal
+        segments, put back in a random order: the melody's and the rhythm's
+        order is lost, the sound of each moment is kept.
     """
 
     stretch: float = 0.25
@@ -50,6 +57,8 @@ class AugmentSettings:
     time_mask_frames: int = 24
     pitch_semitones: float = 0.0
     gain_db: float = 0.0
+    blur_bands: float = 0.0
+    shuffle_segments: int = 0
     # The mel scale the pitch shift warps: the spectrograms' (MelParams) top.
     fmax: float = 8000.0
 
@@ -62,6 +71,10 @@ class AugmentSettings:
             raise ValueError(f"gain_db must be in [0, 24], got {self.gain_db}")
         if self.freq_mask_bands < 0 or self.time_mask_frames < 0:
             raise ValueError("mask widths must be >= 0")
+        if not 0.0 <= self.blur_bands <= 16.0:
+            raise ValueError(f"blur_bands must be in [0, 16], got {self.blur_bands}")
+        if self.shuffle_segments < 0 or self.shuffle_segments == 1:
+            raise ValueError(f"shuffle_segments must be 0 (off) or >= 2, got {self.shuffle_segments}")
 
     def crop_frames(self, tile_frames: int) -> int:
         """Frames a training crop must have for the widest stretched view of a tile."""
@@ -75,7 +88,9 @@ def augment(crops: torch.Tensor, tile_frames: int, settings: AugmentSettings) ->
     (clipped to the crop) at a random place in its crop, resized to
     ``tile_frames`` by linear interpolation, its frequencies scaled by up to
     ``pitch_semitones`` either way, its level moved by up to ``gain_db``,
-    then masks one band and one span. Values stay in [0, 1].
+    smoothed along the mel axis (``blur_bands``), its time segments shuffled
+    (``shuffle_segments``), then masks one band and one span. Values stay in
+    [0, 1].
     """
     if crops.ndim != 3 or crops.shape[2] < tile_frames:
         raise ValueError(f"expected crops (B, n_mels, >= {tile_frames} frames), got {tuple(crops.shape)}")
@@ -105,6 +120,10 @@ def augment(crops: torch.Tensor, tile_frames: int, settings: AugmentSettings) ->
         low, high = ABSOLUTE_RANGE_DBFS
         gain = (uniform(batch) * 2 - 1) * (settings.gain_db / (high - low))
         views = views + gain.to(views.dtype)[:, None, None]
+    if settings.blur_bands > 0:
+        views = _blur_bands(views, settings.blur_bands * uniform(batch))
+    if settings.shuffle_segments >= 2:
+        views = _shuffle_segments(views, settings.shuffle_segments)
 
     masked = torch.zeros_like(views, dtype=torch.bool)
     for size, axis, length in ((settings.freq_mask_bands, 1, n_mels), (settings.time_mask_frames, 2, tile_frames)):
@@ -116,6 +135,37 @@ def augment(crops: torch.Tensor, tile_frames: int, settings: AugmentSettings) ->
         hit = (index >= starts[:, None]) & (index < (starts + widths)[:, None])  # (B, length)
         masked |= hit[:, :, None] if axis == 1 else hit[:, None, :]
     return views.masked_fill(masked, 0.0).clamp_(0.0, 1.0)
+
+
+def _blur_bands(views: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Each view ``(B, n_mels, T)`` smoothed along the mel axis by a Gaussian of its own ``sigmas[b]`` bands.
+
+    The kernel is normalised (a flat spectrum stays as it is) and the edges
+    are padded with their own value, so the level is kept; a width of 0 is
+    the identity.
+    """
+    batch, n_mels, frames = views.shape
+    radius = max(1, int(np.ceil(3 * float(sigmas.max()))))
+    offsets = torch.arange(-radius, radius + 1, device=views.device, dtype=views.dtype)
+    sig = sigmas.to(views.device, views.dtype).clamp(min=1e-3)[:, None]
+    kernels = torch.exp(-0.5 * (offsets[None] / sig) ** 2)
+    kernels = kernels / kernels.sum(1, keepdim=True)  # (B, taps)
+    # One group per (view, frame) row: the frames become rows, the mel axis the signal.
+    rows = F.pad(views.transpose(1, 2).reshape(1, batch * frames, n_mels), (radius, radius), mode="replicate")
+    smoothed = F.conv1d(rows, kernels.repeat_interleave(frames, 0)[:, None, :], groups=batch * frames)
+    return smoothed.view(batch, frames, n_mels).transpose(1, 2)
+
+
+def _shuffle_segments(views: torch.Tensor, segments: int) -> torch.Tensor:
+    """Each view's ``segments`` equal time segments in a random order of its own (frames past them stay)."""
+    batch, n_mels, frames = views.shape
+    length = frames // segments
+    order = torch.argsort(torch.rand(batch, segments), dim=1).to(views.device)
+    within = torch.arange(length, device=views.device)
+    index = (order[:, :, None] * length + within[None, None]).reshape(batch, segments * length)
+    tail = torch.arange(segments * length, frames, device=views.device)[None].expand(batch, -1)
+    index = torch.cat([index, tail], dim=1)
+    return torch.gather(views, 2, index[:, None, :].expand(batch, n_mels, frames))
 
 
 def _pitch_rows(batch: int, n_mels: int, settings: AugmentSettings, uniform) -> torch.Tensor:

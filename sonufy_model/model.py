@@ -126,7 +126,8 @@ class TimeFreqAutoencoder(L.LightningModule):
             module docstring).
         projection_dim: output size of the invariance objective's projection
             head (training only).
-        stretch, freq_mask_bands, time_mask_frames, pitch_semitones, gain_db: the invariance
+        stretch, freq_mask_bands, time_mask_frames, pitch_semitones, gain_db, blur_bands,
+        shuffle_segments: the invariance
             objective's augmentations (:class:`sonufy_model.augment.AugmentSettings`).
     """
 
@@ -148,6 +149,8 @@ class TimeFreqAutoencoder(L.LightningModule):
         time_mask_frames: int = 24,
         pitch_semitones: float = 0.0,
         gain_db: float = 0.0,
+        blur_bands: float = 0.0,
+        shuffle_segments: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -181,7 +184,8 @@ class TimeFreqAutoencoder(L.LightningModule):
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.objective = objective
         self.augment_settings = AugmentSettings(
-            stretch, freq_mask_bands, time_mask_frames, pitch_semitones, gain_db
+            stretch, freq_mask_bands, time_mask_frames, pitch_semitones, gain_db, blur_bands=blur_bands,
+            shuffle_segments=shuffle_segments,
         )
 
         half = latent_dim // 2

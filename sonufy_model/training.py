@@ -225,9 +225,11 @@ class TrainConfig:
     time_mask_frames: int = 24
     pitch_semitones: float = 0.0
     gain_db: float = 0.0
+    blur_bands: float = 0.0
+    shuffle_segments: int = 0
     # Tiles per spectrogram averaged into a track's vector. 8 scores as 32
     # (the seed's) on the demo catalog's evaluation, at a quarter of the
-    # encoding work (README, "How fast is search?").
+    # encoding work (docs/performance.md, "How fast is search?").
     encode_tiles: int = 8
 
     def __post_init__(self) -> None:
@@ -369,7 +371,8 @@ def train(config: TrainConfig, progress_every_s: float | None = None) -> TrainRe
     # One set of augmentation settings: the model draws its views with them,
     # and the data must serve crops wide enough for their widest stretch.
     augment_settings = AugmentSettings(
-        config.stretch, config.freq_mask_bands, config.time_mask_frames, config.pitch_semitones, config.gain_db
+        config.stretch, config.freq_mask_bands, config.time_mask_frames, config.pitch_semitones, config.gain_db,
+        blur_bands=config.blur_bands, shuffle_segments=config.shuffle_segments,
     )
     datamodule = SpectrogramDataModule(
         manifest,
@@ -406,6 +409,8 @@ def train(config: TrainConfig, progress_every_s: float | None = None) -> TrainRe
         time_mask_frames=config.time_mask_frames,
         pitch_semitones=config.pitch_semitones,
         gain_db=config.gain_db,
+        blur_bands=config.blur_bands,
+        shuffle_segments=config.shuffle_segments,
     )
 
     last_checkpoint = checkpoint_dir / LAST_CHECKPOINT_NAME

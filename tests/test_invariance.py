@@ -240,3 +240,42 @@ def test_gain_moves_each_view_by_one_level_within_its_range():
     assert torch.allclose(still, crops, atol=1e-5)
     with pytest.raises(ValueError, match="gain_db"):
         AugmentSettings(gain_db=-1)
+
+
+def test_band_blur_spreads_a_harmonic_keeps_the_level_and_is_off_by_default():
+    torch.manual_seed(3)
+    crops = torch.full((64, N_MELS, TILE), 0.3)
+    crops[:, 60] = 0.9  # one harmonic, constant in time
+    plain = AugmentSettings(stretch=0.0, freq_mask_bands=0, time_mask_frames=0)
+    assert torch.allclose(augment(crops, TILE, plain), crops, atol=1e-5)
+    views = augment(crops, TILE, AugmentSettings(stretch=0.0, freq_mask_bands=0, time_mask_frames=0, blur_bands=3.0))
+    # Each view's spectrum is one shape in every frame: the blur acts along the mel axis only...
+    assert torch.allclose(views, views[:, :, :1].expand_as(views), atol=1e-5)
+    # ...keeps the spectrum's mean (a normalised kernel, the edges far from the harmonic)...
+    assert torch.allclose(views.mean(dim=(1, 2)), crops.mean(dim=(1, 2)), atol=1e-4)
+    # ...and spreads the harmonic by a width of the view's own, up to 3 bands.
+    peak = views[:, 60, 0]
+    assert peak.max() <= 0.9 + 1e-5 and peak.min() < 0.5 and peak.std() > 0.02
+    assert (views[:, 60 + 12, 0] - 0.3).abs().max() < 0.01  # 4 sigma away: untouched
+    with pytest.raises(ValueError, match="blur_bands"):
+        AugmentSettings(blur_bands=-1)
+
+
+def test_segment_shuffle_reorders_whole_segments_of_time_per_view():
+    torch.manual_seed(4)
+    crops = torch.arange(TILE, dtype=torch.float32).div(TILE)[None, None].expand(32, N_MELS, TILE).contiguous()
+    views = augment(crops, TILE, AugmentSettings(stretch=0.0, freq_mask_bands=0, time_mask_frames=0,
+                                                 shuffle_segments=4))
+    length = TILE // 4
+    orders = set()
+    for view in views:
+        frames = (view[0] * TILE).round().long()
+        assert torch.allclose(view, view[:1].expand_as(view), atol=1e-6)  # every band moves alike
+        segments = frames.view(4, length)
+        # Each segment is one original segment, whole and in its own order of frames.
+        assert all(torch.equal(s, torch.arange(s[0], s[0] + length)) and int(s[0]) % length == 0 for s in segments)
+        assert sorted(int(s[0]) // length for s in segments) == [0, 1, 2, 3]
+        orders.add(tuple(int(s[0]) // length for s in segments))
+    assert len(orders) > 5  # a random order per view
+    with pytest.raises(ValueError, match="shuffle_segments"):
+        AugmentSettings(shuffle_segments=1)
