@@ -123,7 +123,7 @@ def augment(crops: torch.Tensor, tile_frames: int, settings: AugmentSettings) ->
     if settings.blur_bands > 0:
         views = _blur_bands(views, settings.blur_bands * uniform(batch))
     if settings.shuffle_segments >= 2:
-        views = _shuffle_segments(views, settings.shuffle_segments)
+        views = _shuffle_segments(views, settings.shuffle_segments, uniform)
 
     masked = torch.zeros_like(views, dtype=torch.bool)
     for size, axis, length in ((settings.freq_mask_bands, 1, n_mels), (settings.time_mask_frames, 2, tile_frames)):
@@ -156,11 +156,11 @@ def _blur_bands(views: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     return smoothed.view(batch, frames, n_mels).transpose(1, 2)
 
 
-def _shuffle_segments(views: torch.Tensor, segments: int) -> torch.Tensor:
+def _shuffle_segments(views: torch.Tensor, segments: int, uniform) -> torch.Tensor:
     """Each view's ``segments`` equal time segments in a random order of its own (frames past them stay)."""
     batch, n_mels, frames = views.shape
     length = frames // segments
-    order = torch.argsort(torch.rand(batch, segments), dim=1).to(views.device)
+    order = torch.argsort(uniform(batch, segments), dim=1)
     within = torch.arange(length, device=views.device)
     index = (order[:, :, None] * length + within[None, None]).reshape(batch, segments * length)
     tail = torch.arange(segments * length, frames, device=views.device)[None].expand(batch, -1)
