@@ -1,0 +1,96 @@
+"""Clusters and neighbours in the latent space: k-means with the k of the
+highest silhouette, and each vector's nearest others by cosine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sonufy_model.landscape.layout import _matrix
+
+NEIGHBOURS = 10
+#: Up to this many points, neighbours are exact (cosine by a matrix product);
+#: above it, approximate (pynndescent).
+EXACT_NEIGHBOURS_LIMIT = 20_000
+CLUSTER_K_RANGE = (2, 12)
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """k-means labels with the k of the highest silhouette over a range."""
+
+    k: int
+    labels: np.ndarray
+    silhouette: float
+    scores: dict[int, float] = field(default_factory=dict)
+
+    criterion = "k-means on unit-length vectors; k with the highest silhouette (cosine) over the range"
+
+
+def _unit(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms > 0, norms, 1.0)
+
+
+def choose_clusters(
+    vectors: Any, k_range: tuple[int, int] = CLUSTER_K_RANGE, random_state: int = 0
+) -> Clustering | None:
+    """k-means on the vectors (unit length: cosine geometry) for each k in
+    ``k_range`` (inclusive, at most n - 1); the k whose labels have the
+    highest mean silhouette wins. None when there are fewer than 3 points."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    matrix = _unit(_matrix(vectors, "vectors to cluster").astype(np.float64))
+    low, high = k_range
+    if low < 2 or high < low:
+        raise ValueError(f"cluster k range must be 2 <= low <= high, got {k_range}")
+    high = min(high, matrix.shape[0] - 1)
+    if high < low:
+        return None
+    sample = min(matrix.shape[0], 5000)
+    best: Clustering | None = None
+    scores: dict[int, float] = {}
+    for k in range(low, high + 1):
+        labels = KMeans(n_clusters=k, n_init=2, random_state=random_state).fit_predict(matrix)
+        if len(set(labels.tolist())) < 2:
+            continue
+        score = float(silhouette_score(matrix, labels, sample_size=sample, random_state=random_state))
+        scores[k] = score
+        if best is None or score > best.silhouette:
+            best = Clustering(k, labels.astype(np.int32), score)
+    return None if best is None else Clustering(best.k, best.labels, best.silhouette, scores)
+
+
+def nearest_neighbours(vectors: Any, k: int = NEIGHBOURS, random_state: int = 42) -> np.ndarray:
+    """Indices of each vector's k nearest others by cosine, nearest first.
+
+    Exact up to EXACT_NEIGHBOURS_LIMIT vectors (the same order as the
+    ``similar_to`` macro, ties aside), approximate above (pynndescent)."""
+    matrix = _unit(_matrix(vectors, "vectors").astype(np.float64))
+    n = matrix.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        return np.zeros((n, 0), dtype=np.int32)
+    if n > EXACT_NEIGHBOURS_LIMIT:
+        from pynndescent import NNDescent
+
+        index = NNDescent(matrix.astype(np.float32), metric="cosine", n_neighbors=k + 1, random_state=random_state)
+        found, _ = index.neighbor_graph
+        out = np.empty((n, k), dtype=np.int32)
+        for i, row in enumerate(found):
+            others = row[(row != i) & (row >= 0)]
+            out[i] = others[:k] if len(others) >= k else np.resize(others, k)
+        return out
+    out = np.empty((n, k), dtype=np.int32)
+    for start in range(0, n, 2048):
+        sims = matrix[start:start + 2048] @ matrix.T
+        rows = np.arange(sims.shape[0])
+        sims[rows, start + rows] = -np.inf
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
+        out[start:start + sims.shape[0]] = np.take_along_axis(top, order, axis=1)
+    return out
+
