@@ -6,42 +6,29 @@ Every stage skips work already done, so a failed run can simply be rerun.
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import replace
-
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
-from flows.progress import StageProgress
 from flows.sources import open_source
+from flows.stages import (
+    DEFAULT_TRAINING,
+    add_counts,
+    encode_pending,
+    fetch_pending,
+    flow_run_id,
+    spectrograms_pending,
+    with_preview_sources,
+)
 from flows.writer import holds_writer_lock
 from sonufy_model.audio import MelParams
-from sonufy_model.config import Paths, ServiceSettings
-from sonufy_model.store import ModelRecord, Store, batches
+from sonufy_model.config import Paths
+from sonufy_model.store import Store
 from sonufy_model.scrape_config import ScrapeConfig
 from tasks.catalog import check_tracks, parse_tracks, scan_folder, scrape_catalog, upsert_tracks
-from tasks.encoding import encode_batch, spectrograms_without_embedding
 from tasks.landscape import render_landscape, update_landscape
-from tasks.previews import fetch_previews, record_previews, tracks_without_preview
 from tasks.recommend import recommend
 from tasks.reporting import Stopwatch
 from tasks.search import update_search_index
-from tasks.spectrograms import (
-    check_spectrograms,
-    drop_previews,
-    compute_spectrograms,
-    previews_without_spectrogram,
-    record_spectrograms,
-    write_spectrogram_shard,
-)
 from tasks.training import train_model
-
-# The model, batch and epochs come from the preset (sonufy_model.presets,
-# "invariance" unless the config names another); the build adds its time box.
-DEFAULT_TRAINING = {
-    "max_time_s": 300,
-    "seed": 0,
-}
 
 
 @flow(name="build", log_prints=True)
@@ -87,7 +74,7 @@ def build(
     logger = get_run_logger()
     paths = Paths.for_db(db, data_dir)
     store = Store(paths.db)
-    run_id = str(flow_run.id) if flow_run.id else "local"
+    run_id = flow_run_id()
     params = MelParams(excerpts=excerpts, placement=placement)
     scrape = ScrapeConfig(
         queries=tuple(queries or ()),
@@ -107,13 +94,13 @@ def build(
             # 1. scrape: the catalog's tracks into DuckDB
             with clock.stage("scrape"):
                 if origin.folder is not None:
-                    _add(counts, scan_folder(store, str(origin.folder), run_id))
+                    add_counts(counts, scan_folder(store, str(origin.folder), run_id))
                 else:
                     if scrape.empty:
                         scrape = scrape.merged(origin.queries)
                     # parse → check (the metadata suite) → one track per ISRC, upserted; failures quarantined
                     tracks = parse_tracks(scrape_catalog(origin.settings, scrape))
-                    _add(counts, upsert_tracks(store, tracks, check_tracks(tracks), run_id))
+                    add_counts(counts, upsert_tracks(store, tracks, check_tracks(tracks), run_id))
             # 2. fetch: previews, concurrently within a batch; one batch at a
             # time, so that the settings' concurrency, per-host and rate
             # limits hold for the whole run, and each batch is recorded
@@ -121,12 +108,12 @@ def build(
             if origin.folder is None:
                 with clock.stage("fetch"):
                     settings = with_preview_sources(origin.settings, preview_sources, preview_folder)
-                    _add(counts, fetch_pending(store, settings, paths, run_id, batch_size))
+                    add_counts(counts, fetch_pending(store, settings, paths, run_id, batch_size))
             demo_query = origin.demo_query
 
         # 3-4. spectrograms, checked by the spectrogram suite, written as shards
         with clock.stage("spectrograms"):
-            _add(counts, spectrograms_pending(
+            add_counts(counts, spectrograms_pending(
                 store, params, paths, run_id, batch_size, workers, max_failed_share, batches_in_flight, keep_previews
             ))
 
@@ -140,7 +127,7 @@ def build(
 
         # 6. encode every track without a vector, then switch to a pending version
         with clock.stage("encode"):
-            _add(counts, encode_pending(store, run_id, tracks_per_batch=4 * batch_size))
+            add_counts(counts, encode_pending(store, run_id, tracks_per_batch=4 * batch_size))
         counts["model_version"] = store.current_model().model_version
         # 6a. the search index of the current version: built once, then the
         # tracks encoded since are added to their cells
@@ -150,7 +137,7 @@ def build(
         # 6b. the sonic landscape: a point per track (UMAP, fitted once per
         # model version, new tracks placed by it), drawn and published
         with clock.stage("landscape"):
-            _add(counts, update_landscape(store, paths))
+            add_counts(counts, update_landscape(store, paths))
             render_landscape(store, paths.data_dir / "landscape")
 
         # 7. recommend: nearest neighbours of a demo track, by cosine in SQL
@@ -165,124 +152,3 @@ def build(
                 ", ".join(f"{name} {seconds:.1f} s" for name, seconds in clock.seconds.items()))
     return {"db": str(paths.db), "counts": counts, "recommendations": recommendations.to_dicts(),
             "timings": clock.seconds}
-
-
-def with_preview_sources(
-    settings: ServiceSettings, sources: list[str] | None, folder: str | None
-) -> ServiceSettings:
-    """The settings with the run's preview sources: your own files first, if any."""
-    if folder and not sources:
-        sources = ["folder", *settings.preview_sources]
-    if not sources and not folder:
-        return settings
-    return replace(settings, preview_sources=tuple(sources or settings.preview_sources), preview_folder=folder)
-
-
-def fetch_pending(store: Store, settings: ServiceSettings, paths: Paths, run_id: str, batch_size: int) -> dict:
-    """Previews of every catalog track without one, concurrently within a
-    batch; one batch at a time, so that the settings' concurrency, per-host
-    and rate limits hold for the whole run, and each batch is recorded (a
-    rerun resumes after the last recorded batch)."""
-    counts: dict = {}
-    pending = tracks_without_preview(store, settings.fetch_max_attempts)
-    parts = batches(pending, batch_size)
-    progress = StageProgress("fetch", pending.height)
-    for number, batch in enumerate(parts, start=1):
-        fetched = fetch_previews.with_options(
-            task_run_name=f"fetch[batch {number}/{len(parts)}: {batch.height} tracks]"
-        )(batch, settings, paths.previews, number)
-        _add(counts, record_previews(store, fetched, run_id, number, settings))
-        progress.advance(batch.height)
-    return counts
-
-
-def spectrograms_pending(
-    store: Store,
-    params: MelParams,
-    paths: Paths,
-    run_id: str,
-    batch_size: int,
-    workers: int,
-    max_failed_share: float,
-    batches_in_flight: int = 2,
-    keep_previews: bool = True,
-    reports: list | None = None,
-) -> dict:
-    """Spectrograms of every preview without one: checked by the spectrogram
-    suite and written as shards on the task runner's workers (Dask, or this
-    machine), then indexed in DuckDB here, a batch at a time, so that a rerun
-    resumes after the last indexed batch. The suite's reports are appended
-    to ``reports`` when given."""
-    counts: dict = {}
-    files = previews_without_spectrogram(store, params)
-    checks = []
-
-    def convert(number: int, batch):
-        converted = compute_spectrograms.submit(batch, params, workers, number)
-        report = check_spectrograms.submit(converted, params, max_failed_share, number)
-        checks.append(report)
-        return write_spectrogram_shard.submit(converted, report, params, paths.spectrograms, number)
-
-    parts = batches(files, batch_size)
-    progress = StageProgress("spectrograms", files.height, unit="files")
-    for shard, part in zip(pipelined(parts, convert, window=batches_in_flight), parts):
-        _add(counts, record_spectrograms(store, shard, run_id))
-        if not keep_previews:
-            _add(counts, drop_previews(store, shard))
-        progress.advance(part.height)
-    if reports is not None:
-        reports.extend(check.result() for check in checks)
-    return counts
-
-
-def encode_model(store: Store, model: ModelRecord, run_id: str, tracks_per_batch: int, first: int = 1) -> dict:
-    """Encode, a batch at a time, every track without a vector in ``model``."""
-    counts: dict = {}
-    pending = spectrograms_without_embedding(store, model)
-    parts = batches(pending, tracks_per_batch, by="track_id")
-    progress = StageProgress("encode", pending["track_id"].n_unique(), unit="tracks")
-    for number, batch in enumerate(parts, start=first):
-        _add(counts, encode_batch(store, model, batch, run_id, number))
-        progress.advance(batch["track_id"].n_unique())
-    counts["batches"] = counts.get("batches", 0) + len(parts)
-    return counts
-
-
-def encode_pending(store: Store, run_id: str, tracks_per_batch: int) -> dict:
-    """Encode, a batch at a time, every track without a vector for the current
-    model and for the version waiting to become current; switch to that
-    version once it is complete. The summed counts.
-
-    Queries answer from the current version all along: the switch is one
-    UPDATE, made only when the new version covers every track.
-    """
-    counts: dict = {}
-    for model in (store.current_model(), store.pending_model()):
-        if model is not None:
-            _add(counts, encode_model(store, model, run_id, tracks_per_batch, first=counts.get("batches", 0) + 1))
-    counts.pop("batches", None)
-    switched = store.switch_if_encoded()
-    if switched:
-        get_run_logger().info("model %s is now current: every track has a vector in it", switched)
-        counts["switched"] = counts.get("switched", 0) + 1
-    return counts
-
-
-def pipelined(batches, submit, window: int):
-    """Submit each batch's work, yielding results in order, ``window`` batches in flight.
-
-    The window keeps a cluster busy while bounding memory: a result is
-    consumed (and dropped) before more than ``window`` batches are pending.
-    """
-    in_flight: deque = deque()
-    for number, batch in enumerate(batches, start=1):
-        in_flight.append(submit(number, batch))
-        if len(in_flight) >= window:
-            yield in_flight.popleft().result()
-    while in_flight:
-        yield in_flight.popleft().result()
-
-
-def _add(totals: dict, more: dict) -> None:
-    for key, value in more.items():
-        totals[key] = totals.get(key, 0) + value

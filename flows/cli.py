@@ -462,7 +462,8 @@ def _train(args: argparse.Namespace) -> str:
             config[name] = getattr(args, name)
     if not Path(args.db).exists():
         raise CommandError(f"--db {args.db}: no such file; run `sonufy build` first")
-    from flows.train import train, training_options
+    from flows.stages import training_options
+    from flows.train import train
 
     training_options(config)  # a bad key fails here, before any flow starts
     return train(db=args.db, config=config, promote=args.promote)

@@ -19,10 +19,16 @@ makes the run wait, never fail (see docs/operations.md, "Ad-hoc SQL while the ni
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
-from flows.build import _add, encode_pending, fetch_pending, spectrograms_pending, with_preview_sources
 from flows.sources import open_source
+from flows.stages import (
+    add_counts,
+    encode_pending,
+    fetch_pending,
+    flow_run_id,
+    spectrograms_pending,
+    with_preview_sources,
+)
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths
 from sonufy_model.scrape_config import ScrapeConfig
@@ -79,7 +85,7 @@ def nightly_refresh(
         if busy:
             logger.warning("another writer is running on this store (%s): this nightly does nothing", busy)
             return {"db": str(paths.db), "skipped": busy}
-        run_id = str(flow_run.id) if flow_run.id else "local"
+        run_id = flow_run_id()
         store.start_run(run_id, FLOW, {"source": source, "queries": list(scrape.queries)})
         store.crash_stale_runs(FLOW, run_id)  # we hold the lock: any other "running" one died
         clock, counts, reports = Stopwatch(), {}, []
@@ -90,20 +96,20 @@ def nightly_refresh(
                 # 1. discover: a folder's new and changed files, or the catalog's new tracks
                 with clock.stage("discover"):
                     if origin.folder is not None:
-                        _add(counts, scan_folder(store, str(origin.folder), run_id))
+                        add_counts(counts, scan_folder(store, str(origin.folder), run_id))
                     else:
                         tracks = parse_tracks(scrape_catalog(origin.settings, scrape))
                         report = check_tracks(tracks)
                         reports.append(report)
-                        _add(counts, upsert_tracks(store, tracks, report, run_id))
+                        add_counts(counts, upsert_tracks(store, tracks, report, run_id))
                 # 2. fetch: previews of every track without one (new, or failed before)
                 with clock.stage("fetch"):
                     if origin.folder is None:
                         settings = with_preview_sources(origin.settings, preview_sources, preview_folder)
-                        _add(counts, fetch_pending(store, settings, paths, run_id, batch_size))
+                        add_counts(counts, fetch_pending(store, settings, paths, run_id, batch_size))
             # 3-4. spectrograms of the current model's set, checked, as shards
             with clock.stage("spectrograms"):
-                _add(counts, spectrograms_pending(
+                add_counts(counts, spectrograms_pending(
                     store, params, paths, run_id, batch_size, workers, max_failed_share,
                     batches_in_flight, keep_previews, reports=reports,
                 ))
@@ -112,7 +118,7 @@ def nightly_refresh(
                 if model is None:
                     logger.warning("no model yet: new tracks wait for `sonufy build` or `sonufy train`")
                 else:
-                    _add(counts, encode_pending(store, run_id, tracks_per_batch=4 * batch_size))
+                    add_counts(counts, encode_pending(store, run_id, tracks_per_batch=4 * batch_size))
             # 6. the search index and the landscape: the new tracks added to
             # the current version's index, and placed by its saved UMAP (no refit)
             with clock.stage("search index"):
@@ -121,7 +127,7 @@ def nightly_refresh(
             with clock.stage("landscape"):
                 if model is not None:
                     placed = update_landscape(store, paths)
-                    _add(counts, placed)
+                    add_counts(counts, placed)
                     if placed.get("landscape_fitted") or placed.get("landscape_placed"):
                         # redrawn and republished only when it changed
                         render_landscape(store, paths.data_dir / "landscape")

@@ -13,10 +13,8 @@ evaluation in ``evaluations``) and its vectors are deleted.
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
-from flows.build import _add, encode_model, encode_pending
-from flows.train import ENCODE_BATCH, training_options
+from flows.stages import ENCODE_BATCH, add_counts, encode_model, encode_pending, flow_run_id, training_options
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths
 from sonufy_model.store import Store
@@ -50,21 +48,21 @@ def retrain(
         if busy:
             logger.warning("another writer is running on this store (%s): this retrain does nothing", busy)
             return {"skipped": busy}
-        run_id = str(flow_run.id) if flow_run.id else "local"
+        run_id = flow_run_id()
         current = store.current_model()
         set_id = current.set_id if current is not None else MelParams().set_id
         store.start_run(run_id, FLOW, {"config": options, "labels": labels, "k": k, "tolerance": tolerance})
         counts: dict = {}
         try:
             version = train_model(store, paths, set_id, options, promote=False)
-            _add(counts, encode_model(store, store.model(version), run_id, ENCODE_BATCH))
+            add_counts(counts, encode_model(store, store.model(version), run_id, ENCODE_BATCH))
             candidate = evaluate_version(store, version, labels, k)
             baseline = evaluate_version(store, current.model_version, labels, k) if current else None
             promoted, reason = should_promote(candidate, baseline, tolerance, k)
             publish_evaluation(candidate, baseline, promoted, reason)
             if promoted:
                 store.request_promotion(version)
-                _add(counts, encode_pending(store, run_id, tracks_per_batch=ENCODE_BATCH))
+                add_counts(counts, encode_pending(store, run_id, tracks_per_batch=ENCODE_BATCH))
             else:
                 store.forget_model_embeddings(version)
         except BaseException:

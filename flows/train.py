@@ -9,35 +9,14 @@ fills in ``manifest`` and ``output_dir`` itself.
 
 from __future__ import annotations
 
-import dataclasses
-
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
-from flows.build import DEFAULT_TRAINING, encode_pending
+from flows.stages import ENCODE_BATCH, encode_pending, flow_run_id, training_options
 from flows.writer import holds_writer_lock
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths
 from sonufy_model.store import Store
-from sonufy_model.training import TrainConfig
 from tasks.training import train_model
-
-#: Set by the flow for each model version, not by the config.
-FLOW_OWNED_KEYS = ("manifest", "output_dir")
-ENCODE_BATCH = 512
-
-
-def training_options(config: dict | None) -> dict:
-    """The build's training defaults overlaid with ``config``, checked against TrainConfig."""
-    config = dict(config or {})
-    known = {field.name for field in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise ValueError(f"training config has unknown key(s) {unknown}; expected TrainConfig fields")
-    owned = sorted(set(config) & set(FLOW_OWNED_KEYS))
-    if owned:
-        raise ValueError(f"training config must not set {owned}: the train flow sets them per model version")
-    return {**DEFAULT_TRAINING, **config}
 
 
 @flow(name="train", log_prints=True)
@@ -62,7 +41,7 @@ def train(
     if not paths.db.exists():
         raise FileNotFoundError(f"{paths.db}: no such DuckDB file; run `sonufy build` first")
     store = Store(paths.db)
-    run_id = str(flow_run.id) if flow_run.id else "local"
+    run_id = flow_run_id()
     current = store.current_model()
     set_id = current.set_id if current is not None else MelParams().set_id
     store.start_run(run_id, "train", {"config": options, "promote": promote, "set_id": set_id})

@@ -51,7 +51,7 @@ def train_model(store: Store, paths: Paths, set_id: str, options: dict, promote:
     """Train a model version on every checked spectrogram of ``set_id``; register it.
 
     With ``promote`` the new version is asked to become current: it does
-    once every track is encoded with it (``flows.build.encode_pending``).
+    once every track is encoded with it (``flows.stages.encode_pending``).
     """
     logger = get_run_logger()
     manifest = store.spectrogram_manifest(set_id)

@@ -10,7 +10,8 @@ import yaml
 
 from flows.build import build
 from flows.cli import main as cli
-from flows.train import train, training_options
+from flows.stages import training_options
+from flows.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_TRACKS = 24
