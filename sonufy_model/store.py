@@ -793,12 +793,6 @@ class Store:
             raise TrackNotFound("the latent space is empty: run `sonufy build` first")
         return rows.row(0, named=True)
 
-    def similar_to(self, track_id: str, k: int = 10) -> pl.DataFrame:
-        """The k tracks nearest to ``track_id`` (see sonufy_model.search.similar)."""
-        from sonufy_model.search import similar
-
-        return similar(self, track_id=track_id, k=k)
-
 
 def batches(frame: pl.DataFrame, size: int, by: str | None = None) -> Sequence[pl.DataFrame]:
     """Split a frame into consecutive batches of at most ``size`` rows.

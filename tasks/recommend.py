@@ -7,6 +7,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import sql
+from sonufy_model import search
 from sonufy_model.store import Store
 
 SQL_FILE = "recommend_queries.sql"
@@ -17,7 +18,7 @@ def recommend(store: Store, query: str | None, k: int = 10) -> pl.DataFrame:
     """Top-k tracks like ``query`` (id or "artist - title"; None: the first track),
     each with its style (``style``; the seed's in ``seed_style``)."""
     seed = store.find_track(query) if query else store.first_track()
-    recommendations = store.similar_to(seed["track_id"], k)
+    recommendations = search.similar(store, track_id=seed["track_id"], k=k)
     styles = track_styles(store, [seed["track_id"], *recommendations["track_id"]])
     recommendations = recommendations.with_columns(
         pl.col("track_id").replace_strict(styles, default=None, return_dtype=pl.String).alias("style"),

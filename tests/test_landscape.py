@@ -17,6 +17,7 @@ from PIL import Image
 
 from flows.cli import main as cli
 from sonufy_model import landscape as ls
+from sonufy_model import search
 from sonufy_model.config import Paths
 from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
 
@@ -407,7 +408,7 @@ def test_nearest_neighbours_are_the_recommendations(fitted):
     neighbours = ls.nearest_neighbours(space["vectors"])
     assert neighbours.shape == (240, 10)
     for i in (0, 57, 239):
-        expected = store.similar_to(space["ids"][i], 10)["track_id"].to_list()
+        expected = search.similar(store, track_id=space["ids"][i], k=10)["track_id"].to_list()
         assert [space["ids"][j] for j in neighbours[i]] == expected
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sonufy_model import landscape as ls
+from sonufy_model import search
 from sonufy_model.config import Paths
 from sonufy_model.store import Store
 from test_landscape import build_space
@@ -122,7 +123,7 @@ def test_search_highlights_the_track_and_its_ten_nearest(page, page_file):
     page.press("#search", "Enter")
     assert page.inner_text("#selection h2") == "metal artist 1 \u2014 song t130"
     shown = page.locator("#selection li").all_inner_texts()
-    expected = store.similar_to("t130", 10)
+    expected = search.similar(store, track_id="t130", k=10)
     assert shown == [f"{a} \u2014 {t}" for a, t in zip(expected["artist"], expected["title"])]
     assert page.evaluate("window.landscape.state.highlight.length") == 11
     # the rest of the map is dimmed, the eleven drawn on top with rings

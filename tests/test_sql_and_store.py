@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 import sql
+from sonufy_model import search
 from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
 
 
@@ -91,7 +92,7 @@ def test_similar_to_ranks_by_cosine_and_excludes_the_query(tmp_path):
         "far": rng.standard_normal(LATENT_DIM).astype(np.float32),
     }
     _with_space(store, vectors)
-    result = store.similar_to("q", 10)
+    result = search.similar(store, track_id="q", k=10)
     assert result["track_id"].to_list() == ["near", "mid", "far"]
     expected = float(np.dot(base, vectors["near"]) / np.linalg.norm(base) / np.linalg.norm(vectors["near"]))
     assert result["cosine"][0] == pytest.approx(expected, rel=1e-5)
