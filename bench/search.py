@@ -39,7 +39,8 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sonufy_model import search  # noqa: E402
-from sonufy_model.store import LATENT_DIM, TRACK_SCHEMA, Store  # noqa: E402
+from sonufy_model.schemas import TRACK_SCHEMA  # noqa: E402
+from sonufy_model.store import LATENT_DIM, Store  # noqa: E402
 from sonufy_model.training import TrainConfig  # noqa: E402
 
 CHUNK = 100_000

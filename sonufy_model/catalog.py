@@ -33,7 +33,7 @@ from spotipy.oauth2 import SpotifyClientCredentials
 from sonufy_model.config import ServiceSettings
 from sonufy_model.ratelimit import SharedLimiter
 from sonufy_model.scrape_config import ScrapeConfig
-from sonufy_model.store import TRACK_SCHEMA
+from sonufy_model.schemas import TRACK_SCHEMA
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import polars as pl
 import soundfile as sf
 
 from sonufy_model.audio import FFMPEG_SUFFIXES, ffmpeg_available
-from sonufy_model.store import PREVIEW_SCHEMA, TRACK_SCHEMA
+from sonufy_model.schemas import FILE_SCHEMA, PREVIEW_SCHEMA, TRACK_SCHEMA
 
 # What libsndfile (bundled with soundfile) decodes without ffmpeg.
 SNDFILE_SUFFIXES = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aiff", ".aif"}
@@ -35,14 +35,6 @@ SNIFF_BYTES = 64
 #: Reasons a scan skips a file, in the order a summary gives them.
 NOT_AUDIO, UNREADABLE, NEEDS_FFMPEG = "not audio", "unreadable", "needs ffmpeg"
 SKIP_REASONS = (NOT_AUDIO, UNREADABLE, NEEDS_FFMPEG)
-
-FILE_SCHEMA: dict[str, pl.DataType] = {
-    "path": pl.String,
-    "track_id": pl.String,
-    "root": pl.String,
-    "size": pl.Int64,
-    "mtime_ns": pl.Int64,
-}
 
 
 @dataclass

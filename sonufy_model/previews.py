@@ -51,7 +51,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from yarl import URL
 
 from sonufy_model.config import ServiceSettings
-from sonufy_model.store import PREVIEW_SCHEMA, Store, batches
+from sonufy_model.schemas import PREVIEW_SCHEMA
+from sonufy_model.store import Store, batches
 
 log = logging.getLogger(__name__)
 

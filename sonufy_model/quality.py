@@ -227,7 +227,7 @@ def check_embeddings(stats: pl.DataFrame, latent_dim: int = 256) -> QualityRepor
 def check_tracks(tracks: pl.DataFrame) -> QualityReport:
     """The scraped-metadata suite, run before tracks are written.
 
-    tracks: rows of the tracks table (store.TRACK_SCHEMA). Spotify track ids
+    tracks: rows of the tracks table (schemas.TRACK_SCHEMA). Spotify track ids
     are 22 base62 characters and unique; an ISRC, when there is one, is two
     letters, three letters or digits and seven digits; the duration lies
     between 10 s and 2 h; title and artist are not empty.

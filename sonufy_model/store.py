@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 
 import sql
+from sonufy_model.schemas import QUARANTINE_SCHEMA, TRACK_SCHEMA
 from sonufy_model.standardise import Standardiser
 
 LATENT_DIM = 256
@@ -36,44 +37,6 @@ LATENT_DIM = 256
 LOCK_WAIT_S = float(os.environ.get("SONUFY_DB_LOCK_WAIT_S", "3600"))
 _LOCK_ERROR = "Could not set lock on file"
 _log = logging.getLogger(__name__)
-
-# Column order and types of a tracks batch (see sql/schema.sql, tracks).
-TRACK_SCHEMA: dict[str, pl.DataType] = {
-    "track_id": pl.String,
-    "source": pl.String,
-    "title": pl.String,
-    "artist": pl.String,
-    "artists": pl.List(pl.String),
-    "artist_id": pl.String,
-    "album": pl.String,
-    "album_id": pl.String,
-    "release_date": pl.String,
-    "duration_ms": pl.Int32,
-    "isrc": pl.String,
-    "explicit": pl.Boolean,
-    "popularity": pl.Int32,
-    "uri": pl.String,
-    "preview_url": pl.String,
-    "path": pl.String,
-    "found_by": pl.String,
-}
-
-# Columns of a previews batch (see sql/schema.sql, previews).
-PREVIEW_SCHEMA: dict[str, pl.DataType] = {
-    "track_id": pl.String,
-    "provider": pl.String,
-    "path": pl.String,
-    "bytes": pl.Int64,
-    "duration_s": pl.Float64,
-}
-
-QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
-    "track_id": pl.String,
-    "stage": pl.String,
-    "reason": pl.String,
-    "run_id": pl.String,
-}
-
 
 class DatabaseLocked(RuntimeError):
     """Another process held the DuckDB file (or the store's writer lock) for

@@ -30,7 +30,8 @@ from sonufy_model import catalog, previews, quality
 from sonufy_model.config import ServiceSettings
 from sonufy_model.demo.standin import Faults, StandIn, StandInConfig
 from sonufy_model.demo.synth import preview_mp3
-from sonufy_model.store import TRACK_SCHEMA, Store
+from sonufy_model.schemas import TRACK_SCHEMA
+from sonufy_model.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CATALOG = 300  # one catalog for every stand-in here: previews are rendered once into a shared cache

@@ -12,7 +12,8 @@ import pytest
 import sql
 from sonufy_model import search
 from sonufy_model.search import SearchFilters, similar, track_vector
-from sonufy_model.store import LATENT_DIM, TRACK_SCHEMA, Store, TrackNotFound
+from sonufy_model.schemas import TRACK_SCHEMA
+from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
 from test_sql_and_store import _embed as _embed_dict
 from test_sql_and_store import _register
 

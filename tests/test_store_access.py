@@ -22,7 +22,8 @@ import pytest
 import sql
 from flows.cli import main
 from sonufy_model import shell
-from sonufy_model.store import LATENT_DIM, TRACK_SCHEMA, DatabaseLocked, SchemaTooNew, Store
+from sonufy_model.schemas import TRACK_SCHEMA
+from sonufy_model.store import LATENT_DIM, DatabaseLocked, SchemaTooNew, Store
 
 
 def _space(path, n=12) -> Store:
