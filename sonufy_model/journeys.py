@@ -22,7 +22,7 @@ import polars as pl
 
 import sql
 from sonufy_model.hubness import unit_rows, vectors_of
-from sonufy_model.previews import normalise_name
+from sonufy_model.names import normalise_name
 
 SQL_FILE = "journeys.sql"
 # What a list row says about a track, whatever the list.

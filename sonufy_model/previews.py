@@ -33,7 +33,6 @@ import os
 import re
 import socket
 import time
-import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
@@ -51,6 +50,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from yarl import URL
 
 from sonufy_model.config import ServiceSettings
+from sonufy_model.names import normalise_name
 from sonufy_model.schemas import PREVIEW_SCHEMA
 from sonufy_model.store import Store, batches
 
@@ -281,13 +281,6 @@ class SpotifyPreviewSource:
 
     async def resolve(self, session: aiohttp.ClientSession, track: dict) -> str | None:
         return track.get("preview_url") or None
-
-
-def normalise_name(text: str | None) -> str:
-    """For comparing artist and title across services: no case, accents or punctuation."""
-    decomposed = unicodedata.normalize("NFKD", text or "")
-    plain = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-    return " ".join(re.sub(r"[^\w]+", " ", plain).split())
 
 
 class DeezerPreviewSource:
