@@ -15,6 +15,7 @@ from flows.stages import (
     encode_pending,
     fetch_pending,
     flow_run_id,
+    recorded_run,
     spectrograms_pending,
     with_preview_sources,
 )
@@ -83,13 +84,11 @@ def build(
         max_items_per_query=max_items_per_query,
         source="build parameters",
     )  # a bad id fails here, before any request
-    store.start_run(
-        run_id, "build",
-        {"source": source, "queries": queries, "album_ids": album_ids, "playlist_ids": playlist_ids},
-    )
-    counts: dict = {}
     clock = Stopwatch()  # seconds per stage, returned as "timings"
-    try:
+    with recorded_run(
+        store, run_id, "build",
+        {"source": source, "queries": queries, "album_ids": album_ids, "playlist_ids": playlist_ids},
+    ) as counts:
         with open_source(source, demo_tracks, cache_dir=paths.data_dir / "standin-cache") as origin:
             # 1. scrape: the catalog's tracks into DuckDB
             with clock.stage("scrape"):
@@ -143,11 +142,7 @@ def build(
         # 7. recommend: nearest neighbours of a demo track, by cosine in SQL
         with clock.stage("recommend"):
             recommendations = recommend(store, demo_query, 10)
-    except BaseException:
-        store.finish_run(run_id, "failed", counts)
-        raise
-    counts.update({f"total_{name}": value for name, value in store.counts().items()})
-    store.finish_run(run_id, "completed", counts)
+        counts.update({f"total_{name}": value for name, value in store.counts().items()})
     logger.info("build finished in %.1f s: %s; stages: %s", clock.total, counts,
                 ", ".join(f"{name} {seconds:.1f} s" for name, seconds in clock.seconds.items()))
     return {"db": str(paths.db), "counts": counts, "recommendations": recommendations.to_dicts(),

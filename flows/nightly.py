@@ -26,6 +26,7 @@ from flows.stages import (
     encode_pending,
     fetch_pending,
     flow_run_id,
+    recorded_run,
     spectrograms_pending,
     with_preview_sources,
 )
@@ -86,12 +87,11 @@ def nightly_refresh(
             logger.warning("another writer is running on this store (%s): this nightly does nothing", busy)
             return {"db": str(paths.db), "skipped": busy}
         run_id = flow_run_id()
-        store.start_run(run_id, FLOW, {"source": source, "queries": list(scrape.queries)})
-        store.crash_stale_runs(FLOW, run_id)  # we hold the lock: any other "running" one died
-        clock, counts, reports = Stopwatch(), {}, []
-        model = store.target_model()
-        params = _spectrogram_params(store, model)
-        try:
+        with recorded_run(store, run_id, FLOW, {"source": source, "queries": list(scrape.queries)}) as counts:
+            store.crash_stale_runs(FLOW, run_id)  # we hold the lock: any other "running" one died
+            clock, reports = Stopwatch(), []
+            model = store.target_model()
+            params = _spectrogram_params(store, model)
             with open_source(source, demo_tracks, paths.data_dir / "standin-cache", demo_new_tracks) as origin:
                 # 1. discover: a folder's new and changed files, or the catalog's new tracks
                 with clock.stage("discover"):
@@ -138,11 +138,7 @@ def nightly_refresh(
                 changed = publish_run_report(
                     store, run_id, FLOW, current and current.model_version, counts, clock.seconds, reports, docs
                 )
-        except BaseException:
-            store.finish_run(run_id, "failed", counts)
-            raise
-        counts.update(changed)
-        store.finish_run(run_id, "completed", counts)
+            counts.update(changed)
         logger.info("nightly refresh: %d tracks added in %.1f s: %s", changed["added"], clock.total, counts)
         return {"db": str(paths.db), "counts": counts, "added": changed["added"],
                 "model_version": current and current.model_version, "timings": clock.seconds, "data_docs": docs}

@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.stages import ENCODE_BATCH, add_counts, encode_model, encode_pending, flow_run_id, training_options
+from flows.stages import (
+    ENCODE_BATCH,
+    add_counts,
+    encode_model,
+    encode_pending,
+    flow_run_id,
+    recorded_run,
+    training_options,
+)
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths
 from sonufy_model.store import Store
@@ -51,9 +59,9 @@ def retrain(
         run_id = flow_run_id()
         current = store.current_model()
         set_id = current.set_id if current is not None else MelParams().set_id
-        store.start_run(run_id, FLOW, {"config": options, "labels": labels, "k": k, "tolerance": tolerance})
-        counts: dict = {}
-        try:
+        with recorded_run(
+            store, run_id, FLOW, {"config": options, "labels": labels, "k": k, "tolerance": tolerance}
+        ) as counts:
             version = train_model(store, paths, set_id, options, promote=False)
             add_counts(counts, encode_model(store, store.model(version), run_id, ENCODE_BATCH))
             candidate = evaluate_version(store, version, labels, k)
@@ -65,11 +73,7 @@ def retrain(
                 add_counts(counts, encode_pending(store, run_id, tracks_per_batch=ENCODE_BATCH))
             else:
                 store.forget_model_embeddings(version)
-        except BaseException:
-            store.finish_run(run_id, "failed", counts)
-            raise
-        counts.update(candidate=version, promoted=promoted)
-        store.finish_run(run_id, "completed", counts)
+            counts.update(candidate=version, promoted=promoted)
     logger.info("candidate %s %s: %s", version, "promoted" if promoted else "not promoted", reason)
     return {
         "candidate": version,

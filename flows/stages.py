@@ -1,4 +1,4 @@
-"""What the flows share: their stage loops, training options and counts.
+"""What the flows share: their stage loops, training options, counts and run record.
 
 A flow (build, nightly, retrain, train) reads as a table of contents: its
 stages in order, each a call into this module or into ``tasks/``. No flow
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
@@ -54,6 +56,22 @@ def add_counts(totals: dict, more: dict) -> None:
     """Add a stage's counts to the run's ``totals``, key by key."""
     for key, value in more.items():
         totals[key] = totals.get(key, 0) + value
+
+
+@contextmanager
+def recorded_run(store: Store, run_id: str, flow: str, parameters: dict) -> Iterator[dict]:
+    """Record the block as a run in the store's ``runs`` table: "running" with
+    its ``parameters`` on entry; on exit "completed", or "failed" when the
+    block raised anything (an interrupt too; the exception goes on), with the
+    counts the block gathered in the dict it is given."""
+    counts: dict = {}
+    store.start_run(run_id, flow, parameters)
+    try:
+        yield counts
+    except BaseException:
+        store.finish_run(run_id, "failed", counts)
+        raise
+    store.finish_run(run_id, "completed", counts)
 
 
 def training_options(config: dict | None) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.stages import ENCODE_BATCH, encode_pending, flow_run_id, training_options
+from flows.stages import ENCODE_BATCH, encode_pending, flow_run_id, recorded_run, training_options
 from flows.writer import holds_writer_lock
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths
@@ -44,9 +44,7 @@ def train(
     run_id = flow_run_id()
     current = store.current_model()
     set_id = current.set_id if current is not None else MelParams().set_id
-    store.start_run(run_id, "train", {"config": options, "promote": promote, "set_id": set_id})
-    counts: dict = {}
-    try:
+    with recorded_run(store, run_id, "train", {"config": options, "promote": promote, "set_id": set_id}) as counts:
         # Registered and, with promote, pending: queries keep answering from
         # the current version until every track has a vector in the new one,
         # then the switch is one UPDATE.
@@ -54,9 +52,5 @@ def train(
         counts["model_version"] = version
         if promote:
             counts.update(encode_pending(store, run_id, tracks_per_batch=ENCODE_BATCH))
-    except BaseException:
-        store.finish_run(run_id, "failed", counts)
-        raise
-    store.finish_run(run_id, "completed", counts)
     logger.info("model %s trained on set %s%s", version, set_id, " and made current" if promote else "")
     return version
