@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import datetime
 import io
@@ -20,6 +21,8 @@ import spotipy
 from spotipy.cache_handler import MemoryCacheHandler
 from spotipy.oauth2 import SpotifyClientCredentials
 
+from sonufy_model import catalog
+from sonufy_model.demo import standin
 from sonufy_model.demo.standin import Faults, StandIn, StandInConfig
 from sonufy_model.demo.synth import STYLES, is_new_release
 
@@ -49,13 +52,10 @@ def make_server():
         running.stop()
 
 
-def spotify_client(server: StandIn, plain_session: bool = True) -> spotipy.Spotify:
-    """spotipy pointed at the stand-in.
-
-    By default it gets a plain ``requests.Session``: spotipy's own session mounts
-    a urllib3 ``Retry`` that treats 429/5xx as retryable even with ``retries=0``
-    and then raises a bare "Max Retries" 429 without the response's headers
-    (see ``test_spotipy_default_session_hides_retry_after``).
+def spotify_client(server: StandIn) -> spotipy.Spotify:
+    """spotipy pointed at the stand-in, with a plain ``requests.Session`` as
+    sonufy_model.catalog.spotify_client sets it up (see
+    ``test_our_spotify_client_reports_the_services_own_status_and_retry_after``).
     """
     auth = SpotifyClientCredentials(
         client_id=CLIENT_ID, client_secret=CLIENT_SECRET, cache_handler=MemoryCacheHandler()
@@ -65,7 +65,7 @@ def spotify_client(server: StandIn, plain_session: bool = True) -> spotipy.Spoti
         auth_manager=auth,
         retries=0,
         status_retries=0,
-        requests_session=requests.Session() if plain_session else True,
+        requests_session=requests.Session(),
     )
     client.prefix = f"{server.spotify_api_base}/v1/"
     return client
@@ -282,24 +282,48 @@ def test_429_carries_retry_after_but_not_the_token_endpoint(make_server):
     assert server.stats["tokens issued"] == 1 and server.stats["fault 429"] == 1
 
 
-def test_spotipy_default_session_hides_retry_after(make_server):
-    """With retries=0 alone, urllib3 still treats 429/5xx as retryable and gives up at once."""
-    server = make_server(faults=Faults(rate_5xx=1.0))
-    with pytest.raises(spotipy.SpotifyException) as plain:
-        spotify_client(server).search("year:1900-2100")
-    assert plain.value.http_status in (502, 503)
+def test_our_spotify_client_reports_the_services_own_status_and_retry_after(make_server):
+    """sonufy_model.catalog.spotify_client gives spotipy a plain requests.Session:
+    a 5xx reaches us as itself after one request, a 429 with its Retry-After
+    (spotipy's default session would retry in urllib3 and report a bare
+    "Max Retries" 429 with no headers)."""
+    failing = make_server(faults=Faults(rate_5xx=1.0))
+    with pytest.raises(spotipy.SpotifyException) as error:
+        catalog.spotify_client(failing.service_settings()).search("year:1900-2100")
+    assert error.value.http_status in (502, 503) and "Max Retries" not in error.value.msg
+    assert failing.stats["fault 5xx"] == 1, "no retry inside the HTTP session"
 
-    with pytest.raises(spotipy.SpotifyException) as retried:
-        spotify_client(server, plain_session=False).search("year:1900-2100")
-    assert retried.value.http_status == 429 and "Max Retries" in retried.value.msg, "a 502/503 reported as 429"
-    assert server.stats["fault 5xx"] == 2
+    limited = make_server(faults=Faults(rate_429=1.0, retry_after_s=7))
+    with pytest.raises(spotipy.SpotifyException) as error:
+        catalog.spotify_client(limited.service_settings()).search("year:1900-2100")
+    assert error.value.http_status == 429 and error.value.headers["Retry-After"] == "7"
+    assert limited.stats["fault 429"] == 1
 
 
-def test_latency_is_added(make_server):
+class _RecordedSleeps:
+    """The stand-in's ``asyncio``, recording the delays it sleeps."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __getattr__(self, name):
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay, *args, **kwargs):
+        self.delays.append(delay)
+        return await asyncio.sleep(delay, *args, **kwargs)
+
+
+def test_latency_is_added_to_every_request(make_server, monkeypatch):
+    recorded = _RecordedSleeps()
+    monkeypatch.setattr(standin, "asyncio", recorded)
     server = make_server(faults=Faults(latency_ms=300))
-    started = time.monotonic()
-    requests.post(f"{server.spotify_accounts_base}/api/token", auth=(CLIENT_ID, CLIENT_SECRET))
-    assert time.monotonic() - started >= 0.3
+    token = requests.post(f"{server.spotify_accounts_base}/api/token", data={"grant_type": "client_credentials"},
+                          auth=(CLIENT_ID, CLIENT_SECRET))
+    found = requests.get(f"{server.spotify_api_base}/v1/search?q=a&type=track",
+                         headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+    assert token.status_code == 200 and found.status_code == 200
+    assert recorded.delays == [0.3, 0.3], "each request held latency_ms before its answer"
 
 
 # --------------------------------------------------------------------------- Deezer
@@ -380,10 +404,7 @@ def test_truncated_preview(server, make_server):
     assert cut.status_code == 200 and int(cut.headers["Content-Length"]) == len(cut.content)
     assert len(cut.content) < 10_000 < int(whole.headers["Content-Length"])
     assert broken.stats["fault truncated"] == 1
-    try:
-        samples, rate = soundfile.read(io.BytesIO(cut.content))
-    except soundfile.LibsndfileError:
-        return  # a cut mp3 may not decode at all; libsndfile usually decodes the frames it has
+    samples, rate = soundfile.read(io.BytesIO(cut.content))  # libsndfile decodes the frames it has
     assert len(samples) / rate < 5.0
 
 
