@@ -9,7 +9,6 @@ import polars as pl
 from sonufy_model import quality
 from sonufy_model.encoding import audio_digests, identical_vector_clashes
 from sonufy_model.store import LATENT_DIM, Store
-from tests.test_sql_and_store import _embed, _register, _tracks
 
 
 def _spectrograms(seeds: list[int]) -> np.ndarray:
@@ -48,13 +47,14 @@ def test_the_suite_quarantines_a_clash_and_names_the_other_track():
     assert "identical_vector_of" in reason and "same vector as a, different audio" in reason
 
 
-def test_the_store_finds_stored_tracks_with_an_identical_vector(tmp_path):
+def test_the_store_finds_stored_tracks_with_an_identical_vector(tmp_path, track_frame, register_model,
+                                                                 embed_vectors):
     store = Store(tmp_path / "s.duckdb")
-    store.upsert_tracks(_tracks(["x", "y"]))
-    _register(store, "m1", "set1")
+    store.upsert_tracks(track_frame(["x", "y"]))
+    register_model(store, "m1", "set1")
     rng = np.random.default_rng(0)
     stored = {"x": rng.standard_normal(LATENT_DIM), "y": rng.standard_normal(LATENT_DIM)}
-    _embed(store, "m1", stored)
+    embed_vectors(store, "m1", stored)
     batch = np.stack([stored["x"], rng.standard_normal(LATENT_DIM)]).astype(np.float32)
     assert store.stored_identical_vectors("m1", pl.Series(["new", "other"]), batch) == [("new", "x")]
     # A track is never its own clash, and another version's vectors are not compared.

@@ -12,33 +12,8 @@ from sonufy_model import search
 from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
 
 
-def _tracks(ids, titles=None):
-    titles = titles or [f"title {i}" for i in ids]
-    return pl.DataFrame(
-        {
-            "track_id": ids,
-            "source": ["spotify"] * len(ids),
-            "title": titles,
-            "artist": [f"artist {i}" for i in ids],
-            "artists": [[f"artist {i}"] for i in ids],
-            "artist_id": ids,
-            "album": ["album"] * len(ids),
-            "album_id": ["al"] * len(ids),
-            "release_date": ["2020-01-01"] * len(ids),
-            "duration_ms": [200_000] * len(ids),
-            "isrc": [f"QZ{i}" for i in ids],
-            "explicit": [False] * len(ids),
-            "popularity": [None] * len(ids),
-            "uri": [f"spotify:track:{i}" for i in ids],
-            "preview_url": [None] * len(ids),
-            "path": [None] * len(ids),
-            "found_by": ["q"] * len(ids),
-        }
-    )
-
-
-def _with_space(store: Store, vectors: dict[str, np.ndarray]) -> None:
-    store.upsert_tracks(_tracks(list(vectors)))
+def _with_space(store: Store, vectors: dict[str, np.ndarray], track_frame) -> None:
+    store.upsert_tracks(track_frame(list(vectors)))
     store.register_model(
         {
             "model_version": "m1", "set_id": "s", "config": {}, "checkpoint": "c.ckpt", "epochs": 1,
@@ -71,9 +46,9 @@ def test_unknown_statement_is_named_in_the_error():
         sql.statement("no_such_statement")
 
 
-def test_upsert_deduplicates_and_reruns_change_nothing(tmp_path):
+def test_upsert_deduplicates_and_reruns_change_nothing(tmp_path, track_frame):
     store = Store(tmp_path / "s.duckdb")
-    batch = pl.concat([_tracks(["a", "b"]), _tracks(["a"], titles=["renamed"])])
+    batch = pl.concat([track_frame(["a", "b"]), track_frame(["a"], titles=["renamed"])])
     assert store.upsert_tracks(batch) == 2
     store.upsert_tracks(batch)
     with store.connect() as con:
@@ -81,7 +56,7 @@ def test_upsert_deduplicates_and_reruns_change_nothing(tmp_path):
     assert rows == [("a", "renamed"), ("b", "title b")]
 
 
-def test_similar_to_ranks_by_cosine_and_excludes_the_query(tmp_path):
+def test_similar_to_ranks_by_cosine_and_excludes_the_query(tmp_path, track_frame):
     store = Store(tmp_path / "s.duckdb")
     rng = np.random.default_rng(0)
     base = rng.standard_normal(LATENT_DIM).astype(np.float32)
@@ -91,7 +66,7 @@ def test_similar_to_ranks_by_cosine_and_excludes_the_query(tmp_path):
         "mid": base + 1.0 * rng.standard_normal(LATENT_DIM).astype(np.float32),
         "far": rng.standard_normal(LATENT_DIM).astype(np.float32),
     }
-    _with_space(store, vectors)
+    _with_space(store, vectors, track_frame)
     result = search.similar(store, track_id="q", k=10)
     assert result["track_id"].to_list() == ["near", "mid", "far"]
     expected = float(np.dot(base, vectors["near"]) / np.linalg.norm(base) / np.linalg.norm(vectors["near"]))
@@ -103,9 +78,10 @@ def test_similar_to_ranks_by_cosine_and_excludes_the_query(tmp_path):
     assert rows == [("near",), ("mid",)]
 
 
-def test_find_track_by_artist_and_title_or_a_clear_error(tmp_path):
+def test_find_track_by_artist_and_title_or_a_clear_error(tmp_path, track_frame):
     store = Store(tmp_path / "s.duckdb")
-    _with_space(store, {"a": np.ones(LATENT_DIM, np.float32), "b": np.arange(LATENT_DIM, dtype=np.float32)})
+    _with_space(store, {"a": np.ones(LATENT_DIM, np.float32), "b": np.arange(LATENT_DIM, dtype=np.float32)},
+                track_frame)
     assert store.find_track("ARTIST B - Title B")["track_id"] == "b"
     with pytest.raises(TrackNotFound, match="nobody - nothing"):
         store.find_track("nobody - nothing")
@@ -121,31 +97,11 @@ def test_quarantine_then_success_releases_the_track(tmp_path):
     assert store.quarantined("fetch").is_empty()
 
 
-def _register(store: Store, version: str, set_id: str, promote: bool = True) -> None:
-    store.register_model(
-        {
-            "model_version": version, "set_id": set_id, "config": {}, "checkpoint": "c.ckpt", "epochs": 1,
-            "train_mse": 0.1, "val_mse": 0.1, "n_train_tracks": 1, "n_val_tracks": 1, "train_seconds": 1.0,
-            "latent_mean": np.zeros(LATENT_DIM), "latent_scale": np.ones(LATENT_DIM),
-        },
-        promote=promote,
-    )
-
-
-def _embed(store: Store, version: str, vectors: dict[str, np.ndarray]) -> None:
-    stacked = np.stack(list(vectors.values())).astype(np.float32)
-    store.record_embeddings(
-        pl.DataFrame({"track_id": list(vectors), "model_version": [version] * len(vectors)}).with_columns(
-            pl.Series("raw", stacked, dtype=pl.Array(pl.Float32, LATENT_DIM)),
-            pl.Series("vector", stacked, dtype=pl.Array(pl.Float32, LATENT_DIM)),
-        )
-    )
-
-
-def test_a_promoted_version_becomes_current_only_once_every_track_is_encoded(tmp_path):
+def test_a_promoted_version_becomes_current_only_once_every_track_is_encoded(tmp_path, track_frame, register_model,
+                                                                           embed_vectors):
     store = Store(tmp_path / "s.duckdb")
     ids = ["a", "b", "c"]
-    store.upsert_tracks(_tracks(ids))
+    store.upsert_tracks(track_frame(ids))
     store.register_spectrogram_set("set1", {"n_mels": 128})
     store.record_spectrograms(
         pl.DataFrame({"track_id": ids, "excerpt": [0] * 3, "set_id": ["set1"] * 3,
@@ -155,20 +111,20 @@ def test_a_promoted_version_becomes_current_only_once_every_track_is_encoded(tmp
         pl.DataFrame(schema={"track_id": pl.String, "stage": pl.String, "reason": pl.String, "run_id": pl.String}),
     )
     rng = np.random.default_rng(0)
-    _register(store, "old", "set1")
-    _embed(store, "old", {i: rng.standard_normal(LATENT_DIM) for i in ids})
+    register_model(store, "old", "set1")
+    embed_vectors(store, "old", {i: rng.standard_normal(LATENT_DIM) for i in ids})
     assert store.switch_if_encoded() == "old"
 
-    _register(store, "new", "set1")  # pending: asked to become current
+    register_model(store, "new", "set1")  # pending: asked to become current
     assert store.pending_model().model_version == "new"
     assert store.target_model().model_version == "new"
-    _embed(store, "new", {i: rng.standard_normal(LATENT_DIM) for i in ids[:2]})
+    embed_vectors(store, "new", {i: rng.standard_normal(LATENT_DIM) for i in ids[:2]})
     assert store.switch_if_encoded() is None  # "c" has no vector in "new" yet
     with store.connect() as con:
         assert con.execute("SELECT DISTINCT model_version FROM latent").fetchall() == [("old",)]
         assert con.execute("SELECT count(*) FROM latent").fetchone()[0] == 3
 
-    _embed(store, "new", {"c": rng.standard_normal(LATENT_DIM)})
+    embed_vectors(store, "new", {"c": rng.standard_normal(LATENT_DIM)})
     assert store.switch_if_encoded() == "new"
     assert store.pending_model() is None and store.current_model().model_version == "new"
     with store.connect() as con:
@@ -176,19 +132,19 @@ def test_a_promoted_version_becomes_current_only_once_every_track_is_encoded(tmp
         assert con.execute("SELECT count(*) FROM latent").fetchone()[0] == 3
 
 
-def test_an_unpromoted_version_is_neither_pending_nor_current(tmp_path):
+def test_an_unpromoted_version_is_neither_pending_nor_current(tmp_path, register_model):
     store = Store(tmp_path / "s.duckdb")
-    _register(store, "m", "set1", promote=False)
+    register_model(store, "m", "set1", promote=False)
     assert store.pending_model() is None and store.current_model() is None
     assert store.switch_if_encoded() is None
 
 
-def test_the_switch_statement_checks_completeness_itself(tmp_path):
+def test_the_switch_statement_checks_completeness_itself(tmp_path, track_frame, register_model, embed_vectors):
     """No check on another connection before it: the one statement refuses a
     version that a track (say, one a nightly just added) has no vector in."""
     store = Store(tmp_path / "s.duckdb")
     ids = ["a", "b"]
-    store.upsert_tracks(_tracks(ids + ["late"]))
+    store.upsert_tracks(track_frame(ids + ["late"]))
     store.register_spectrogram_set("set1", {"n_mels": 128})
     spectrograms = lambda rows: pl.DataFrame(  # noqa: E731
         {"track_id": rows, "excerpt": [0] * len(rows), "set_id": ["set1"] * len(rows),
@@ -198,16 +154,16 @@ def test_the_switch_statement_checks_completeness_itself(tmp_path):
                                        "run_id": pl.String})
     store.record_spectrograms(spectrograms(ids), no_failures)
     rng = np.random.default_rng(1)
-    _register(store, "old", "set1")
-    _embed(store, "old", {i: rng.standard_normal(LATENT_DIM) for i in ids})
+    register_model(store, "old", "set1")
+    embed_vectors(store, "old", {i: rng.standard_normal(LATENT_DIM) for i in ids})
     assert store.switch_if_encoded() == "old"
-    _register(store, "new", "set1")
-    _embed(store, "new", {i: rng.standard_normal(LATENT_DIM) for i in ids})
+    register_model(store, "new", "set1")
+    embed_vectors(store, "new", {i: rng.standard_normal(LATENT_DIM) for i in ids})
     store.record_spectrograms(spectrograms(["late"]), no_failures)  # lands after "new" was fully encoded
     with store.transaction() as con:
         assert con.execute(sql.statement("switch_to_pending")).fetchall() == []
         assert con.execute("SELECT model_version FROM models WHERE is_current").fetchall() == [("old",)]
-    _embed(store, "new", {"late": rng.standard_normal(LATENT_DIM)})
+    embed_vectors(store, "new", {"late": rng.standard_normal(LATENT_DIM)})
     with store.transaction() as con:
         assert sorted(con.execute(sql.statement("switch_to_pending")).fetchall()) == [("new", True), ("old", False)]
     assert store.current_model().model_version == "new" and store.pending_model() is None
