@@ -8,8 +8,8 @@ thread behind a semaphore, since spotipy has no async API. One rate limiter
 (aiolimiter, ``ServiceSettings.spotify_rate_per_s``) is shared by all of a
 scrape's requests, and a 429 pauses it for all of them. spotipy's own retries
 are off: its urllib3 retries obey Retry-After silently and can hang for hours,
-so a 429 is handled here, visibly, and a wait longer than
-``spotify_max_wait_s`` fails the call instead.
+so retries are tenacity's, here, visibly (:class:`_CallRetries`), and a wait
+longer than ``spotify_max_wait_s`` fails the call instead.
 
 Fetching (network) and parsing (pure) are separate functions, so that each
 can be retried on its own. Parsing keeps one row per track id;
@@ -29,9 +29,11 @@ import requests
 import spotipy
 from spotipy.cache_handler import MemoryCacheHandler
 from spotipy.oauth2 import SpotifyClientCredentials
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from sonufy_model.config import ServiceSettings
 from sonufy_model.ratelimit import SharedLimiter
+from sonufy_model.retries import retry_after_seconds
 from sonufy_model.scrape_config import ScrapeConfig
 from sonufy_model.schemas import TRACK_SCHEMA
 
@@ -133,49 +135,13 @@ class _Spotify:
 
     async def call(self, method: str, *args, **kwargs):
         """One spotipy call in a thread; 429s pause everyone for Retry-After, 5xx back off."""
-        waited = 0.0
-        attempt = 0
-        token_retries = 0
-        while True:
-            try:
-                async with self.semaphore:
-                    await self.limiter.acquire()
-                    return await asyncio.to_thread(getattr(self.client, method), *args, **kwargs)
-            except spotipy.SpotifyException as error:
-                status = error.http_status
-                if status == 429:
-                    retry_after = _retry_after(error)
-                    if waited + retry_after > self.max_wait_s:
-                        raise RateLimited(
-                            f"Spotify {method}: rate limited (429) with Retry-After {retry_after:.0f} s "
-                            f"after waiting {waited:.0f} s; more than the {self.max_wait_s:.0f} s allowed"
-                            + (f" ({error.reason})" if getattr(error, "reason", None) else "")
-                        ) from error
-                    # Everyone waits, not only this request: the service said stop.
-                    self.limiter.pause(retry_after + random.uniform(0, 0.25), f"429 on {method}, Retry-After")
-                    waited += retry_after
-                    continue
-                if status == 401 and token_retries < TOKEN_RETRIES:
-                    # The token expired between spotipy's check and the server's:
-                    # forget it, so that the next try fetches a fresh one.
-                    token_retries += 1
-                    self._forget_token()
-                    log.warning("Spotify %s: %s; retrying with a fresh token", method, _message(error))
-                    continue
-                if status is None or status < 500:
-                    raise
-                reason = f"server error {status}"
-            except (requests.ConnectionError, requests.Timeout) as error:
-                reason = f"{type(error).__name__}"
-            attempt += 1
-            if attempt >= SERVER_ERROR_ATTEMPTS:
-                raise RateLimited(f"Spotify {method}: still failing after {attempt} tries ({reason})")
-            delay = min(30.0, 0.25 * 2**attempt) * random.uniform(0.5, 1.0)
-            if waited + delay > self.max_wait_s:
-                raise RateLimited(f"Spotify {method}: still failing after waiting {waited:.0f} s ({reason})")
-            log.warning("Spotify %s: %s; retrying in %.1f s", method, reason, delay)
-            waited += delay
-            await asyncio.sleep(delay)
+
+        async def once():
+            async with self.semaphore:
+                await self.limiter.acquire()
+                return await asyncio.to_thread(getattr(self.client, method), *args, **kwargs)
+
+        return await _CallRetries(self, method).retrying()(once)
 
     def _forget_token(self) -> None:
         auth = self.client.auth_manager
@@ -184,12 +150,114 @@ class _Spotify:
             cache.save_token_to_cache(None)
 
 
-def _retry_after(error: spotipy.SpotifyException) -> float:
-    raw = (error.headers or {}).get("Retry-After")
-    try:
-        return max(0.0, float(raw)) if raw not in (None, "") else 1.0
-    except (TypeError, ValueError):
-        return 1.0
+class _CallRetries:
+    """tenacity's policy for one Spotify call, and what the call has spent on retries.
+
+    Three kinds of failure are tried again, each within its own budget:
+
+    - a 429 pauses the shared limiter for Retry-After (everyone waits, not only
+      this request: the service said stop), and the call tries again when the
+      pause ends, as long as the waits add up to no more than ``max_wait_s``;
+    - a 401 (a token that expired between spotipy's check and the server's)
+      tries again at once with a fresh token, ``TOKEN_RETRIES`` times;
+    - a 5xx or a dropped connection backs off exponentially with jitter,
+      ``SERVER_ERROR_ATTEMPTS`` tries in all, within ``max_wait_s`` too.
+
+    Anything else, and a 401 past its budget, is raised as it is; a spent
+    429 or 5xx budget raises :class:`RateLimited`.
+    """
+
+    def __init__(self, spotify: _Spotify, method: str):
+        self.spotify = spotify
+        self.method = method
+        self.waited = 0.0
+        self.server_errors = 0
+        self.token_retries = 0
+        # The failure being handled: its kind ("429", "401" or "5xx"), its Retry-After, a reason.
+        self.kind = ""
+        self.retry_after = 0.0
+        self.reason = ""
+
+    def retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception(self._worth_retrying),
+            after=self._note,
+            wait=self._wait,
+            stop=self._stop,
+            before_sleep=self._before_retry,
+            retry_error_callback=self._give_up,
+        )
+
+    def _worth_retrying(self, error: BaseException) -> bool:
+        kind = _kind(error)
+        return kind in ("429", "5xx") or (kind == "401" and self.token_retries < TOKEN_RETRIES)
+
+    def _note(self, retry_state: RetryCallState) -> None:
+        error = retry_state.outcome.exception()
+        self.kind = _kind(error)
+        if self.kind == "429":
+            self.retry_after = retry_after_seconds((error.headers or {}).get("Retry-After"))
+        elif self.kind == "401":
+            self.token_retries += 1
+        else:
+            self.server_errors += 1
+            status = getattr(error, "http_status", None)
+            self.reason = f"server error {status}" if status is not None else type(error).__name__
+
+    def _wait(self, retry_state: RetryCallState) -> float:
+        if self.kind != "5xx":
+            return 0.0  # a 429 waits in the limiter's pause, a 401 not at all
+        return min(30.0, 0.25 * 2**self.server_errors) * random.uniform(0.5, 1.0)
+
+    def _stop(self, retry_state: RetryCallState) -> bool:
+        if self.kind == "429":
+            return self.waited + self.retry_after > self.spotify.max_wait_s
+        if self.kind == "5xx":
+            return (
+                self.server_errors >= SERVER_ERROR_ATTEMPTS
+                or self.waited + retry_state.upcoming_sleep > self.spotify.max_wait_s
+            )
+        return False
+
+    def _before_retry(self, retry_state: RetryCallState) -> None:
+        method = self.method
+        if self.kind == "429":
+            # Everyone waits, not only this request: the service said stop.
+            self.spotify.limiter.pause(self.retry_after + random.uniform(0, 0.25), f"429 on {method}, Retry-After")
+            self.waited += self.retry_after
+        elif self.kind == "401":
+            # Forget the token, so that the next try fetches a fresh one.
+            self.spotify._forget_token()
+            error = retry_state.outcome.exception()
+            log.warning("Spotify %s: %s; retrying with a fresh token", method, _message(error))
+        else:
+            log.warning("Spotify %s: %s; retrying in %.1f s", method, self.reason, retry_state.upcoming_sleep)
+            self.waited += retry_state.upcoming_sleep
+
+    def _give_up(self, retry_state: RetryCallState) -> None:
+        error = retry_state.outcome.exception()
+        method, max_wait_s = self.method, self.spotify.max_wait_s
+        if self.kind == "429":
+            raise RateLimited(
+                f"Spotify {method}: rate limited (429) with Retry-After {self.retry_after:.0f} s "
+                f"after waiting {self.waited:.0f} s; more than the {max_wait_s:.0f} s allowed"
+                + (f" ({error.reason})" if getattr(error, "reason", None) else "")
+            ) from error
+        if self.server_errors >= SERVER_ERROR_ATTEMPTS:
+            raise RateLimited(f"Spotify {method}: still failing after {self.server_errors} tries ({self.reason})")
+        raise RateLimited(f"Spotify {method}: still failing after waiting {self.waited:.0f} s ({self.reason})")
+
+
+def _kind(error: BaseException) -> str | None:
+    """Which retry budget a failed call's error draws on, if any."""
+    if isinstance(error, spotipy.SpotifyException):
+        status = error.http_status
+        if status in (429, 401):
+            return str(status)
+        return "5xx" if status is not None and status >= 500 else None
+    if isinstance(error, (requests.ConnectionError, requests.Timeout)):
+        return "5xx"
+    return None
 
 
 # --------------------------------------------------------------------------- fetching (network)

@@ -23,7 +23,6 @@ audio of a plausible length, and an atomic write (temporary file, rename).
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import io
 import ipaddress
@@ -32,7 +31,6 @@ import logging
 import os
 import re
 import socket
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
@@ -51,6 +49,7 @@ from yarl import URL
 
 from sonufy_model.config import ServiceSettings
 from sonufy_model.names import normalise_name
+from sonufy_model.retries import retry_after_seconds, wait_at_least_retry_after
 from sonufy_model.schemas import PREVIEW_SCHEMA
 from sonufy_model.store import Store, batches
 
@@ -440,24 +439,9 @@ def preview_sources(
 # --------------------------------------------------------------------------- the download
 
 
-def _retry_after(value: str | None) -> float:
-    """Retry-After in seconds: a number, or an HTTP date."""
-    if not value:
-        return 1.0
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 1.0
-    return max(0.0, when.timestamp() - time.time())
-
-
 def _raise_for_transient_status(response: aiohttp.ClientResponse, url: str, max_retry_after_s: float = 60.0) -> None:
     if response.status == 429:
-        retry_after = _retry_after(response.headers.get("Retry-After"))
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
         if retry_after > max_retry_after_s:
             raise PermanentError(f"{_redact(url)}: HTTP 429, Retry-After {retry_after:.0f} s is too long for this run")
         raise TransientError(f"{_redact(url)}: HTTP 429 (Retry-After {retry_after:g} s)", retry_after_s=retry_after)
@@ -465,14 +449,8 @@ def _raise_for_transient_status(response: aiohttp.ClientResponse, url: str, max_
         raise TransientError(f"{_redact(url)}: HTTP {response.status}")
 
 
-_BACKOFF = wait_exponential_jitter(multiplier=0.25, max=20.0, jitter=0.5)
-
-
-def _wait(retry_state) -> float:
-    """Exponential backoff with jitter, but never less than a Retry-After."""
-    backoff = _BACKOFF(retry_state)
-    error = retry_state.outcome.exception() if retry_state.outcome else None
-    return max(backoff, getattr(error, "retry_after_s", 0.0))
+# Exponential backoff with jitter, but never less than a Retry-After.
+_wait = wait_at_least_retry_after(wait_exponential_jitter(multiplier=0.25, max=20.0, jitter=0.5))
 
 
 _PART_NUMBERS = itertools.count()

@@ -8,6 +8,8 @@ and records into real DuckDB files.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import json
 import os
 import signal
@@ -26,7 +28,7 @@ import soundfile as sf
 from aiohttp import web
 from tenacity import RetryCallState
 
-from sonufy_model import catalog, previews, quality
+from sonufy_model import catalog, previews, quality, retries
 from sonufy_model.config import ServiceSettings
 from sonufy_model.demo.standin import Faults, StandIn, StandInConfig
 from sonufy_model.demo.synth import preview_mp3
@@ -210,6 +212,32 @@ def test_backoff_never_waits_less_than_retry_after():
     assert previews._wait(state) >= 7.0
     state.set_exception((previews.TransientError, previews.TransientError("503"), None))
     assert previews._wait(state) <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("7", 7.0),
+        ("0", 0.0),
+        (" 2.5 ", 2.5),
+        ("-3", 0.0),  # never a negative wait
+        ("Thu, 01 Jan 2026 00:02:00 GMT", 120.0),  # an HTTP-date two minutes ahead
+        ("Thursday, 01-Jan-26 00:00:30 GMT", 30.0),  # the obsolete RFC 850 form
+        ("Thu, 01 Jan 2026 00:00:45 -0000", 45.0),  # no zone: GMT, as HTTP dates are
+        ("Thu Jan  1 00:00:10 2026", 10.0),  # asctime's form, no zone either
+        ("Wed, 31 Dec 2025 23:59:00 GMT", 0.0),  # a date that has passed: go now
+        ("Fri, 01 Jan 2100 00:00:00 GMT", retries.MAX_RETRY_AFTER_S),  # capped
+        ("1e400", retries.MAX_RETRY_AFTER_S),
+        (None, retries.DEFAULT_RETRY_AFTER_S),
+        ("", retries.DEFAULT_RETRY_AFTER_S),
+        ("soon", retries.DEFAULT_RETRY_AFTER_S),
+        ("nan", retries.DEFAULT_RETRY_AFTER_S),
+        ("Thu, 32 Jan 2026 00:00:00 GMT", retries.DEFAULT_RETRY_AFTER_S),
+    ],
+)
+def test_retry_after_is_seconds_or_an_http_date(value, seconds):
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc).timestamp()
+    assert retries.retry_after_seconds(value, now=now) == pytest.approx(seconds)
 
 
 # --------------------------------------------------------------------------- reruns, attempts, resumption
@@ -498,6 +526,10 @@ def rogue():
     async def audio_file(request):
         return web.Response(body=audio, content_type="audio/mpeg")
 
+    async def busy_for_an_hour(request):
+        until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+        return web.Response(status=429, headers={"Retry-After": email.utils.format_datetime(until, usegmt=True)})
+
     def redirect(location):
         async def handler(request):
             raise web.HTTPFound(location)
@@ -511,6 +543,7 @@ def rogue():
     app.router.add_get("/to-private", redirect("http://10.0.0.7/x.mp3"))
     app.router.add_get("/to-file", redirect("file:///etc/passwd"))
     app.router.add_get("/to-audio", redirect("/audio.mp3"))
+    app.router.add_get("/busy.mp3", busy_for_an_hour)
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app, access_log=None)
     loop.run_until_complete(runner.setup())
@@ -564,6 +597,13 @@ def test_redirects_are_followed_only_to_allowed_urls(rogue, tmp_path):
     size, duration = _download(base, "/to-audio", tmp_path / "c.mp3")
     assert size > 100_000 and 29 < duration < 31
     assert [p.name for p in tmp_path.iterdir()] == ["c.mp3"]
+
+
+def test_a_retry_after_date_too_far_ahead_is_not_waited_for(rogue, tmp_path):
+    base, _ = rogue
+    with pytest.raises(previews.PermanentError, match=r"HTTP 429, Retry-After 3(599|600) s is too long"):
+        _download(base, "/busy.mp3", tmp_path / "busy.mp3")
+    assert not list(tmp_path.iterdir())
 
 
 # --------------------------------------------------------------------------- the downloads suite
