@@ -51,6 +51,48 @@ class TrackNotFound(LookupError):
     """A query names a track that is not in the current latent space."""
 
 
+def _held_elsewhere(error: BaseException) -> bool:
+    """Whether DuckDB refused the file because another process holds it."""
+    return isinstance(error, duckdb.IOException) and _LOCK_ERROR in str(error)
+
+
+def _open_when_free(path: Path, read_only: bool, lock_wait_s: float, started: float) -> duckdb.DuckDBPyConnection:
+    """Connect once another process lets go of the file (tenacity): tries again
+    at once, then with backoff from 0.02 s doubling up to 1 s, and raises
+    :class:`DatabaseLocked` once ``lock_wait_s`` have passed since ``started``
+    (``time.monotonic()``). Logs the wait at once, then every 30 s.
+    """
+    from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
+
+    next_log = 0.0
+
+    def waited(retry_state: RetryCallState) -> float:
+        return retry_state.outcome_timestamp - started  # tenacity's clock is time.monotonic too
+
+    def log_wait(retry_state: RetryCallState) -> None:
+        nonlocal next_log
+        if waited(retry_state) >= next_log:
+            error = retry_state.outcome.exception()
+            _log.warning("waiting for %s: %s", path.name, str(error).split(". See")[0])
+            next_log = waited(retry_state) + 30.0
+
+    def give_up(retry_state: RetryCallState) -> None:
+        error = retry_state.outcome.exception()
+        raise DatabaseLocked(
+            f"{path}: another process held it for {waited(retry_state):.0f} s "
+            f"(SONUFY_DB_LOCK_WAIT_S={lock_wait_s:g}): {error}"
+        ) from error
+
+    retrying = Retrying(
+        retry=retry_if_exception(_held_elsewhere),
+        wait=wait_exponential(multiplier=0.02, max=1.0),
+        stop=lambda retry_state: waited(retry_state) >= lock_wait_s,
+        before_sleep=log_wait,
+        retry_error_callback=give_up,
+    )
+    return retrying(duckdb.connect, str(path), read_only=read_only)
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     model_version: str
@@ -158,26 +200,17 @@ class Store:
         the pipeline holds the file for milliseconds at a time; a user's
         session (``duckdb -readonly``) holds it while it is open, and the
         pipeline waits for it to close, up to ``lock_wait_s``.
+
+        The usual open is one connect; only a conflict loads tenacity, for the
+        wait (:func:`_open_when_free`), so readers do not import it.
         """
         started = time.monotonic()
-        delay, next_log = 0.02, 0.0
-        while True:
-            try:
-                return duckdb.connect(str(path), read_only=read_only)
-            except duckdb.IOException as error:
-                waited = time.monotonic() - started
-                if _LOCK_ERROR not in str(error):
-                    raise
-                if waited >= self.lock_wait_s:
-                    raise DatabaseLocked(
-                        f"{path}: another process held it for {waited:.0f} s "
-                        f"(SONUFY_DB_LOCK_WAIT_S={self.lock_wait_s:g}): {error}"
-                    ) from error
-                if waited >= next_log:
-                    _log.warning("waiting for %s: %s", path.name, str(error).split(". See")[0])
-                    next_log = waited + 30.0
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as error:
+            if not _held_elsewhere(error):
+                raise
+        return _open_when_free(path, read_only, self.lock_wait_s, started)
 
     @contextmanager
     def writer(self, purpose: str, wait_s: float = 0.0, publish: bool = False) -> Iterator[str | None]:

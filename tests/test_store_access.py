@@ -97,6 +97,35 @@ def test_a_second_writer_waits_for_the_writer_lock_and_names_its_holder(tmp_path
     assert impatient.spectrogram_params("set2") == {"n_mels": 64}
 
 
+def test_a_writer_waits_for_a_session_holding_the_file_then_gives_up_or_writes(tmp_path, caplog):
+    store = _space(tmp_path / "s.duckdb")
+    session = _holding_read_only_session(store.path)
+    try:
+        with pytest.raises(DatabaseLocked, match=r"s\.duckdb: another process held it for \d+ s "
+                                                 r"\(SONUFY_DB_LOCK_WAIT_S=0\.3\): .*Could not set lock"):
+            Store(store.path, lock_wait_s=0.3).register_spectrogram_set("set2", {"n_mels": 64})
+        assert "waiting for s.duckdb" in caplog.text
+    finally:
+        _release(session)
+    # A session that closes while the writer waits: the write goes through.
+    brief = _python(f"""
+        import time, duckdb
+        con = duckdb.connect({str(store.path)!r}, read_only=True)
+        print("open", flush=True)
+        time.sleep(1.5)
+        con.close()
+    """)
+    try:
+        assert brief.stdout.readline().strip() == "open"
+        caplog.clear()
+        patient = Store(store.path, lock_wait_s=30)
+        patient.register_spectrogram_set("set2", {"n_mels": 64})
+        assert "waiting for s.duckdb" in caplog.text, "it did wait"
+        assert patient.spectrogram_params("set2") == {"n_mels": 64}
+    finally:
+        _release(brief)
+
+
 def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     store = _space(tmp_path / "s.duckdb")
     holder = _holding_writer_lock(store.path)
