@@ -243,6 +243,20 @@ def test_cli_prints_json_and_takes_csv_labels(tmp_path, capsys):
     assert Store(store.path).evaluations().height == 4 + 12  # two runs, both recorded
 
 
+def test_evaluate_with_hub_reduction_scores_the_latent_space_both_ways(tmp_path, capsys):
+    store, ids = _library(tmp_path)
+    assert cli(["evaluate", "--db", str(store.path), "-k", "5", "--hub-reduction", "--no-artist-filter"]) == 0
+    out = capsys.readouterr().out
+    assert "latent+mp" in out
+    for space in ("latent", "latent+mp"):
+        assert f"hubness of {space}: k-occurrence skewness" in out
+    rows = store.evaluations().filter(pl.col("label") == "genre")
+    by_space = {row["space"]: row for row in rows.iter_rows(named=True)}
+    assert set(by_space) == {"latent", "latent+mp", "naive", "mfcc", "random"}
+    assert by_space["latent+mp"]["precision"] == 1.0
+    assert by_space["latent+mp"]["chance"] == by_space["latent"]["chance"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "named"),
     [

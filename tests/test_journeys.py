@@ -215,19 +215,3 @@ def test_recommend_with_hub_reduction_reranks_the_hub_below_a_true_neighbour(tmp
     assert "hub" not in reduced["track_id"].to_list()
     assert all(t.startswith("c0-") for t in reduced["track_id"])
     assert reduced["mutual_proximity"].is_sorted(descending=True)
-
-
-def test_evaluate_with_hub_reduction_scores_the_latent_space_both_ways(tmp_path, capsys):
-    from test_evaluate import _library  # tracks in 3 tight genre clusters, with spectrograms
-
-    store, ids = _library(tmp_path)
-    assert main(["evaluate", "--db", str(store.path), "-k", "5", "--hub-reduction", "--no-artist-filter"]) == 0
-    out = capsys.readouterr().out
-    assert "latent+mp" in out
-    for space in ("latent", "latent+mp"):
-        assert f"hubness of {space}: k-occurrence skewness" in out
-    rows = store.evaluations().filter(pl.col("label") == "genre")
-    by_space = {row["space"]: row for row in rows.iter_rows(named=True)}
-    assert set(by_space) == {"latent", "latent+mp", "naive", "mfcc", "random"}
-    assert by_space["latent+mp"]["precision"] == 1.0
-    assert by_space["latent+mp"]["chance"] == by_space["latent"]["chance"]

@@ -21,89 +21,16 @@ from sonufy_model import search
 from sonufy_model.config import Paths
 from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
 
-GENRES = ("ambient", "techno", "jazz", "metal", "folk", "hip hop")
-ARTISTS_PER_GENRE = 4
-TRACKS_PER_ARTIST = 10
-
-
-# -- a clustered space (also used by test_landscape_browser.py) ----------------
-
-
-def tracks_frame(ids, artists, genres, years, preview_urls=None) -> pl.DataFrame:
-    n = len(ids)
-    return pl.DataFrame(
-        {
-            "track_id": ids,
-            "source": ["folder" if i % 7 == 0 else "spotify" for i in range(n)],
-            "title": [f"song {i}" for i in ids],
-            "artist": artists,
-            "artists": [[a] for a in artists],
-            "artist_id": artists,
-            "album": ["album"] * n,
-            "album_id": [f"al-{a}" for a in artists],
-            "release_date": [f"{y}-01-01" for y in years],
-            "duration_ms": [200_000] * n,
-            "isrc": [f"QZ{i}" for i in ids],
-            "explicit": [False] * n,
-            "popularity": [None] * n,
-            "uri": [f"spotify:track:{i}" for i in ids],
-            "preview_url": preview_urls or [None] * n,
-            "path": [None] * n,
-            "found_by": [f'genre:"{g}"' for g in genres],
-        }
-    )
-
-
-def clustered_vectors(seed: int = 0):
-    """Vectors around well-separated genre centres, a sub-centre per artist;
-    the genre index of each, and the centres."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(len(GENRES), LATENT_DIM)) * 3.0
-    vectors, clusters = [], []
-    for c in range(len(GENRES)):
-        for _ in range(ARTISTS_PER_GENRE):
-            artist_centre = centres[c] + rng.normal(size=LATENT_DIM) * 0.8
-            vectors.append(artist_centre + rng.normal(size=(TRACKS_PER_ARTIST, LATENT_DIM)) * 0.6)
-            clusters += [c] * TRACKS_PER_ARTIST
-    return np.vstack(vectors).astype(np.float32), np.array(clusters), centres
-
-
-def register(store: Store, version: str) -> None:
-    store.register_model(
-        {
-            "model_version": version, "set_id": "s", "config": {}, "checkpoint": "c.ckpt", "epochs": 1,
-            "train_mse": 0.1, "val_mse": 0.1, "n_train_tracks": 1, "n_val_tracks": 1, "train_seconds": 1.0,
-            "latent_mean": np.zeros(LATENT_DIM), "latent_scale": np.ones(LATENT_DIM),
-        },
-        promote=False,
-    )
-
-
-def embed(store: Store, ids, vectors, version: str) -> None:
-    store.record_embeddings(
-        pl.DataFrame({"track_id": ids, "model_version": [version] * len(ids)}).with_columns(
-            pl.Series("raw", vectors, dtype=pl.Array(pl.Float32, LATENT_DIM)),
-            pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, LATENT_DIM)),
-        )
-    )
-
-
-def build_space(store: Store, version: str = "m1", preview_urls: dict | None = None) -> dict:
-    """Tracks t000..t239, their vectors in ``version``, which is made current."""
-    vectors, clusters, centres = clustered_vectors()
-    n = len(vectors)
-    ids = [f"t{i:03d}" for i in range(n)]
-    artists = [f"{GENRES[c]} artist {i // TRACKS_PER_ARTIST % ARTISTS_PER_GENRE}" for i, c in enumerate(clusters)]
-    genres = [GENRES[c] for c in clusters]
-    urls = [None] * n
-    for i, url in (preview_urls or {}).items():
-        urls[i] = url
-    store.upsert_tracks(tracks_frame(ids, artists, genres, [1970 + (i * 7) % 50 for i in range(n)], urls))
-    register(store, version)
-    embed(store, ids, vectors, version)
-    store.promote(version)
-    return {"ids": ids, "vectors": vectors, "clusters": clusters, "centres": centres,
-            "artists": artists, "genres": genres}
+from conftest import (  # the clustered space, shared with test_landscape_browser.py
+    ARTISTS_PER_GENRE,
+    GENRES,
+    TRACKS_PER_ARTIST,
+    build_space,
+    clustered_vectors,
+    embed,
+    register,
+    tracks_frame,
+)
 
 
 def _sql(store: Store, query: str, params=None) -> pl.DataFrame:

@@ -18,7 +18,8 @@ from sonufy_model import landscape as ls
 from sonufy_model import search
 from sonufy_model.config import Paths
 from sonufy_model.store import Store
-from test_landscape import build_space
+
+from conftest import build_space
 
 CHROMIUM = os.environ.get("SONUFY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 

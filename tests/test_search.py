@@ -14,8 +14,6 @@ from sonufy_model import search
 from sonufy_model.search import SearchFilters, similar, track_vector
 from sonufy_model.schemas import TRACK_SCHEMA
 from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
-from test_sql_and_store import _embed as _embed_dict
-from test_sql_and_store import _register
 
 # id, artist, title, album, album_id, isrc, popularity, cosine to the seed "q"
 KNOWN = [
@@ -49,10 +47,6 @@ def _tracks(rows) -> pl.DataFrame:
     )
 
 
-def _embed(store: Store, version: str, ids: list[str], vectors: np.ndarray) -> None:
-    _embed_dict(store, version, dict(zip(ids, vectors)))
-
-
 def _vectors_at(cosines: list[float], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A unit seed vector and one vector per cosine, at exactly that cosine to it."""
     rng = np.random.default_rng(seed)
@@ -67,12 +61,12 @@ def _vectors_at(cosines: list[float], seed: int = 0) -> tuple[np.ndarray, np.nda
 
 
 @pytest.fixture
-def known(tmp_path) -> Store:
+def known(tmp_path, register_model, embed_vectors) -> Store:
     store = Store(tmp_path / "known.duckdb")
     store.upsert_tracks(_tracks(KNOWN))
-    _register(store, "m1", "s", promote=False)
+    register_model(store, "m1", "s", promote=False)
     _, vectors = _vectors_at([row[7] for row in KNOWN])
-    _embed(store, "m1", [row[0] for row in KNOWN], vectors)
+    embed_vectors(store, "m1", dict(zip([row[0] for row in KNOWN], vectors)))
     store.promote("m1")
     return store
 
@@ -141,27 +135,27 @@ def test_the_macros_take_the_filters_as_named_parameters(known):
         con.close()
 
 
-def test_an_isrc_duplicate_of_the_seed_is_left_out(known):
+def test_an_isrc_duplicate_of_the_seed_is_left_out(known, embed_vectors):
     # upsert_tracks keeps one track per ISRC; older rows may still share one.
     with known.connect() as con:
         con.execute("INSERT INTO tracks (track_id, source, title, artist, isrc) "
                     "VALUES ('dup', 'spotify', 'Another name', 'Zed', 'I0')")
     near = track_vector(known, "q") + 0.01 * np.random.default_rng(1).standard_normal(LATENT_DIM)
-    _embed(known, "m1", ["dup"], near[None, :].astype(np.float32))
+    embed_vectors(known, "m1", {"dup": near.astype(np.float32)})
     assert _ids(similar(known, track_id="q", k=1, use_index=False)) == ["dup"]
     assert _ids(similar(known, track_id="q", k=1, filters=SearchFilters(exclude_duplicates=True),
                         use_index=False)) == ["s1"]
 
 
-def test_filters_widen_the_candidates_until_k_tracks_pass(tmp_path):
+def test_filters_widen_the_candidates_until_k_tracks_pass(tmp_path, register_model, embed_vectors):
     store = Store(tmp_path / "wide.duckdb")
     # 400 tracks by the seed's artist nearer than anything else.
     rows = [("seed", "Ann", "Seed", "A", "a0", None, None, 1.0)]
     rows += [(f"ann{i:03d}", "Ann", f"Song {i}", "A", "a0", None, None, 0.99 - i * 1e-4) for i in range(400)]
     rows += [(f"x{i}", f"Other {i}", f"X {i}", "X", f"x{i}", None, None, 0.5 - i * 0.01) for i in range(5)]
     store.upsert_tracks(_tracks(rows))
-    _register(store, "m1", "s", promote=False)
-    _embed(store, "m1", [r[0] for r in rows], _vectors_at([r[7] for r in rows])[1])
+    register_model(store, "m1", "s", promote=False)
+    embed_vectors(store, "m1", dict(zip([r[0] for r in rows], _vectors_at([r[7] for r in rows])[1])))
     store.promote("m1")
     result = similar(store, track_id="seed", k=5, filters=SearchFilters(exclude_same_artist=True), use_index=False)
     assert _ids(result) == [f"x{i}" for i in range(5)]
@@ -192,19 +186,26 @@ def test_bad_vectors_and_arguments_are_clear_errors(known):
 # -- the index -------------------------------------------------------------------
 
 
-def _clustered_space(store: Store, version: str, n: int = 2000, seed: int = 0, promote: bool = True) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((40, LATENT_DIM))
-    vectors = (centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, LATENT_DIM))).astype(np.float32)
-    ids = [f"t{i:05d}" for i in range(n)]
-    if not store.path.exists() or store.counts()["tracks"] < n:
-        rows = [(i, f"artist {j % 300}", f"title {j}", "al", f"al{j % 500}", None, None, 0.0) for j, i in enumerate(ids)]
-        store.upsert_tracks(_tracks(rows))
-    _register(store, version, "s", promote=False)
-    _embed(store, version, ids, vectors)
-    if promote:
-        store.promote(version)
-    return vectors
+@pytest.fixture
+def clustered_space(register_model, embed_vectors):
+    """``clustered_space(store, version, n=2000, seed=0, promote=True)``: n tracks
+    around 40 centres, their vectors in ``version``; returns the vectors."""
+    def make(store: Store, version: str, n: int = 2000, seed: int = 0, promote: bool = True) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        centres = rng.standard_normal((40, LATENT_DIM))
+        vectors = (centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, LATENT_DIM))).astype(np.float32)
+        ids = [f"t{i:05d}" for i in range(n)]
+        if not store.path.exists() or store.counts()["tracks"] < n:
+            rows = [(i, f"artist {j % 300}", f"title {j}", "al", f"al{j % 500}", None, None, 0.0)
+                    for j, i in enumerate(ids)]
+            store.upsert_tracks(_tracks(rows))
+        register_model(store, version, "s", promote=False)
+        embed_vectors(store, version, dict(zip(ids, vectors)))
+        if promote:
+            store.promote(version)
+        return vectors
+
+    return make
 
 
 def _profile(store: Store, statement: str, params: dict) -> dict[str, int]:
@@ -232,9 +233,9 @@ def _profile(store: Store, statement: str, params: dict) -> dict[str, int]:
 
 
 @pytest.fixture
-def indexed(tmp_path) -> tuple[Store, np.ndarray]:
+def indexed(tmp_path, clustered_space) -> tuple[Store, np.ndarray]:
     store = Store(tmp_path / "indexed.duckdb")
-    vectors = _clustered_space(store, "m1")
+    vectors = clustered_space(store, "m1")
     built = search.build_index(store, cells=40, nprobe=6)
     assert built["vectors"] == 2000 and built["cells"] == 40
     return store, vectors
@@ -265,9 +266,9 @@ def test_the_index_probes_a_few_cells_and_finds_what_the_exact_scan_finds(indexe
     assert by_macro == _ids(similar(store, track_id="t00000", k=10, nprobe=6))
 
 
-def test_without_an_index_or_with_use_index_false_the_exact_scan_answers(tmp_path):
+def test_without_an_index_or_with_use_index_false_the_exact_scan_answers(tmp_path, clustered_space):
     store = Store(tmp_path / "plain.duckdb")
-    vectors = _clustered_space(store, "m1")
+    vectors = clustered_space(store, "m1")
     q = vectors[3]
     exact = similar(store, vector=q, k=10, use_index=False)
     assert search.index_state(store) is None
@@ -276,11 +277,11 @@ def test_without_an_index_or_with_use_index_false_the_exact_scan_answers(tmp_pat
     assert _ids(exact) == [f"t{i:05d}" for i in best]
 
 
-def test_tracks_added_after_the_build_are_found_at_once_then_indexed(indexed):
+def test_tracks_added_after_the_build_are_found_at_once_then_indexed(indexed, embed_vectors):
     store, vectors = indexed
     store.upsert_tracks(_tracks([("new", "Nu", "New", "N", "n1", None, None, 0.0)]))
     twin = vectors[7] + 0.01
-    _embed(store, "m1", ["new"], twin[None, :].astype(np.float32))
+    embed_vectors(store, "m1", {"new": twin.astype(np.float32)})
     # Stale index: the new track is scanned exactly, and found.
     assert _ids(similar(store, vector=vectors[7], k=2, nprobe=1))[:2] == ["t00007", "new"]
     report = search.update_index(store)
@@ -289,16 +290,16 @@ def test_tracks_added_after_the_build_are_found_at_once_then_indexed(indexed):
     assert _ids(similar(store, vector=vectors[7], k=2, nprobe=1)) == ["t00007", "new"]
     assert search.update_index(store)["added"] == 0
     # A re-encoded track is ranked by its new vector, not the indexed copy.
-    _embed(store, "m1", ["new"], (-vectors[7])[None, :])
+    embed_vectors(store, "m1", {"new": -vectors[7]})
     assert "new" not in _ids(similar(store, vector=vectors[7], k=5, nprobe=1))
     search.update_index(store)
     assert search.index_state(store).vectors == 2001
     assert "new" not in _ids(similar(store, vector=vectors[7], k=5, nprobe=40))
 
 
-def test_a_new_current_version_never_uses_the_old_versions_index(indexed):
+def test_a_new_current_version_never_uses_the_old_versions_index(indexed, clustered_space):
     store, _ = indexed
-    new_vectors = _clustered_space(store, "m2", seed=9)
+    new_vectors = clustered_space(store, "m2", seed=9)
     assert search.index_state(store) is None and search.index_state(store, "m1") is not None
     q = new_vectors[11]
     exact = similar(store, vector=q, k=10, use_index=False)
