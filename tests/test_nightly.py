@@ -254,20 +254,75 @@ def test_should_promote_unless_worse_beyond_the_paired_interval():
     assert not should_promote({"model_version": "c", "rows": []}, same, 0.0, 10)[0]
 
 
-def test_retrain_evaluates_the_candidate_against_the_current_version_and_promotes_it(built, tmp_path):
+def _score_current_as_candidate_plus(monkeypatch, current_version: str, offset: float) -> None:
+    """The retrain flow's evaluations really run and are recorded, but the
+    current version is then scored as the candidate plus ``offset`` on every
+    query (the flow scores the candidate first): the paired difference is
+    exactly -offset, whatever the two small models learned."""
+    import flows.retrain
+
+    evaluate_version = flows.retrain.evaluate_version
+    scored = {}
+
+    def evaluate(store, model_version, labels, k):
+        result = evaluate_version(store, model_version, labels, k)
+        if model_version != current_version:
+            scored["candidate"] = result
+            return result
+        rows = []
+        for row in scored["candidate"]["rows"]:
+            if row["space"] == "latent" and "per_query" in row:
+                precision = np.asarray(row["per_query"]["precision"], dtype=float) + offset
+                row = dict(row, precision=row["precision"] + offset,
+                           per_query=dict(row["per_query"], precision=precision))
+            rows.append(row)
+        return dict(result, rows=rows)
+
+    monkeypatch.setattr(flows.retrain, "evaluate_version", evaluate)
+
+
+def test_retrain_evaluates_the_candidate_against_the_current_version_and_promotes_it(
+        built, tmp_path, monkeypatch):
     db = tmp_path / "sonufy.duckdb"
     shutil.copy(built, db)
     data_dir = str(built.with_suffix(".data"))
     before = Store(db).current_model().model_version
-    # A tolerance of 1 promotes whatever the scores (precision is within [0, 1]).
-    result = retrain(db=str(db), data_dir=data_dir, config=TRAINING, labels=["genre"], k=3, tolerance=1.0)
+    # Scored the same as the current version on every query: not worse, promoted.
+    _score_current_as_candidate_plus(monkeypatch, before, 0.0)
+    result = retrain(db=str(db), data_dir=data_dir, config=TRAINING, labels=["genre"], k=3)
     candidate = result["candidate"]
-    assert result["promoted"] and candidate != before
+    assert result["promoted"] and candidate != before, result["reason"]
+    assert "+0.0000 [+0.0000, +0.0000]" in result["reason"] and "not worse" in result["reason"]
     assert result["candidate_score"] is not None and result["current_score"] is not None
     table = _latest_artifact("retrain-evaluation")
     assert candidate in table.description and before in table.description and "promoted" in table.description
     assert Store(db).current_model().model_version == candidate
     assert _sql(db, "SELECT count(DISTINCT model_version), count(*) FROM latent")[0] == (
         1, _sql(db, "SELECT count(*) FROM embeddings WHERE model_version = ?", [before])[0][0])
+    evaluated = {row[0] for row in _sql(db, "SELECT DISTINCT model_version FROM evaluations")}
+    assert evaluated == {before, candidate}
+
+
+def test_retrain_keeps_the_current_version_when_the_candidate_is_worse_beyond_the_interval(
+        built, tmp_path, monkeypatch):
+    db = tmp_path / "sonufy.duckdb"
+    shutil.copy(built, db)
+    data_dir = str(built.with_suffix(".data"))
+    before = Store(db).current_model().model_version
+    latent_before = _sql(db, "SELECT track_id, model_version FROM latent ORDER BY track_id")
+    # 0.2 below the current version on every query: the whole interval is below zero.
+    _score_current_as_candidate_plus(monkeypatch, before, 0.2)
+    result = retrain(db=str(db), data_dir=data_dir, config=TRAINING, labels=["genre"], k=3)
+    candidate = result["candidate"]
+    assert not result["promoted"] and candidate != before and result["current"] == before
+    assert "-0.2000 [-0.2000, -0.2000]" in result["reason"]
+    assert "worse (the whole interval is below zero)" in result["reason"]
+    table = _latest_artifact("retrain-evaluation")
+    assert candidate in table.description and "not promoted" in table.description
+    # Queries still answer from the current version; the candidate stays registered, without vectors.
+    assert Store(db).current_model().model_version == before
+    assert _sql(db, "SELECT track_id, model_version FROM latent ORDER BY track_id") == latent_before
+    assert _sql(db, "SELECT count(*) FROM models WHERE model_version = ?", [candidate])[0][0] == 1
+    assert _sql(db, "SELECT count(*) FROM embeddings WHERE model_version = ?", [candidate])[0][0] == 0
     evaluated = {row[0] for row in _sql(db, "SELECT DISTINCT model_version FROM evaluations")}
     assert evaluated == {before, candidate}
