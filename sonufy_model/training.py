@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -41,6 +42,8 @@ from sonufy_model.presets import DEFAULT_PRESET, PRESETS
 from sonufy_model.tiles import TILE_FRAMES
 
 LAST_CHECKPOINT_NAME = "last.ckpt"
+#: What a finished run writes in its folder (``--result-json`` from the train task).
+RESULT_NAME = "result.json"
 # Starts every line of StepReport's, so that a launcher can tell them from the rest.
 PROGRESS_PREFIX = "progress "
 
@@ -281,6 +284,34 @@ class TrainConfig:
         return data
 
 
+#: The config keys that say where a run's files are, not what it trains.
+PATH_KEYS = ("manifest", "output_dir")
+#: A run folder's name ends with this many characters of its run key.
+RUN_KEY_CHARS = 10
+
+
+def run_key(set_id: str, config: Mapping[str, Any], manifest_csv: str) -> str:
+    """What a training run trains, as a digest: its spectrogram set, its
+    resolved configuration (where its files are aside) and the spectrograms
+    it reads (``manifest_csv``, the manifest as CSV in its stored order).
+
+    Two runs with the same key train the same model, so a run killed before
+    it finished is resumed by the next one with its key (its folder keeps the
+    last checkpoint), and a run on more tracks or another config starts anew.
+    """
+    described = {"set_id": set_id, "config": {k: v for k, v in config.items() if k not in PATH_KEYS}}
+    digest = hashlib.sha1(json.dumps(described, sort_keys=True, default=str).encode())
+    digest.update(manifest_csv.encode())
+    return digest.hexdigest()
+
+
+def runs_with_key(models_dir: Path, key: str) -> list[Path]:
+    """The run folders under ``models_dir`` named with ``key``, newest first."""
+    suffix = "-" + key[:RUN_KEY_CHARS]
+    folders = [folder for folder in models_dir.glob(f"*{suffix}") if folder.is_dir()]
+    return sorted(folders, key=lambda folder: folder.stat().st_mtime, reverse=True)
+
+
 @dataclass
 class TrainResult:
     """Outcome of :func:`train`.
@@ -441,7 +472,10 @@ def train(config: TrainConfig, progress_every_s: float | None = None) -> TrainRe
 @rank_zero_only
 def _write_result_json(result: TrainResult, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    # Whole or absent: its presence tells a rerun that the run finished.
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    partial.replace(path)
 
 
 def _devices(text: str) -> str | int:

@@ -16,7 +16,6 @@ import queue
 import subprocess
 import sys
 import threading
-import uuid
 from collections import deque
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -32,7 +31,14 @@ from sonufy_model.encoding import encode_spectrograms, load_encoder, mean_per_tr
 from sonufy_model.spectrograms import read_spectrograms
 from sonufy_model.standardise import Standardiser
 from sonufy_model.store import Store
-from sonufy_model.training import PROGRESS_PREFIX, TrainConfig
+from sonufy_model.training import (
+    PROGRESS_PREFIX,
+    RESULT_NAME,
+    RUN_KEY_CHARS,
+    TrainConfig,
+    run_key,
+    runs_with_key,
+)
 
 # Tracks the latent standardisation is fitted on: enough for 256 means and
 # standard deviations, few enough to take seconds.
@@ -41,9 +47,22 @@ STANDARDISER_SAMPLE = 2000
 PROGRESS_EVERY_S = 1.0
 
 
-def new_model_version() -> str:
+def new_model_version(key: str) -> str:
+    """A version named by when it started and what it trains (its run key)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"ae-{stamp}-{uuid.uuid4().hex[:6]}"
+    return f"ae-{stamp}-{key[:RUN_KEY_CHARS]}"
+
+
+def unregistered_run(store: Store, models_dir, key: str):
+    """The newest run folder with ``key`` whose version the store does not
+    know: a run killed while training, or after it but before it was
+    registered. None when every run with the key was registered."""
+    for folder in runs_with_key(models_dir, key):
+        try:
+            store.model(folder.name)
+        except LookupError:
+            return folder
+    return None
 
 
 @task(cache_policy=NO_CACHE, task_run_name="train[{set_id}]")
@@ -59,28 +78,37 @@ def train_model(store: Store, paths: Paths, set_id: str, options: dict, promote:
         raise ValueError(
             f"training needs at least 2 tracks with spectrograms in set {set_id}, found {manifest.height}"
         )
-    version = new_model_version()
-    run_dir = paths.models / version
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Resolved against its preset, so that the models table says what was trained.
+    resolved = TrainConfig.from_dict({"manifest": "", "output_dir": "", **options}).to_dict()
+    key = run_key(set_id, resolved, manifest.write_csv())
+    # A rerun after a killed build or train resumes the run it left: same
+    # set, config and spectrograms, same folder, its last checkpoint.
+    run_dir = unregistered_run(store, paths.models, key)
+    if run_dir is None:
+        run_dir = paths.models / new_model_version(key)
+        run_dir.mkdir(parents=True)
+    else:
+        logger.info("resuming the unfinished training run in %s", run_dir)
+    version = run_dir.name
     manifest_path = run_dir / "manifest.parquet"
     manifest.write_parquet(manifest_path)
-    # Resolved against its preset, so that the models table says what was trained.
-    config = TrainConfig.from_dict({"manifest": str(manifest_path), "output_dir": str(run_dir), **options}).to_dict()
+    config = {**resolved, "manifest": str(manifest_path), "output_dir": str(run_dir)}
     config_path = run_dir / "train.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=True))
-    result_path = run_dir / "result.json"
+    result_path = run_dir / RESULT_NAME
 
-    command = [sys.executable, "-m", "sonufy_model.training", "--config", str(config_path),
-               "--result-json", str(result_path), "--progress-every-s", str(PROGRESS_EVERY_S)]
-    logger.info("training %s on %d tracks: %s", version, manifest.height, " ".join(command))
-    tail: deque[str] = deque(maxlen=40)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
-        assert process.stdout is not None
-        follow_trainer(process.stdout, TrainingProgress(logger), logger, tail)
-    if process.returncode != 0 or not result_path.exists():
-        raise RuntimeError(
-            f"training process exited with {process.returncode}; last output:\n" + "\n".join(tail)
-        )
+    if not result_path.exists():  # else it finished and only its registration was lost
+        command = [sys.executable, "-m", "sonufy_model.training", "--config", str(config_path),
+                   "--result-json", str(result_path), "--progress-every-s", str(PROGRESS_EVERY_S)]
+        logger.info("training %s on %d tracks: %s", version, manifest.height, " ".join(command))
+        tail: deque[str] = deque(maxlen=40)
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+            assert process.stdout is not None
+            follow_trainer(process.stdout, TrainingProgress(logger), logger, tail)
+        if process.returncode != 0 or not result_path.exists():
+            raise RuntimeError(
+                f"training process exited with {process.returncode}; last output:\n" + "\n".join(tail)
+            )
     result = json.loads(result_path.read_text())
     # Fitted on tracks' vectors (the mean of their excerpts), as they are stored.
     sampled_ids = manifest["track_id"].unique(maintain_order=True)

@@ -1,0 +1,89 @@
+"""A training run is named by what it trains, so a rerun after a kill resumes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import yaml
+
+from flows.build import build
+from sonufy_model.training import TrainConfig, run_key
+
+N_TRACKS = 24
+# A narrow model and one short epoch for the build: it only has to leave a store.
+SMALL = {"max_epochs": 1, "batch_size": 16, "crops_per_track": 2, "filters": [4, 8, 16, 32], "accelerator": "cpu"}
+# Long enough to be killed midway: early stopping cannot end it first.
+LONG = {**SMALL, "max_epochs": 30, "early_stopping_patience": 30}
+
+
+def _sql(db, query):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(query).fetchall()
+    finally:
+        con.close()
+
+
+def test_the_run_key_says_what_is_trained_not_where():
+    config = TrainConfig.from_dict({"manifest": "a/manifest.parquet", "output_dir": "a", **SMALL}).to_dict()
+    manifest = "track_id,excerpt,shard,row\nt1,0,s1,0\nt2,0,s1,1\n"
+    key = run_key("set-1", config, manifest)
+    assert run_key("set-1", {**config, "manifest": "b/manifest.parquet", "output_dir": "b"}, manifest) == key
+    assert run_key("set-2", config, manifest) != key
+    assert run_key("set-1", {**config, "seed": 1}, manifest) != key
+    assert run_key("set-1", config, manifest + "t3,0,s2,0\n") != key
+
+
+def _train_command(db: Path, config: Path) -> list[str]:
+    return [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main(sys.argv[1:]))",
+            "train", "--db", str(db), "--config", str(config)]
+
+
+def test_a_training_run_killed_midway_is_resumed_by_the_rerun(prefect_api, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    db = tmp_path / "sonufy.duckdb"
+    first = build(source="standin", db=str(db), demo_tracks=N_TRACKS, batch_size=32, workers=2,
+                  training=SMALL)["counts"]["model_version"]
+    models_dir = tmp_path / "sonufy.data" / "models"
+    assert (models_dir / first).is_dir()
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump(LONG))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONUNBUFFERED": "1"}
+
+    # Its own session, so that the kill takes the trainer process with it, as a
+    # machine going down would.
+    process = subprocess.Popen(_train_command(db, config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=env, start_new_session=True)
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "trainer: epoch 3/30" in line:  # epoch 2's checkpoint is on disk
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    [killed] = [folder for folder in models_dir.iterdir() if folder.name != first]
+    assert (killed / "checkpoints" / "last.ckpt").is_file()
+    assert not (killed / "result.json").exists()
+    assert _sql(db, "SELECT count(*) FROM models")[0][0] == 1
+
+    rerun = subprocess.run(_train_command(db, config), capture_output=True, text=True, env=env, timeout=600)
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    assert f"resuming the unfinished training run in {killed}" in output
+    assert f"Resuming from {killed / 'checkpoints' / 'last.ckpt'}" in output
+    # The same folder became the version: no second run folder, all 30 epochs counted.
+    assert sorted(folder.name for folder in models_dir.iterdir()) == sorted([first, killed.name])
+    assert _sql(db, "SELECT model_version, epochs, is_current FROM models WHERE model_version <> "
+                f"'{first}'") == [(killed.name, 30, True)]
+
+    # Another config is another run, in a folder of its own.
+    config.write_text(yaml.safe_dump({**LONG, "max_epochs": 1}))
+    assert subprocess.run(_train_command(db, config), capture_output=True, env=env, timeout=600).returncode == 0
+    assert len(list(models_dir.iterdir())) == 3
