@@ -6,6 +6,7 @@ to the stand-in, a real training process.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,9 @@ N_TRACKS = 60
 TRAINING = {"max_epochs": 2, "max_time_s": 180, "batch_size": 16, "crops_per_track": 4}
 
 
-def _run(db):
-    return build(source="standin", db=str(db), demo_tracks=N_TRACKS, batch_size=32, workers=2, training=TRAINING)
+def _run(db, data_dir=None):
+    return build(source="standin", db=str(db), data_dir=data_dir, demo_tracks=N_TRACKS, batch_size=32, workers=2,
+                 training=TRAINING)
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +134,12 @@ def test_neighbours_share_the_style_far_above_chance(built):
     assert score["precision"] > 2 * score["chance"]
 
 
-def test_a_rerun_resumes_without_duplicates_or_retraining(built, prefect_api):
-    db, first = built
-    again = _run(db)
+def test_a_rerun_resumes_without_duplicates_or_retraining(built, prefect_api, tmp_path):
+    # On a copy (the built models and shards): the other tests see the store of one build.
+    db = tmp_path / "sonufy.duckdb"
+    shutil.copy(built[0], db)
+    first = built[1]
+    again = _run(db, data_dir=str(built[0].with_suffix(".data")))
     assert again["counts"]["model_version"] == first["counts"]["model_version"]
     for table in ("tracks", "previews", "spectrograms", "embeddings"):
         assert again["counts"][f"total_{table}"] == first["counts"][f"total_{table}"]

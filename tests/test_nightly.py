@@ -36,6 +36,15 @@ def built(prefect_api, tmp_path_factory):
     return db
 
 
+@pytest.fixture
+def built_copy(built, tmp_path):
+    """A copy of the built store, for a test that changes it; it points at the
+    built store's models and shards. Returns (db, data_dir)."""
+    db = tmp_path / "sonufy.duckdb"
+    shutil.copy(built, db)
+    return db, str(built.with_suffix(".data"))
+
+
 def _sql(db, query, params=None):
     with Store(db).connect(read_only=True) as con:
         return con.execute(query, params).fetchall()
@@ -110,7 +119,7 @@ def test_a_nightly_that_finds_another_writer_exits_cleanly(built):
     assert _sql(built, "SELECT count(*) FROM runs")[0][0] == before  # it wrote nothing
 
 
-def test_two_nightlies_at_once_beside_a_reader_that_holds_the_store_throughout(built, tmp_path, capsys):
+def test_two_nightlies_at_once_beside_a_reader_that_holds_the_store_throughout(built_copy, capsys):
     """Two nightlies started together: one writes, the other exits cleanly.
     Meanwhile a reader holds the published store for the whole run, `sonufy
     sql -c` answers, and afterwards `sonufy recommend` answers from the new
@@ -119,9 +128,7 @@ def test_two_nightlies_at_once_beside_a_reader_that_holds_the_store_throughout(b
 
     from flows.cli import main
 
-    db = tmp_path / "sonufy.duckdb"
-    shutil.copy(built, db)
-    data_dir = str(built.with_suffix(".data"))
+    db, data_dir = built_copy
     runs_before = _sql(db, "SELECT count(*) FROM runs")[0][0]
     snapshot = Store(db).publish()
     before = _sql(db, "SELECT count(*) FROM latent")[0][0]
@@ -169,13 +176,11 @@ def test_two_nightlies_at_once_beside_a_reader_that_holds_the_store_throughout(b
     assert reader.wait(timeout=30) == 0
 
 
-def test_a_nightly_killed_midway_is_finished_by_the_next(built, tmp_path):
+def test_a_nightly_killed_midway_is_finished_by_the_next(built_copy):
     from prefect.settings import PREFECT_API_URL
 
     # A copy: each kill point starts from the same database.
-    db = tmp_path / "sonufy.duckdb"
-    shutil.copy(built, db)
-    data_dir = str(built.with_suffix(".data"))  # the models and shards the copy points at
+    db, data_dir = built_copy
     base = _sql(db, "SELECT count(*) FROM latent")[0][0]
     snapshot = Store(db).publish()
     code = (f"from flows.nightly import nightly_refresh; nightly_refresh(source='standin', db={str(db)!r}, "
@@ -197,7 +202,7 @@ def test_a_nightly_killed_midway_is_finished_by_the_next(built, tmp_path):
 
     result = nightly_refresh(source="standin", db=str(db), data_dir=data_dir, demo_tracks=N_TRACKS,
                              demo_new_tracks=12, batch_size=4, workers=1, data_docs=False)
-    # The 12 new releases include the 4 of the first test (the catalog grows).
+    # The 12 new releases include those the built store may already have (the catalog grows).
     total = N_TRACKS + 12
     assert _sql(db, "SELECT count(*), count(DISTINCT track_id) FROM latent")[0] == (total, total)
     assert _sql(snapshot, "SELECT count(*) FROM latent")[0][0] == total  # published by the rerun
@@ -281,11 +286,8 @@ def _score_current_as_candidate_plus(monkeypatch, current_version: str, offset: 
     monkeypatch.setattr(flows.retrain, "evaluate_version", evaluate)
 
 
-def test_retrain_evaluates_the_candidate_against_the_current_version_and_promotes_it(
-        built, tmp_path, monkeypatch):
-    db = tmp_path / "sonufy.duckdb"
-    shutil.copy(built, db)
-    data_dir = str(built.with_suffix(".data"))
+def test_retrain_evaluates_the_candidate_against_the_current_version_and_promotes_it(built_copy, monkeypatch):
+    db, data_dir = built_copy
     before = Store(db).current_model().model_version
     # Scored the same as the current version on every query: not worse, promoted.
     _score_current_as_candidate_plus(monkeypatch, before, 0.0)
@@ -303,11 +305,8 @@ def test_retrain_evaluates_the_candidate_against_the_current_version_and_promote
     assert evaluated == {before, candidate}
 
 
-def test_retrain_keeps_the_current_version_when_the_candidate_is_worse_beyond_the_interval(
-        built, tmp_path, monkeypatch):
-    db = tmp_path / "sonufy.duckdb"
-    shutil.copy(built, db)
-    data_dir = str(built.with_suffix(".data"))
+def test_retrain_keeps_the_current_version_when_the_candidate_is_worse_beyond_the_interval(built_copy, monkeypatch):
+    db, data_dir = built_copy
     before = Store(db).current_model().model_version
     latent_before = _sql(db, "SELECT track_id, model_version FROM latent ORDER BY track_id")
     # 0.2 below the current version on every query: the whole interval is below zero.
