@@ -24,6 +24,8 @@ from sonufy_model.evaluate import precision_at_k
 N_TRACKS = 60
 TRAINING = {"max_epochs": 2, "max_time_s": 180, "batch_size": 16, "crops_per_track": 4}
 
+pytestmark = pytest.mark.slow  # every test here waits for the module's build
+
 
 def _run(db, data_dir=None):
     return build(source="standin", db=str(db), data_dir=data_dir, demo_tracks=N_TRACKS, batch_size=32, workers=2,

@@ -19,6 +19,7 @@ def cluster():
         yield local
 
 
+@pytest.mark.slow
 def test_build_runs_its_batches_on_the_cluster(prefect_api, cluster, tmp_path):
     from distributed import Client, get_task_stream
 

@@ -95,6 +95,7 @@ def server(tmp_path):
         process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_served_nightly_deployment_runs_through_the_api(server, tmp_path, monkeypatch):
     import soundfile as sf
     from prefect.client.orchestration import get_client

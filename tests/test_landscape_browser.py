@@ -32,6 +32,8 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 PLAYABLE = 17  # the track with a preview on disk
 
+pytestmark = pytest.mark.slow  # Chromium
+
 
 def _wav(path: Path) -> Path:
     tone = (np.sin(np.arange(22_050 // 2) * 2 * np.pi * 440 / 22_050) * 8000).astype(np.int16)

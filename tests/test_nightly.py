@@ -65,6 +65,7 @@ def _latest_artifact(key):
     return found[0] if found else None
 
 
+@pytest.mark.slow
 def test_a_nightly_adds_only_the_new_releases_and_reports_them(built):
     before = _sql(built, "SELECT count(*) FROM latent")[0][0]
     # A reader holds the file when the nightly starts: the nightly waits for it, never fails.
@@ -99,6 +100,7 @@ def test_a_nightly_adds_only_the_new_releases_and_reports_them(built):
     assert _sql(built, "SELECT count(*) FROM latent")[0][0] == before + 4
 
 
+@pytest.mark.slow
 def test_a_nightly_that_finds_another_writer_exits_cleanly(built):
     # Another process writes the store (a build, say): it holds the writer lock.
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
@@ -119,6 +121,7 @@ def test_a_nightly_that_finds_another_writer_exits_cleanly(built):
     assert _sql(built, "SELECT count(*) FROM runs")[0][0] == before  # it wrote nothing
 
 
+@pytest.mark.slow
 def test_two_nightlies_at_once_beside_a_reader_that_holds_the_store_throughout(built_copy, capsys):
     """Two nightlies started together: one writes, the other exits cleanly.
     Meanwhile a reader holds the published store for the whole run, `sonufy
@@ -176,6 +179,7 @@ def test_two_nightlies_at_once_beside_a_reader_that_holds_the_store_throughout(b
     assert reader.wait(timeout=30) == 0
 
 
+@pytest.mark.slow
 def test_a_nightly_killed_midway_is_finished_by_the_next(built_copy):
     from prefect.settings import PREFECT_API_URL
 
@@ -286,6 +290,7 @@ def _score_current_as_candidate_plus(monkeypatch, current_version: str, offset: 
     monkeypatch.setattr(flows.retrain, "evaluate_version", evaluate)
 
 
+@pytest.mark.slow
 def test_retrain_evaluates_the_candidate_against_the_current_version_and_promotes_it(built_copy, monkeypatch):
     db, data_dir = built_copy
     before = Store(db).current_model().model_version
@@ -305,6 +310,7 @@ def test_retrain_evaluates_the_candidate_against_the_current_version_and_promote
     assert evaluated == {before, candidate}
 
 
+@pytest.mark.slow
 def test_retrain_keeps_the_current_version_when_the_candidate_is_worse_beyond_the_interval(built_copy, monkeypatch):
     db, data_dir = built_copy
     before = Store(db).current_model().model_version

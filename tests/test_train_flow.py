@@ -37,6 +37,7 @@ def test_training_options_are_trainconfig_fields_and_the_example_is_valid():
         training_options({"manifest": "elsewhere.parquet"})
 
 
+@pytest.mark.slow
 def test_train_flow_adds_a_current_version_and_the_cli_one_that_is_not(prefect_api, tmp_path, capsys):
     db = tmp_path / "sonufy.duckdb"
     built = build(source="standin", db=str(db), demo_tracks=N_TRACKS, batch_size=32, workers=2, training=SMALL)

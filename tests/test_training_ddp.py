@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,7 @@ def _manifest(root: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_trains_on_both_ranks(tmp_path):
     config = {
         "manifest": str(_manifest(tmp_path)),
