@@ -82,10 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--preset", choices=PRESET_NAMES, default=None,
                        help="the model: 'invariance' (default: learns what stays the same within a track) "
                        "or 'reference' (the seed's autoencoder)")
-    build.add_argument("--excerpts", type=_positive_int, default=1,
-                       help="30 s clips analysed per file longer than that, vectors averaged (default: 1)")
-    build.add_argument("--placement", choices=("middle", "spread"), default="middle",
-                       help="where those clips lie: side by side around the middle, or spread over the file")
+    build.add_argument("--excerpts", type=_positive_int,
+                       help="30 s clips analysed per file longer than that, vectors averaged (default: 2)")
+    build.add_argument("--placement", choices=("middle", "spread"),
+                       help="where those clips lie: side by side around the middle, or spread over the file "
+                       "(default: spread)")
     build.add_argument("--preview-folder", metavar="PATH",
                        help="your own audio files, matched to catalog tracks by ISRC tag or artist + title "
                        "and used instead of downloading (tried first)")
@@ -382,8 +383,8 @@ def _build(args: argparse.Namespace, source: str) -> dict:
         workers=getattr(args, "workers", min(2, os.cpu_count() or 1)),
         training=_training_overrides(args, max_time_s=args.train_minutes * 60),
         retrain=getattr(args, "retrain", False),
-        excerpts=getattr(args, "excerpts", 1),
-        placement=getattr(args, "placement", "middle"),
+        # Unset: the build flow's defaults, the analysis's own (MelParams).
+        **{name: value for name in ("excerpts", "placement") if (value := getattr(args, name, None)) is not None},
         keep_previews=not getattr(args, "drop_previews", False),
         preview_sources=_preview_sources(getattr(args, "preview_sources", None)),
         preview_folder=_existing_dir(getattr(args, "preview_folder", None), "--preview-folder"),

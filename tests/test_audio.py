@@ -21,7 +21,8 @@ from sonufy_model.audio import (
 )
 from sonufy_model.evaluate import precision_at_k
 
-PARAMS = MelParams()
+# One clip per file, so that a file is one row: what most tests here count.
+PARAMS = MelParams(excerpts=1)
 
 
 def _tone(seconds: float, rate: int, freq: float = 440.0, seed: int = 0) -> np.ndarray:
@@ -115,7 +116,7 @@ def test_absolute_level_keeps_loudness_and_peak_level_hides_it(clips):
 
 def test_sets_recorded_before_level_existed_keep_their_ids():
     # The seed's default set id, as stores made before the level option know it.
-    legacy = {k: v for k, v in MelParams().to_dict().items() if k != "level"}
+    legacy = {k: v for k, v in MelParams(excerpts=1, placement="middle").to_dict().items() if k != "level"}
     stored = MelParams.from_stored(legacy)
     assert stored.level == "peak" and stored.set_id == "mel-128x512-7d0b09a328"
     assert MelParams().set_id != stored.set_id
@@ -139,6 +140,27 @@ def test_long_files_are_analysed_on_an_excerpt_from_the_middle(clips):
     spectrum = np.abs(np.fft.rfft(clip))
     freqs = np.fft.rfftfreq(clip.size, 1 / PARAMS.sample_rate)
     assert freqs[spectrum.argmax()] == pytest.approx(2000, abs=5)
+
+
+def test_by_default_a_song_is_analysed_on_two_excerpts_spread_over_it(clips):
+    default = MelParams()
+    # The 90 s song: 220 Hz, then 2 kHz in its middle third, then 220 Hz.
+    assert excerpt_starts(90.0, default) == [15.0, 45.0]
+    excerpts = load_excerpts(clips["song"], default)
+    assert len(excerpts) == 2 and all(duration == pytest.approx(30.0, abs=0.01) for _, duration in excerpts)
+    # Each straddles a change of the song: the first ends in 2 kHz, the second starts in it.
+    first, second = (clip for clip, _ in excerpts)
+    half = first.size // 2
+    assert _dominant_hz(first[:half]) == pytest.approx(220, abs=5)
+    assert _dominant_hz(first[half:]) == pytest.approx(2000, abs=5)
+    assert _dominant_hz(second[:half]) == pytest.approx(2000, abs=5)
+    assert _dominant_hz(second[half:]) == pytest.approx(220, abs=5)
+    assert default.set_id != PARAMS.set_id
+    # A preview a few codec frames longer than a clip is one excerpt, as is a
+    # file whose excerpts would overlap by more than three quarters.
+    assert excerpt_starts(30.05, default) == [0.0]
+    assert excerpt_starts(35.0, default) == [0.0]
+    assert excerpt_starts(40.0, default) == [0.0, 10.0]
 
 
 def _dominant_hz(clip: np.ndarray) -> float:
