@@ -285,6 +285,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="promote unless the 95%% paired bootstrap interval of the candidate's mean "
                          "latent precision@k minus the current one's lies entirely below minus this "
                          "(default: 0)")
+    retrain.add_argument("--wait", type=float, metavar="S",
+                         help="seconds to wait for another writer on the store, such as a nightly still "
+                         "running (default: 6 hours)")
 
     gc = commands.add_parser(
         "gc",
@@ -706,9 +709,13 @@ def _run(args: argparse.Namespace) -> int:
             if not Path(args.db).exists():
                 raise CommandError(f"--db {args.db}: no such file; run `sonufy build` first")
             result = retrain(db=args.db, config={"max_time_s": args.train_minutes * 60},
-                             tolerance=args.tolerance)
-            print(f"model version {result['candidate']} {'is current' if result['promoted'] else 'not promoted'}: "
-                  f"{result['reason']}")
+                             tolerance=args.tolerance,
+                             **({} if args.wait is None else {"wait_for_running_s": args.wait}))
+            if "skipped" in result:  # another writer outlasted the wait: nothing trained
+                print(f"nothing done: {result['skipped']}")
+            else:
+                print(f"model version {result['candidate']} "
+                      f"{'is current' if result['promoted'] else 'not promoted'}: {result['reason']}")
         elif args.command == "evaluate":
             _evaluate(args)
         elif args.command == "landscape":

@@ -40,11 +40,16 @@ def retrain(
     labels: list[str] | None = None,
     k: int = 10,
     tolerance: float = 0.0,
+    wait_for_running_s: float = 6 * 3600.0,
 ) -> dict:
     """Train a candidate on the current data; make it current unless its mean
     latent precision@k (``sonufy evaluate``, ``labels``, default genre and
     artist) is below the current version's beyond the noise: see
-    :func:`should_promote`."""
+    :func:`should_promote`.
+
+    Another writer on the store (a nightly still running, a build) is waited
+    for up to ``wait_for_running_s``: a weekly retrain that gave up at once
+    would leave the model a week older. After that it exits, doing nothing."""
     logger = get_run_logger()
     options = training_options(config)  # a bad config fails here, before any work
     labels = list(labels or ["genre", "artist"])
@@ -52,7 +57,7 @@ def retrain(
     if not paths.db.exists():
         raise FileNotFoundError(f"{paths.db}: no such DuckDB file; run `sonufy build` first")
     store = Store(paths.db)
-    with store.writer(FLOW, publish=True) as busy:  # readers see the switch at its end
+    with store.writer(FLOW, wait_for_running_s, publish=True) as busy:  # readers see the switch at its end
         if busy:
             logger.warning("another writer is running on this store (%s): this retrain does nothing", busy)
             return {"skipped": busy}

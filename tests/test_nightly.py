@@ -101,7 +101,9 @@ def test_a_nightly_adds_only_the_new_releases_and_reports_them(built):
 
 
 @pytest.mark.slow
-def test_a_nightly_that_finds_another_writer_exits_cleanly(built):
+def test_a_nightly_that_finds_another_writer_exits_cleanly(built, capsys):
+    from flows.cli import main
+
     # Another process writes the store (a build, say): it holds the writer lock.
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys
@@ -114,10 +116,15 @@ def test_a_nightly_that_finds_another_writer_exits_cleanly(built):
         assert holder.stdout.readline().strip() == "held"
         before = _sql(built, "SELECT count(*) FROM runs")[0][0]
         result = _nightly(built, new_tracks=4)
+        # So does a retrain told not to wait, and the command says so.
+        capsys.readouterr()
+        assert main(["retrain", "--db", str(built), "--wait", "0"]) == 0
+        said = capsys.readouterr().out
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
     assert "writer.lock is held by pid" in result["skipped"] and "(build, since" in result["skipped"]
+    assert said.startswith("nothing done: ") and "writer.lock is held by pid" in said
     assert _sql(built, "SELECT count(*) FROM runs")[0][0] == before  # it wrote nothing
 
 
@@ -296,7 +303,22 @@ def test_retrain_evaluates_the_candidate_against_the_current_version_and_promote
     before = Store(db).current_model().model_version
     # Scored the same as the current version on every query: not worse, promoted.
     _score_current_as_candidate_plus(monkeypatch, before, 0.0)
-    result = retrain(db=str(db), data_dir=data_dir, config=TRAINING, labels=["genre"], k=3)
+    # Another writer (a nightly running late, say) holds the store for 2 s when
+    # the retrain is due: the retrain waits for it instead of skipping a week.
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from sonufy_model.store import Store
+        with Store({str(db)!r}).writer("nightly") as busy:
+            print("held" if busy is None else busy, flush=True)
+            time.sleep(2)
+    """)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = retrain(db=str(db), data_dir=data_dir, config=TRAINING, labels=["genre"], k=3,
+                         wait_for_running_s=120)
+        assert holder.poll() == 0  # it had let go before the retrain could write
+    finally:
+        holder.wait(timeout=30)
     candidate = result["candidate"]
     assert result["promoted"] and candidate != before, result["reason"]
     assert "+0.0000 [+0.0000, +0.0000]" in result["reason"] and "not worse" in result["reason"]
