@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pytest
 import yaml
 
 from flows.build import build
@@ -44,6 +45,7 @@ def _train_command(db: Path, config: Path) -> list[str]:
             "train", "--db", str(db), "--config", str(config)]
 
 
+@pytest.mark.slow
 def test_a_training_run_killed_midway_is_resumed_by_the_rerun(prefect_api, tmp_path):
     from prefect.settings import PREFECT_API_URL
 
