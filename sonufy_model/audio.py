@@ -339,8 +339,19 @@ def to_uint8(spectrogram: np.ndarray) -> np.ndarray:
     return np.round(np.nan_to_num(spectrogram, nan=0.0) * 255.0).clip(0, 255).astype(np.uint8)
 
 
-def analyse(path: str | Path, params: MelParams) -> list[tuple[np.ndarray, dict]]:
-    """Each clip's spectrogram (float32 in [0, 1]) and the facts checks look at."""
+def spectral_flatness(clip: np.ndarray, params: MelParams) -> float:
+    """The median over frames of the spectral flatness (geometric over
+    arithmetic mean of the power spectrum): near 0.6 for white noise, under
+    0.3 for nearly all music."""
+    import librosa
+
+    flatness = librosa.feature.spectral_flatness(y=clip, n_fft=params.n_fft, hop_length=params.hop_length)
+    return float(np.median(flatness))
+
+
+def analyse(path: str | Path, params: MelParams, flatness: bool = False) -> list[tuple[np.ndarray, dict]]:
+    """Each clip's spectrogram (float32 in [0, 1]) and the facts checks look at;
+    with ``flatness`` also its ``spectral_flatness`` (one more STFT a clip)."""
     results = []
     for clip, duration_s in load_excerpts(path, params):
         spectrogram = scaled_mel(clip, params)
@@ -355,5 +366,7 @@ def analyse(path: str | Path, params: MelParams) -> list[tuple[np.ndarray, dict]
             "silent_share": silent_frame_share(clip, duration_s, params),
             "duration_s": float(duration_s),
         }
+        if flatness:
+            stats["spectral_flatness"] = spectral_flatness(clip[: max(1, int(duration_s * params.sample_rate))], params)
         results.append((spectrogram, stats))
     return results

@@ -139,6 +139,42 @@ def _describe_condition(condition: object) -> str:
     return f" where {condition}"
 
 
+def spectrogram_bounds(params: MelParams, min_seconds: float = MIN_CLIP_SECONDS) -> dict[str, tuple]:
+    """The spectrogram suite's bounds, per column of audio.analyse's facts:
+    (least, most), None for no bound. One definition for the catalog's Great
+    Expectations suite (:func:`check_spectrograms`) and the query path's
+    plain check (:func:`spectrogram_problems`)."""
+    return {
+        "n_mels": (params.n_mels, params.n_mels),
+        "n_frames": (params.n_frames, params.n_frames),
+        "non_finite": (0, 0),
+        "min_value": (0.0, 1.0),
+        "max_value": (0.0, 1.0),
+        "silent_share": (0.0, MAX_SILENT_SHARE),
+        "duration_s": (min_seconds, None),
+    }
+
+
+def spectrogram_problems(stats: dict, params: MelParams, min_seconds: float = MIN_CLIP_SECONDS) -> list[str]:
+    """What is wrong with one clip's facts (audio.analyse), in words; empty when
+    nothing is. The same bounds as the catalog's suite; NaN breaks any bound."""
+    problems = []
+    for column, (least, most) in spectrogram_bounds(params, min_seconds).items():
+        value = stats[column]
+        if value is None or value != value or (least is not None and value < least) or (
+                most is not None and value > most):
+            problems.append(_PROBLEMS.get(column, "{column} is {value} (expected {least} to {most})").format(
+                column=column, value=value, least=least, most=most))
+    return problems
+
+
+_PROBLEMS = {
+    "silent_share": "it is silent or nearly ({value:.0%} of it is quieter than -60 dBFS; at most {most:.0%} may be)",
+    "non_finite": "its spectrogram has non-finite values (corrupt audio)",
+    "duration_s": "only {value:.1f} s of audio (at least {least:g} s are needed)",
+}
+
+
 def check_spectrograms(stats: pl.DataFrame, params: MelParams) -> QualityReport:
     """The spectrogram suite: shape, finite, range, not silent, long enough.
 
@@ -147,16 +183,8 @@ def check_spectrograms(stats: pl.DataFrame, params: MelParams) -> QualityReport:
     """
     import great_expectations as gx
 
-    x = gx.expectations
-    expectations = [
-        x.ExpectColumnValuesToBeBetween(column="n_mels", min_value=params.n_mels, max_value=params.n_mels),
-        x.ExpectColumnValuesToBeBetween(column="n_frames", min_value=params.n_frames, max_value=params.n_frames),
-        x.ExpectColumnValuesToBeBetween(column="non_finite", min_value=0, max_value=0),
-        x.ExpectColumnValuesToBeBetween(column="min_value", min_value=0.0, max_value=1.0),
-        x.ExpectColumnValuesToBeBetween(column="max_value", min_value=0.0, max_value=1.0),
-        x.ExpectColumnValuesToBeBetween(column="silent_share", min_value=0.0, max_value=MAX_SILENT_SHARE),
-        x.ExpectColumnValuesToBeBetween(column="duration_s", min_value=MIN_CLIP_SECONDS),
-    ]
+    expectations = [gx.expectations.ExpectColumnValuesToBeBetween(column=column, min_value=least, max_value=most)
+                    for column, (least, most) in spectrogram_bounds(params).items()]
     # NaN is not "between" anything, but GE skips nulls: make them fail.
     frame = stats.with_columns(pl.col(pl.Float64).fill_nan(-1.0).fill_null(-1.0))
     return _run_suite("spectrograms", frame, expectations)

@@ -30,6 +30,9 @@ from sonufy_model.store import ModelRecord
 
 SQL_FILE = "journeys.sql"
 MIN_QUERY_SECONDS = 5.0  # less audio than this says little about how a track sounds
+# Above this median spectral flatness a file sounds like noise (white noise is
+# near 0.6, music nearly always under 0.3): its neighbours say little.
+NOISE_FLATNESS = 0.45
 
 
 class QueryError(ValueError):
@@ -48,9 +51,11 @@ class Seed:
     vector: np.ndarray
     kind: str  # "track" | "file" | "search"
     track_id: str | None = None
+    # Why its recommendations may say little (a noise-like file), or None.
+    warning: str | None = None
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "kind": self.kind, "track_id": self.track_id}
+        return {"label": self.label, "kind": self.kind, "track_id": self.track_id, "warning": self.warning}
 
 
 def _current_model(store) -> ModelRecord:
@@ -75,7 +80,18 @@ def mel_params(store, model: ModelRecord) -> MelParams:
 
 def encode_file(store, path: str | Path) -> np.ndarray:
     """The standardised vector of an audio file under the current model (nothing is stored)."""
+    return _encode_checked(store, path)[0]
+
+
+def _encode_checked(store, path: str | Path) -> tuple[np.ndarray, str | None]:
+    """The file's standardised vector and a warning (or None).
+
+    Its clips are checked as the catalog's are (:func:`quality.spectrogram_problems`):
+    a clip that fails (silent, corrupt) is left out, and a file none of whose
+    clips pass is refused, with the reasons. A noise-like file is encoded but
+    comes with a warning."""
     from sonufy_model.encoding import encode_spectrograms, load_encoder
+    from sonufy_model.quality import spectrogram_problems
 
     file = Path(path).expanduser()
     if not file.is_file():
@@ -83,7 +99,7 @@ def encode_file(store, path: str | Path) -> np.ndarray:
     model = _current_model(store)
     params = mel_params(store, model)
     try:
-        clips = analyse(file, params)
+        clips = analyse(file, params, flatness=True)
     except (OSError, ValueError) as error:
         if isinstance(error, AudioDecodeError):
             raise
@@ -91,14 +107,22 @@ def encode_file(store, path: str | Path) -> np.ndarray:
     audio_s = sum(stats["duration_s"] for _, stats in clips)
     if audio_s < MIN_QUERY_SECONDS:
         raise AudioDecodeError(f"{path}: only {audio_s:.1f} s of audio; at least {MIN_QUERY_SECONDS:g} s are needed")
-    if any(stats["non_finite"] for _, stats in clips):
-        raise AudioDecodeError(f"{path}: its spectrogram has non-finite values (silent or corrupt audio)")
+    problems = [spectrogram_problems(stats, params, min_seconds=0.0) for _, stats in clips]
+    if all(problems):
+        reasons = sorted({problem for found in problems for problem in found})
+        raise AudioDecodeError(f"{path}: not usable as a query: {'; '.join(reasons)}")
+    clips = [clip for clip, found in zip(clips, problems) if not found]
+    flatness = float(np.median([stats["spectral_flatness"] for _, stats in clips]))
+    warning = None
+    if flatness > NOISE_FLATNESS:
+        warning = (f"{path} sounds like noise (spectral flatness {flatness:.2f}; music stays under 0.3): "
+                   "its nearest tracks say little")
     checkpoint = Path(model.checkpoint)
     if not checkpoint.is_file():
         raise QueryError(f"model {model.model_version}: checkpoint {checkpoint} is missing")
     encoder = load_encoder(checkpoint)
     per_clip = encode_spectrograms(encoder, np.stack([to_uint8(spectrogram) for spectrogram, _ in clips]))
-    return model.standardiser.transform(per_clip.mean(axis=0, keepdims=True))[0]
+    return model.standardiser.transform(per_clip.mean(axis=0, keepdims=True))[0], warning
 
 
 def seed_from_track(store, query: str) -> Seed:
@@ -109,7 +133,8 @@ def seed_from_track(store, query: str) -> Seed:
 
 
 def seed_from_file(store, path: str | Path) -> Seed:
-    return Seed(str(path), encode_file(store, path), "file")
+    vector, warning = _encode_checked(store, path)
+    return Seed(str(path), vector, "file", warning=warning)
 
 
 def search_first_hit(settings, query: str) -> dict:

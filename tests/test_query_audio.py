@@ -82,7 +82,7 @@ def _written(store: Store) -> dict:
 def test_a_catalog_tracks_own_file_lands_on_its_vector(space, standin):
     first = standin.catalog[0]
     seed = query_audio.seed_from_file(space["store"], space["previews"][first.track_id])
-    assert seed.kind == "file" and seed.track_id is None
+    assert seed.kind == "file" and seed.track_id is None and seed.warning is None
     np.testing.assert_allclose(seed.vector, space["vectors"][first.track_id], rtol=1e-4, atol=1e-4)
     rows = query_audio.recommend(space["store"], seed, k=3)
     assert rows["track_id"][0] == first.track_id and rows["cosine"][0] == pytest.approx(1.0, abs=1e-4)
@@ -133,6 +133,39 @@ def test_bad_queries_are_named(space, tmp_path):
     empty.apply_schema()
     with pytest.raises(query_audio.QueryError, match="no current model"):
         query_audio.seed_from_file(empty, short)
+
+
+def test_silent_files_are_refused_and_noise_is_flagged_as_the_catalog_would(space, tmp_path):
+    store, rate = space["store"], 22050
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(40 * rate, dtype=np.float32), rate)
+    with pytest.raises(AudioDecodeError, match=r"silent.wav: not usable as a query: it is silent or nearly"):
+        query_audio.seed_from_file(store, silent)
+    # A tone at -70 dBFS is near-silence: refused the same way.
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, (10 ** (-70 / 20) * np.sin(np.arange(40 * rate) * 2 * np.pi * 440 / rate)).astype(np.float32),
+             rate)
+    with pytest.raises(AudioDecodeError, match=r"quiet.wav: .*100% of it is quieter than -60 dBFS"):
+        query_audio.seed_from_file(store, quiet)
+    # White noise is encoded, with a warning that its neighbours say little.
+    noise = tmp_path / "noise.wav"
+    sf.write(noise, (0.3 * np.random.default_rng(0).standard_normal(40 * rate)).astype(np.float32), rate)
+    seed = query_audio.seed_from_file(store, noise)
+    assert seed.warning is not None and "noise.wav sounds like noise" in seed.warning
+    assert seed.to_dict()["warning"] == seed.warning and np.isfinite(seed.vector).all()
+    # A song that starts with 35 s of silence: its silent excerpt is left out, the rest is used.
+    song = tmp_path / "late.wav"
+    tone = np.sin(np.arange(60 * rate) * 2 * np.pi * 330 / rate) * (1.2 + np.sin(np.arange(60 * rate) * 0.0003))
+    audio = np.concatenate([np.zeros(35 * rate), 0.2 * tone]).astype(np.float32)
+    sf.write(song, audio, rate)
+    late = query_audio.seed_from_file(store, song)
+    assert late.warning is None
+    # It is the vector of its second excerpt alone (48.333 s to 78.333 s of 95 s).
+    second = tmp_path / "second.wav"
+    sf.write(second, audio[int(48.333 * rate): int(48.333 * rate) + 30 * rate], rate)
+    alone = query_audio.seed_from_file(store, second).vector
+    cosine = late.vector @ alone / np.linalg.norm(late.vector) / np.linalg.norm(alone)
+    assert cosine > 0.999
 
 
 def test_recommend_command_from_a_file_or_a_search(space, standin, capsys, tmp_path):
