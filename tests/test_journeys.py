@@ -94,6 +94,9 @@ def test_path_bad_input_is_named(arc_store):
         path(arc_store, "A", "nowhere", steps=5)
     with pytest.raises(JourneyError, match="only 13 tracks"):
         path(arc_store, "A", "B", steps=14)
+    # Refused before any waypoint is made: memory stays flat for any count.
+    with pytest.raises(JourneyError, match=r"--steps 100000000: the latent space has only 13 tracks"):
+        path(arc_store, "A", "B", steps=100_000_000)
     with pytest.raises(JourneyError, match="at least 2 steps"):
         path(arc_store, "A", "B", steps=1)
 
@@ -136,6 +139,8 @@ def test_radio_has_no_repeats_and_no_seeds_and_stops_when_the_space_runs_out(two
     rows = radio(two_neighbourhoods, ["S", "T", "artist S - song S"], n=50, max_per_artist=None)
     ids = rows["track_id"].to_list()
     assert len(ids) == len(set(ids)) == 10  # 12 tracks, 2 seeds (S named twice)
+    # A count past any integer the database holds is only "as many as there are".
+    assert radio(two_neighbourhoods, ["S", "T"], n=10**20, max_per_artist=None)["track_id"].to_list() == ids
     assert not {"S", "T"} & set(ids)
     capped = radio(two_neighbourhoods, ["S"], n=50, max_per_artist=1)
     assert capped["artist"].to_list()[:3] == ["X", "Y", "Z"]
