@@ -35,6 +35,7 @@ import numpy as np
 import polars as pl
 
 import sql
+from sonufy_model.kmeans import nearest_centroids, spherical_kmeans
 from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
 
 QUERIES = "search_queries.sql"
@@ -239,7 +240,7 @@ def build_index(
     units = _unit(vectors)
     del vectors
     centroids = spherical_kmeans(units, cells, sample=sample, iterations=iterations, seed=seed)
-    assignment = nearest_cells(units, centroids)
+    assignment = nearest_centroids(units, centroids)
     with store.transaction() as con:
         _drop_index(con, version)
         base = con.execute(sql.statement("next_free_cell", QUERIES)).fetchone()[0]
@@ -279,7 +280,7 @@ def update_index(store: Store) -> dict:
         cell_numbers = centroids_rows["cell"].to_numpy()
         centroids = _matrix(centroids_rows["centroid"])
         units = _unit(vectors)
-        assignment = cell_numbers[nearest_cells(units, centroids)] if len(ids) else np.empty(0, np.int32)
+        assignment = cell_numbers[nearest_centroids(units, centroids)] if len(ids) else np.empty(0, np.int32)
         batch = pl.DataFrame({"cell": assignment, "track_id": ids},
                              schema={"cell": pl.Int32, "track_id": pl.String}).with_columns(
             pl.Series("unit", units, dtype=pl.Array(pl.Float32, LATENT_DIM)))
@@ -290,33 +291,6 @@ def update_index(store: Store) -> dict:
             "model_version": version, "covered_until": max(created) if len(ids) else state.covered_until,
         }).fetchone()[0]
     return {"index": "updated", "dropped": others, "model_version": version, "added": len(ids), "vectors": count}
-
-
-def spherical_kmeans(units: np.ndarray, cells: int, *, sample: int | None = None, iterations: int = 12,
-                     seed: int = 0) -> np.ndarray:
-    """``cells`` unit centroids of unit vectors (cosine k-means) fitted on a sample."""
-    rng = np.random.default_rng(seed)
-    size = min(len(units), sample or max(64 * cells, 20_000))
-    fit = units[rng.choice(len(units), size, replace=False)] if size < len(units) else units
-    centroids = fit[rng.choice(len(fit), cells, replace=False)].copy()
-    for _ in range(iterations):
-        assignment = nearest_cells(fit, centroids)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, assignment, fit)
-        norms = np.linalg.norm(sums, axis=1)
-        empty = norms == 0
-        centroids[~empty] = sums[~empty] / norms[~empty, None]
-        # An empty cell starts again from a random vector.
-        centroids[empty] = fit[rng.choice(len(fit), int(empty.sum()), replace=False)]
-    return centroids.astype(np.float32)
-
-
-def nearest_cells(units: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:
-    """The index of each unit vector's nearest centroid (largest inner product)."""
-    out = np.empty(len(units), dtype=np.int32)
-    for start in range(0, len(units), chunk):
-        out[start : start + chunk] = np.argmax(units[start : start + chunk] @ centroids.T, axis=1)
-    return out
 
 
 def _current_version(store: Store, required: bool = True) -> str | None:

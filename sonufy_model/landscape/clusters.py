@@ -1,5 +1,6 @@
-"""Clusters and neighbours in the latent space: k-means with the k of the
-highest silhouette, and each vector's nearest others by cosine."""
+"""Clusters and neighbours in the latent space: spherical k-means
+(``sonufy_model/kmeans.py``, the search index's) with the k of the highest
+silhouette, and each vector's nearest others by cosine."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from sonufy_model.kmeans import nearest_centroids, spherical_kmeans
 from sonufy_model.landscape.layout import _matrix
 
 NEIGHBOURS = 10
@@ -15,6 +17,10 @@ NEIGHBOURS = 10
 #: above it, approximate (pynndescent).
 EXACT_NEIGHBOURS_LIMIT = 20_000
 CLUSTER_K_RANGE = (2, 12)
+#: Spherical k-means per k: runs from k-means++ starts (the best kept), and
+#: iterations at most.
+CLUSTER_RESTARTS = 2
+CLUSTER_ITERATIONS = 50
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,7 @@ class Clustering:
     silhouette: float
     scores: dict[int, float] = field(default_factory=dict)
 
-    criterion = "k-means on unit-length vectors; k with the highest silhouette (cosine) over the range"
+    criterion = "spherical k-means on unit-length vectors; k with the highest silhouette (cosine) over the range"
 
 
 def _unit(matrix: np.ndarray) -> np.ndarray:
@@ -37,10 +43,10 @@ def _unit(matrix: np.ndarray) -> np.ndarray:
 def choose_clusters(
     vectors: Any, k_range: tuple[int, int] = CLUSTER_K_RANGE, random_state: int = 0
 ) -> Clustering | None:
-    """k-means on the vectors (unit length: cosine geometry) for each k in
-    ``k_range`` (inclusive, at most n - 1); the k whose labels have the
-    highest mean silhouette wins. None when there are fewer than 3 points."""
-    from sklearn.cluster import KMeans
+    """Spherical k-means on the vectors (unit length: cosine geometry), the
+    best of CLUSTER_RESTARTS runs, for each k in ``k_range`` (inclusive, at
+    most n - 1); the k whose labels have the highest mean silhouette wins.
+    None when there are fewer than 3 points."""
     from sklearn.metrics import silhouette_score
 
     matrix = _unit(_matrix(vectors, "vectors to cluster").astype(np.float64))
@@ -54,7 +60,9 @@ def choose_clusters(
     best: Clustering | None = None
     scores: dict[int, float] = {}
     for k in range(low, high + 1):
-        labels = KMeans(n_clusters=k, n_init=2, random_state=random_state).fit_predict(matrix)
+        centroids = spherical_kmeans(matrix, k, sample=len(matrix), iterations=CLUSTER_ITERATIONS,
+                                     restarts=CLUSTER_RESTARTS, init="k-means++", seed=random_state)
+        labels = nearest_centroids(matrix, centroids)
         if len(set(labels.tolist())) < 2:
             continue
         score = float(silhouette_score(matrix, labels, sample_size=sample, random_state=random_state))
