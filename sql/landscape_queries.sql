@@ -32,6 +32,19 @@ DELETE FROM group_landscape WHERE model_version = $model_version AND level = $le
 INSERT INTO group_landscape (model_version, level, name, artist, genre, tracks, x, y, cluster)
 SELECT $model_version, $level, name, artist, genre, tracks, x, y, cluster FROM group_batch;
 
+-- name: delete_landscape_fit
+DELETE FROM landscape_fits WHERE model_version = $model_version AND level = $level;
+
+-- name: group_levels_without_points
+-- The group levels the current version's fits list but whose points are
+-- gone (a store written before the map and its fit were one transaction).
+SELECT f.level
+FROM landscape_fits AS f
+JOIN models AS m ON m.model_version = f.model_version AND m.is_current
+WHERE f.level IN ('artist', 'genre')
+  AND NOT EXISTS (SELECT 1 FROM group_landscape AS g
+                  WHERE g.model_version = f.model_version AND g.level = f.level);
+
 -- name: upsert_landscape_fit
 INSERT OR REPLACE INTO landscape_fits (model_version, level, points, n_neighbors, min_dist,
                                        clusters, silhouette, fitted_at)

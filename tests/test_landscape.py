@@ -142,6 +142,32 @@ def test_refit_and_other_parameters_fit_anew(copy):
     assert ls.update_landscape(store, paths.models, params=params) == {}
 
 
+def test_a_refit_that_dies_midway_leaves_each_group_map_whole(copy, monkeypatch):
+    from sonufy_model.landscape import persistence
+
+    paths, store, _ = copy
+    before = ls.group_landscape_points(store).sort("level", "name")
+    real_fit = persistence.fit_umap
+
+    def fit_then_die(vectors, params, version):  # the process going down during the artist map's fit
+        if len(vectors) == ARTISTS_PER_GENRE * len(GENRES):
+            raise RuntimeError("killed")
+        return real_fit(vectors, params, version)
+
+    monkeypatch.setattr(persistence, "fit_umap", fit_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        ls.update_landscape(store, paths.models, refit=True)
+    assert ls.group_landscape_points(store).sort("level", "name").equals(before)
+    assert {"artist", "genre"} <= set(ls.landscape_fits(store)["level"])
+
+    # A store that an older version left with a fit but no artist points is repaired by a plain run.
+    monkeypatch.undo()
+    with store.transaction() as con:
+        con.execute("DELETE FROM group_landscape WHERE level = 'artist'")
+    assert ls.update_landscape(store, paths.models)["artist_points"] == ARTISTS_PER_GENRE * len(GENRES)
+    assert ls.group_landscape_points(store).filter(pl.col("level") == "artist").height == 24
+
+
 def test_a_new_model_version_gets_its_own_landscape(copy):
     paths, store, space = copy
     register(store, "m2")

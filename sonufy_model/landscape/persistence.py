@@ -119,7 +119,8 @@ def update_landscape(
 def _group_landscape_missing(store: Store) -> bool:
     with store.connect() as con:
         fits = con.execute(sql.statement("landscape_fits", SQL_FILE)).pl()
-    return not set(fits["level"].to_list()) & {"artist", "genre"}
+        emptied = con.execute(sql.statement("group_levels_without_points", SQL_FILE)).fetchall()
+    return bool(emptied) or not set(fits["level"].to_list()) & {"artist", "genre"}
 
 
 def group_means(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
@@ -174,9 +175,13 @@ def update_group_landscapes(
     version = frame["model_version"][0]
     counts = {}
     for level, groups in group_means(frame).items():
-        with store.transaction() as con:
-            con.execute(sql.statement("delete_group_landscape", SQL_FILE), {"model_version": version, "level": level})
+        # Each level's map is replaced in one transaction, its fit row with
+        # it: a crash at any point leaves the previous map whole.
+        where = {"model_version": version, "level": level}
         if groups.height < MIN_POINTS:
+            with store.transaction() as con:
+                con.execute(sql.statement("delete_group_landscape", SQL_FILE), where)
+                con.execute(sql.statement("delete_landscape_fit", SQL_FILE), where)
             counts[f"{level}_points"] = 0
             continue
         vectors = _vectors(groups)
@@ -187,10 +192,10 @@ def update_group_landscapes(
             pl.Series("cluster", clustering.labels if clustering else [None] * groups.height, dtype=pl.Int32),
         )
         with store.transaction() as con:
+            con.execute(sql.statement("delete_group_landscape", SQL_FILE), where)
             con.register("group_batch", batch.to_arrow())
             try:
-                con.execute(sql.statement("insert_group_landscape", SQL_FILE),
-                            {"model_version": version, "level": level})
+                con.execute(sql.statement("insert_group_landscape", SQL_FILE), where)
             finally:
                 con.unregister("group_batch")
             con.execute(sql.statement("upsert_landscape_fit", SQL_FILE),
