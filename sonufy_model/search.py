@@ -95,6 +95,11 @@ def query_vector(vector: np.ndarray | Sequence[float]) -> np.ndarray:
     return array
 
 
+# Above this k the space's size is looked up first, to bound the work; below
+# it the count would only add to every query's time.
+LARGE_K = 1000
+
+
 def similar(
     store: Store,
     *,
@@ -126,6 +131,8 @@ def similar(
     seeds = list(dict.fromkeys(([track_id] if track_id is not None else []) + list(seed_track_ids)))
     with store.connect() as con:
         query = _track_vector(con, store, track_id) if track_id is not None else query_vector(vector)
+        if k > LARGE_K:  # up to k: never more than the space holds (a k past SQL's integers would fail)
+            k = min(k, max(1, con.execute(sql.statement("current_space_size", QUERIES)).fetchone()[0]))
         if nprobe is None and use_index:  # the index's own, tuned when it was built
             state = con.execute(sql.statement("search_index_state", QUERIES)).fetchone()
             nprobe = state[2] if state else None

@@ -179,6 +179,10 @@ def test_bad_vectors_and_arguments_are_clear_errors(known):
         similar(known, track_id="q", vector=np.ones(LATENT_DIM, np.float32))
     with pytest.raises(ValueError, match="k must be"):
         similar(known, track_id="q", k=0)
+    # A k past any integer the database holds means "every other track", best first.
+    everything = similar(known, track_id="q", k=2**63 + 5)
+    assert everything.height == len(KNOWN) - 1
+    assert everything["track_id"].to_list() == similar(known, track_id="q", k=len(KNOWN) - 1)["track_id"].to_list()
     with pytest.raises(ValueError, match="max_per_artist"):
         SearchFilters(max_per_artist=0)
 
