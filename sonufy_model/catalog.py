@@ -23,12 +23,13 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import polars as pl
 import requests
 import spotipy
 from spotipy.cache_handler import MemoryCacheHandler
-from spotipy.oauth2 import SpotifyClientCredentials
+from spotipy.oauth2 import SpotifyClientCredentials, SpotifyOauthError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from sonufy_model.config import ServiceSettings
@@ -52,8 +53,28 @@ SERVER_ERROR_ATTEMPTS = 8
 TOKEN_RETRIES = 2
 
 
-class RateLimited(RuntimeError):
+class ServiceError(RuntimeError):
+    """A catalog service could not be used; the message names the cause and what to check."""
+
+
+class RateLimited(ServiceError):
     """The service kept answering 429 (or 5xx) for longer than we are willing to wait."""
+
+
+class BadCredentials(ServiceError):
+    """The accounts service refused the client id and secret."""
+
+
+class Unreachable(ServiceError):
+    """No connection to the service could be made, try after try."""
+
+
+def _service(url: str | None) -> str:
+    """scheme://host[:port] of a request's URL, to name what could not be reached."""
+    if not url:
+        return "the service"
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 @dataclass(frozen=True)
@@ -141,7 +162,14 @@ class _Spotify:
                 await self.limiter.acquire()
                 return await asyncio.to_thread(getattr(self.client, method), *args, **kwargs)
 
-        return await _CallRetries(self, method).retrying()(once)
+        try:
+            return await _CallRetries(self, method).retrying()(once)
+        except SpotifyOauthError as error:  # raised while fetching a token, not by the API
+            token_url = getattr(self.client.auth_manager, "OAUTH_TOKEN_URL", None)
+            raise BadCredentials(
+                f"Spotify's accounts service ({_service(token_url)}) refused the client credentials "
+                f"({error.error}: {error.error_description}): check SPOTIFY_CLIENT_ID and SPOTIFY_CLIENT_SECRET"
+            ) from error
 
     def _forget_token(self) -> None:
         auth = self.client.auth_manager
@@ -242,6 +270,12 @@ class _CallRetries:
                 f"Spotify {method}: rate limited (429) with Retry-After {self.retry_after:.0f} s "
                 f"after waiting {self.waited:.0f} s; more than the {max_wait_s:.0f} s allowed"
                 + (f" ({error.reason})" if getattr(error, "reason", None) else "")
+            ) from error
+        if isinstance(error, requests.ConnectionError) and not isinstance(error, requests.Timeout):
+            url = getattr(getattr(error, "request", None), "url", None)
+            raise Unreachable(
+                f"Spotify {method}: cannot reach {_service(url)} ({self.server_errors} tries, "
+                f"{self.waited:.0f} s): check SONUFY_SPOTIFY_API_BASE, SONUFY_SPOTIFY_ACCOUNTS_BASE and the network"
             ) from error
         if self.server_errors >= SERVER_ERROR_ATTEMPTS:
             raise RateLimited(f"Spotify {method}: still failing after {self.server_errors} tries ({self.reason})")
