@@ -15,9 +15,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from flows import cli as cli_module
 from flows.build import build
 from flows.cli import main as cli
+from flows.cli.common import print_recommendations
 from sonufy_model.demo.synth import build_catalog
 from sonufy_model.evaluate import precision_at_k
 
@@ -102,7 +102,7 @@ def test_recommendations_show_each_tracks_style(built, capsys):
     assert [row["style"] for row in rows] == [style[row["track_id"]] for row in rows]
     assert rows[0]["seed_style"] == style[rows[0]["seed_track_id"]]
 
-    cli_module._print_recommendations(rows, rows[0]["seed"], False)
+    print_recommendations(rows, rows[0]["seed"], False)
     table = capsys.readouterr().out
     assert f"Sounds like: {rows[0]['seed']} ({rows[0]['seed_style']})" in table
     header = next(line for line in table.splitlines() if "artist" in line)

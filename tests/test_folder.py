@@ -215,7 +215,7 @@ def test_mp4_audio_without_a_suffix_is_skipped_with_its_reason(tmp_path):
 def test_the_scan_task_and_sonufy_build_report_what_was_skipped(tmp_path, prefect_api):
     from prefect import flow
 
-    from flows.cli import _scan_note
+    from flows.cli.build import _scan_note
     from tasks.catalog import scan_folder as scan_task
 
     _write(tmp_path / "music" / "A" / "one.ogg", fmt="OGG")

@@ -1,0 +1,7 @@
+"""``python -m flows.cli``: the ``sonufy`` command without its installed script."""
+
+import sys
+
+from flows.cli import main
+
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""``sonufy recommend``, ``path``, ``radio`` and ``sql``: questions to a built store, read-only.
+
+They start in a moment: what they need beyond argparse is imported when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from flows.cli.common import CommandError, add_db, open_store, positive_int, print_recommendations, print_tracks
+
+
+def add_recommend(commands) -> None:
+    recommend = commands.add_parser(
+        "recommend",
+        help="top tracks that sound like a track",
+        description="Print the tracks nearest to a seed by cosine similarity in the latent space: a "
+        "catalog track, the first hit of a catalog search, or a local audio file.",
+    )
+    add_db(recommend)
+    seed_kind = recommend.add_mutually_exclusive_group(required=True)
+    seed_kind.add_argument("track", nargs="?", help="a track id, or 'artist - title'")
+    seed_kind.add_argument("--search", metavar="QUERY",
+                           help="a catalog search; its first hit is the seed (its preview is encoded on "
+                           "the fly when it is not in the latent space)")
+    seed_kind.add_argument("--file", metavar="PATH", help="a local audio file, encoded on the fly")
+    recommend.add_argument("--source", choices=("standin", "spotify"), default="standin",
+                           help="with --search: the catalog to search (default: standin, the demo "
+                           "catalog; spotify: credentials from the environment)")
+    recommend.add_argument("--tracks", type=positive_int, default=300,
+                           help="with --search --source standin: the demo catalog's size (default: 300)")
+    recommend.add_argument("--hub-reduction", action="store_true",
+                           help="rank by mutual proximity, demoting tracks that are near everything")
+    recommend.add_argument("-k", type=positive_int, default=10, help="how many (default: 10)")
+    recommend.add_argument("--exclude-same-artist", action="store_true", help="no track by the seed's artist")
+    recommend.add_argument("--exclude-same-album", action="store_true", help="no track from the seed's album")
+    recommend.add_argument("--exclude-duplicates", action="store_true",
+                           help="no other recording of the seed or of a listed track (same ISRC, or same "
+                           "title and artist once '(Remastered)', '- Live' and the like are taken off)")
+    recommend.add_argument("--min-popularity", type=int, metavar="N",
+                           help="only tracks with popularity at least N (tracks without one pass)")
+    recommend.add_argument("--max-per-artist", type=positive_int, metavar="N",
+                           help="at most N tracks of one artist")
+    recommend.add_argument("--exact", action="store_true",
+                           help="scan every vector instead of probing the search index")
+    recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    recommend.set_defaults(handler=_recommend)
+
+
+def add_path(commands) -> None:
+    path = commands.add_parser(
+        "path",
+        help="a list of tracks that walks from track A to track B through the latent space",
+        description="Interpolate between A's and B's vectors and take, at each step, the nearest "
+        "track not used yet: A first, B last, no repeats.",
+    )
+    add_db(path)
+    path.add_argument("a", metavar="A", help="where to start: a track id, or 'artist - title'")
+    path.add_argument("b", metavar="B", help="where to arrive: a track id, or 'artist - title'")
+    path.add_argument("--steps", type=positive_int, default=10,
+                      help="tracks in the list, A and B included (default: 10)")
+    path.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    path.set_defaults(handler=_path)
+
+
+def add_radio(commands) -> None:
+    radio = commands.add_parser(
+        "radio",
+        help="a longer list from several seed tracks, their neighbourhoods in turn",
+        description="Interleave the nearest tracks of each seed: no repeats, no seed, at most "
+        "--max-per-artist tracks of one artist.",
+    )
+    add_db(radio)
+    radio.add_argument("seeds", metavar="SEED", nargs="+", help="a track id, or 'artist - title'")
+    radio.add_argument("-n", type=positive_int, default=30, help="how many tracks (default: 30)")
+    radio.add_argument("--max-per-artist", type=positive_int, default=2,
+                       help="most tracks of one artist (default: 2)")
+    radio.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    radio.set_defaults(handler=_radio)
+
+
+def add_sql(commands) -> None:
+    sql_shell = commands.add_parser(
+        "sql",
+        help="ad-hoc SQL on the store, read-only, with its views and macros (latent, similar_to)",
+        description="Open the DuckDB shell on the store, read-only (our own small shell where the duckdb "
+        "binary is not installed), or run the statements of -c and print their results.",
+    )
+    add_db(sql_shell)
+    sql_shell.add_argument("-c", dest="sql", metavar="SQL", help="statements to run (';' between them), then exit")
+    sql_shell.set_defaults(handler=_sql)
+
+
+def _seed(args: argparse.Namespace, store):
+    """The recommend command's seed: a catalog track, a search's first hit, or a file."""
+    from sonufy_model import query_audio
+
+    if args.file is not None:
+        return query_audio.seed_from_file(store, args.file)
+    if args.search is None:
+        return query_audio.seed_from_track(store, args.track)
+    if args.source == "spotify":
+        from sonufy_model.config import ServiceSettings
+
+        return query_audio.seed_from_search(store, ServiceSettings.from_env(), args.search)
+    from flows.sources import open_source
+    from sonufy_model.config import Paths
+
+    # The demo catalog the build scraped: same size, same rendered previews.
+    cache = Paths.for_db(args.db).data_dir / "standin-cache"
+    with open_source("standin", args.tracks, cache_dir=cache if cache.is_dir() else None) as origin:
+        return query_audio.seed_from_search(store, origin.settings, args.search)
+
+
+def _recommend(args: argparse.Namespace) -> None:
+    from sonufy_model import query_audio
+
+    if args.search is None and args.source != "standin":
+        raise CommandError("--source applies to --search only")
+    store = open_store(args.db)
+    seed = _seed(args, store)
+    rows = query_audio.recommend(
+        store, seed, args.k, filters=_search_filters(args), hub_reduction=args.hub_reduction,
+        use_index=not args.exact,
+    ).to_dicts()
+    print_recommendations(rows, seed.label, args.json,
+                          {"seed_kind": seed.kind, "seed_track_id": seed.track_id,
+                           "hub_reduction": args.hub_reduction})
+
+
+def _search_filters(args: argparse.Namespace):
+    """The search filters recommend's filter options ask for (absent options: the defaults)."""
+    from sonufy_model.search import SearchFilters
+
+    defaults = SearchFilters()
+    return SearchFilters(**{
+        name: getattr(args, name, getattr(defaults, name))
+        for name in ("exclude_same_artist", "exclude_same_album", "exclude_duplicates",
+                     "min_popularity", "max_per_artist")
+    })
+
+
+def _path(args: argparse.Namespace) -> None:
+    from sonufy_model.journeys import path
+
+    rows = path(open_store(args.db), args.a, args.b, args.steps).to_dicts()
+    title = f"From {rows[0]['artist']} - {rows[0]['title']} to {rows[-1]['artist']} - {rows[-1]['title']}"
+    if args.json:
+        print(json.dumps({"a": rows[0]["track_id"], "b": rows[-1]["track_id"], "steps": args.steps,
+                          "path": rows}, indent=2, default=str))
+        return
+    print_tracks(rows, title, first="step", notes=("scores: against each step's point on the way from A to B",))
+
+
+def _radio(args: argparse.Namespace) -> None:
+    from sonufy_model.journeys import radio
+
+    rows = radio(open_store(args.db), args.seeds, args.n, args.max_per_artist).to_dicts()
+    notes = () if len(rows) == args.n else (f"only {len(rows)} tracks: the seeds' neighbourhoods ran out",)
+    if args.json:
+        print(json.dumps({"seeds": args.seeds, "n": args.n, "max_per_artist": args.max_per_artist,
+                          "radio": rows}, indent=2, default=str))
+        return
+    print_tracks(rows, f"Radio from {len(args.seeds)} seed(s)", notes=notes)
+
+
+def _sql(args: argparse.Namespace) -> int:
+    from sonufy_model import shell
+
+    store = open_store(args.db)
+    return shell.run(store, args.sql) if args.sql is not None else shell.shell(store)
