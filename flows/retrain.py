@@ -25,8 +25,9 @@ from flows.stages import (
 )
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths
+from sonufy_model.evaluate import latent_score, paired_difference
 from sonufy_model.store import Store
-from tasks.reporting import evaluate_version, latent_score, paired_difference, publish_evaluation
+from tasks.reporting import evaluate_version, publish_evaluation
 from tasks.training import train_model
 
 FLOW = "retrain"

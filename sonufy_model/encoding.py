@@ -8,6 +8,7 @@ only on the audio: not on which other tracks share the batch.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,14 @@ import polars as pl
 import torch
 
 from sonufy_model.model import TimeFreqAutoencoder
+from sonufy_model.spectrograms import read_spectrograms
+from sonufy_model.standardise import Standardiser
+from sonufy_model.store import LATENT_DIM
 from sonufy_model.tiles import fixed_tiles
+
+# Tracks the latent standardisation is fitted on: enough for 256 means and
+# standard deviations, few enough to take seconds.
+STANDARDISER_SAMPLE = 2000
 
 
 def load_encoder(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> TimeFreqAutoencoder:
@@ -119,3 +127,60 @@ def identical_vector_clashes(
         if stored_digests.get(other) is None or stored_digests[other] != digests.get(track_id):
             clashes.setdefault(track_id, other)
     return clashes
+
+
+def embedding_stats(track_ids: pl.Series, vectors: np.ndarray, clashes: Mapping[str, str]) -> pl.DataFrame:
+    """What the embedding suite (:func:`sonufy_model.quality.check_embeddings`)
+    checks, one row per track of ``track_ids``: its vector's length, how many
+    of its values are not finite, its norm (non-finite values counted as 0),
+    and the track it has an identical vector with although their audio
+    differs (``clashes``, :func:`identical_vector_clashes`; null for none)."""
+    return pl.DataFrame(
+        {
+            "track_id": track_ids,
+            "length": np.full(len(vectors), vectors.shape[1], dtype=np.int64),
+            "non_finite": (~np.isfinite(vectors)).sum(axis=1).astype(np.int64),
+            "norm": np.linalg.norm(np.nan_to_num(vectors), axis=1).astype(np.float64),
+            "identical_vector_of": [clashes.get(t) for t in track_ids],
+        },
+        schema_overrides={"identical_vector_of": pl.String},
+    )
+
+
+def embedding_rows(
+    track_ids: pl.Series, model_version: str, raw: np.ndarray, vectors: np.ndarray, failed: Collection[str] = ()
+) -> pl.DataFrame:
+    """Rows for the embeddings table (``Store.record_embeddings``): each track
+    of ``track_ids`` not in ``failed``, with its ``raw`` and standardised
+    vector (``vectors``) in ``model_version``, in the order of ``track_ids``."""
+    keep = ~track_ids.is_in(list(failed)).to_numpy()
+    return pl.DataFrame(
+        {
+            "track_id": track_ids.filter(pl.Series(keep)),
+            "model_version": model_version,
+        }
+    ).with_columns(
+        pl.Series("raw", raw[keep], dtype=pl.Array(pl.Float32, LATENT_DIM)),
+        pl.Series("vector", vectors[keep], dtype=pl.Array(pl.Float32, LATENT_DIM)),
+    )
+
+
+def standardiser_sample(manifest: pl.DataFrame, n_tracks: int = STANDARDISER_SAMPLE) -> pl.DataFrame:
+    """The rows of ``manifest`` (a spectrogram manifest, several excerpts a
+    track possible) of an evenly spaced sample of its tracks, every excerpt of
+    a sampled track kept: all tracks up to ``2 * n_tracks - 1``, then every
+    k-th in first-seen order (k = tracks // n_tracks)."""
+    track_ids = manifest["track_id"].unique(maintain_order=True)
+    sampled = track_ids.gather_every(max(1, track_ids.len() // n_tracks))
+    return manifest.filter(pl.col("track_id").is_in(sampled.implode()))
+
+
+def fit_standardiser(
+    model: TimeFreqAutoencoder, manifest: pl.DataFrame, n_tracks: int = STANDARDISER_SAMPLE
+) -> Standardiser:
+    """The latent standardisation of a model version: fitted on the vectors of
+    a sample of ``manifest``'s tracks (:func:`standardiser_sample`), each the
+    mean of its excerpts' vectors, as tracks' vectors are stored."""
+    sample = standardiser_sample(manifest, n_tracks)
+    per_clip = encode_spectrograms(model, read_spectrograms(sample))
+    return Standardiser.fit(mean_per_track(sample["track_id"], per_clip)[1])

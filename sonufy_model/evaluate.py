@@ -829,6 +829,60 @@ def evaluate_store(
             "queries": queries, "resamples": resamples, "level": LEVEL, **result}
 
 
+# -- comparing two evaluations ---------------------------------------------------
+
+
+def latent_score(result: dict | None) -> float | None:
+    """The latent space's mean precision@k over its rows (every label, with
+    and without the artist filter)."""
+    if not result:
+        return None
+    scores = [row["precision"] for row in result["rows"] if row["space"] == "latent"]
+    return sum(scores) / len(scores) if scores else None
+
+
+def row_key(row: dict) -> tuple:
+    """What pairs an evaluation row with another evaluation's: its label and what it excludes."""
+    return row["label"], row.get("exclude_same", "artist" if row.get("artist_filter") else None)
+
+
+def paired_difference(candidate: dict, current: dict, resamples: int = RESAMPLES, seed: int = 0) -> dict | None:
+    """Candidate minus current latent precision@k, paired on the same queries.
+
+    For each latent row both evaluations have (same label and exclusion), the
+    per-query differences on the query tracks both scored; the statistic is
+    the mean over rows of each row's mean difference (what
+    :func:`latent_score` differs by on those queries). Its 95% interval: the
+    query tracks resampled with replacement, the same draw for every row.
+    Returns {"difference", "low", "high", "queries", "rows"}, or None when
+    no latent row and query is common to both.
+    """
+    def per_query(result: dict) -> dict[tuple, dict[str, float]]:
+        return {row_key(row): dict(zip(row["per_query"]["track_id"], row["per_query"]["precision"]))
+                for row in result["rows"] if row["space"] == "latent" and "per_query" in row}
+
+    before, after = per_query(current), per_query(candidate)
+    columns = []
+    for key in after.keys() & before.keys():
+        common = after[key].keys() & before[key].keys()
+        if common:
+            columns.append({track: after[key][track] - before[key][track] for track in common})
+    if not columns:
+        return None
+    tracks = sorted(set().union(*columns))
+    position = {track: i for i, track in enumerate(tracks)}
+    matrix = np.full((len(tracks), len(columns)), np.nan)
+    for j, column in enumerate(columns):
+        for track, difference in column.items():
+            matrix[position[track], j] = difference
+    observed = float(np.mean(np.nanmean(matrix, axis=0)))
+    resampled = bootstrap_means(matrix, resamples, seed).mean(axis=1)
+    tail = (1.0 - LEVEL) / 2 * 100
+    low, high = np.nanpercentile(resampled, [tail, 100 - tail])
+    return {"difference": observed, "low": float(low), "high": float(high),
+            "queries": len(tracks), "rows": len(columns)}
+
+
 def _baseline_features(store, set_id: str, track_ids: Sequence[str], kinds: Sequence[str],
                        cache: bool) -> dict[str, dict[str, np.ndarray]]:
     """Per kind, per track with a spectrogram of ``set_id``: its baseline

@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from sonufy_model.augment import AugmentSettings
 from sonufy_model.datamodule import ManifestError, SpectrogramDataModule, load_manifest
 from sonufy_model.model import TimeFreqAutoencoder
 from sonufy_model.presets import DEFAULT_PRESET, PRESETS
+from sonufy_model.standardise import Standardiser
 from sonufy_model.tiles import TILE_FRAMES
 
 LAST_CHECKPOINT_NAME = "last.ckpt"
@@ -310,6 +311,53 @@ def runs_with_key(models_dir: Path, key: str) -> list[Path]:
     suffix = "-" + key[:RUN_KEY_CHARS]
     folders = [folder for folder in models_dir.glob(f"*{suffix}") if folder.is_dir()]
     return sorted(folders, key=lambda folder: folder.stat().st_mtime, reverse=True)
+
+
+def new_model_version(key: str, now: datetime | None = None) -> str:
+    """A version named by when it started (``now``, default: the current UTC
+    time) and what it trains (its run key, :func:`run_key`)."""
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    return f"ae-{stamp}-{key[:RUN_KEY_CHARS]}"
+
+
+def unregistered_run(store, models_dir: Path, key: str) -> Path | None:
+    """The newest run folder with ``key`` whose version ``store`` does not
+    know (``store.model`` raises LookupError): a run killed while training,
+    or after it but before it was registered. None when every run with the
+    key was registered."""
+    for folder in runs_with_key(models_dir, key):
+        try:
+            store.model(folder.name)
+        except LookupError:
+            return folder
+    return None
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """A score for the models table: None where there is none (NaN from the trainer)."""
+    return None if value is None or value != value else float(value)
+
+
+def model_registration(version: str, set_id: str, config: Mapping[str, Any], result: Mapping[str, Any],
+                       standardiser: Standardiser) -> dict[str, Any]:
+    """The models-table row of a finished run (``Store.register_model``'s
+    record): its ``result`` (the trainer's result.json), its resolved
+    ``config`` and its latent ``standardiser``."""
+    return {
+        "model_version": version,
+        "set_id": set_id,
+        "config": dict(config),
+        "checkpoint": result["checkpoint_path"],
+        "epochs": result["epochs"],
+        "train_mse": result["train_mse"],
+        "val_mse": finite_or_none(result["val_mse"]),
+        "val_loss": finite_or_none(result.get("val_score")),
+        "n_train_tracks": result["n_train_tracks"],
+        "n_val_tracks": result["n_val_tracks"],
+        "train_seconds": result["seconds"],
+        "latent_mean": standardiser.mean,
+        "latent_scale": standardiser.scale,
+    }
 
 
 @dataclass

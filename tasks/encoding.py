@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy as np
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -12,6 +11,8 @@ from prefect.cache_policies import NO_CACHE
 from sonufy_model import quality
 from sonufy_model.encoding import (
     audio_digests,
+    embedding_rows,
+    embedding_stats,
     encode_spectrograms,
     identical_vector_clashes,
     load_encoder,
@@ -45,28 +46,9 @@ def encode_batch(
     track_ids, raw = mean_per_track(manifest["track_id"], per_clip)
     vectors = model.standardiser.transform(raw)
     clashes = _identical_vector_clashes(store, model, manifest, spectrograms, track_ids, raw)
-    stats = pl.DataFrame(
-        {
-            "track_id": track_ids,
-            "length": np.full(len(vectors), vectors.shape[1], dtype=np.int64),
-            "non_finite": (~np.isfinite(vectors)).sum(axis=1).astype(np.int64),
-            "norm": np.linalg.norm(np.nan_to_num(vectors), axis=1).astype(np.float64),
-            "identical_vector_of": [clashes.get(t) for t in track_ids],
-        },
-        schema_overrides={"identical_vector_of": pl.String},
-    )
-    report = quality.check_embeddings(stats, LATENT_DIM)
+    report = quality.check_embeddings(embedding_stats(track_ids, vectors, clashes), LATENT_DIM)
     failed = set(report.failures["track_id"].to_list())
-    keep = ~track_ids.is_in(list(failed)).to_numpy()
-    embeddings = pl.DataFrame(
-        {
-            "track_id": track_ids.filter(pl.Series(keep)),
-            "model_version": model.model_version,
-        }
-    ).with_columns(
-        pl.Series("raw", raw[keep], dtype=pl.Array(pl.Float32, LATENT_DIM)),
-        pl.Series("vector", vectors[keep], dtype=pl.Array(pl.Float32, LATENT_DIM)),
-    )
+    embeddings = embedding_rows(track_ids, model.model_version, raw, vectors, failed)
     store.record_embeddings(embeddings)
     store.quarantine(
         report.failures.select(
@@ -75,7 +57,7 @@ def encode_batch(
     )
     if failed:
         get_run_logger().warning("batch %d: %d vectors failed the embedding suite", batch_number, len(failed))
-    return {"encoded": int(keep.sum()), "quarantined": len(failed)}
+    return {"encoded": embeddings.height, "quarantined": len(failed)}
 
 
 def _identical_vector_clashes(store, model, manifest, spectrograms, track_ids, raw) -> dict[str, str]:

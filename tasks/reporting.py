@@ -22,9 +22,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-import numpy as np
-
-from sonufy_model.evaluate import LEVEL, RESAMPLES, bootstrap_means, evaluate_store
+from sonufy_model.evaluate import evaluate_store, row_key
 from sonufy_model.quality import QualityReport
 from sonufy_model.store import Store
 
@@ -168,61 +166,11 @@ def evaluate_version(store: Store, model_version: str, labels: Sequence[str], k:
     return result
 
 
-def latent_score(result: dict | None) -> float | None:
-    """The latent space's mean precision@k over its rows (every label, with
-    and without the artist filter)."""
-    if not result:
-        return None
-    scores = [row["precision"] for row in result["rows"] if row["space"] == "latent"]
-    return sum(scores) / len(scores) if scores else None
-
-
-def _row_key(row: dict) -> tuple:
-    return row["label"], row.get("exclude_same", "artist" if row.get("artist_filter") else None)
-
-
-def paired_difference(candidate: dict, current: dict, resamples: int = RESAMPLES, seed: int = 0) -> dict | None:
-    """Candidate minus current latent precision@k, paired on the same queries.
-
-    For each latent row both evaluations have (same label and exclusion), the
-    per-query differences on the query tracks both scored; the statistic is
-    the mean over rows of each row's mean difference (what
-    :func:`latent_score` differs by on those queries). Its 95% interval: the
-    query tracks resampled with replacement, the same draw for every row.
-    Returns {"difference", "low", "high", "queries", "rows"}, or None when
-    no latent row and query is common to both.
-    """
-    def per_query(result: dict) -> dict[tuple, dict[str, float]]:
-        return {_row_key(row): dict(zip(row["per_query"]["track_id"], row["per_query"]["precision"]))
-                for row in result["rows"] if row["space"] == "latent" and "per_query" in row}
-
-    before, after = per_query(current), per_query(candidate)
-    columns = []
-    for key in after.keys() & before.keys():
-        common = after[key].keys() & before[key].keys()
-        if common:
-            columns.append({track: after[key][track] - before[key][track] for track in common})
-    if not columns:
-        return None
-    tracks = sorted(set().union(*columns))
-    position = {track: i for i, track in enumerate(tracks)}
-    matrix = np.full((len(tracks), len(columns)), np.nan)
-    for j, column in enumerate(columns):
-        for track, difference in column.items():
-            matrix[position[track], j] = difference
-    observed = float(np.mean(np.nanmean(matrix, axis=0)))
-    resampled = bootstrap_means(matrix, resamples, seed).mean(axis=1)
-    tail = (1.0 - LEVEL) / 2 * 100
-    low, high = np.nanpercentile(resampled, [tail, 100 - tail])
-    return {"difference": observed, "low": float(low), "high": float(high),
-            "queries": len(tracks), "rows": len(columns)}
-
-
 @task(cache_policy=NO_CACHE, task_run_name="evaluation-report[{candidate[model_version]}]")
 def publish_evaluation(candidate: dict, current: dict | None, promoted: bool, reason: str) -> list[dict]:
     """The evaluation table: each label and space, the current version beside the candidate."""
     def key(row: dict) -> tuple:
-        return *_row_key(row), row["space"]
+        return *row_key(row), row["space"]
 
     before = {key(row): row for row in (current or {}).get("rows", [])}
     table = []

@@ -18,51 +18,27 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Iterable
-from datetime import datetime, timezone
 
-import polars as pl
 import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.progress import TrainingProgress
 from sonufy_model.config import Paths
-from sonufy_model.encoding import encode_spectrograms, load_encoder, mean_per_track
-from sonufy_model.spectrograms import read_spectrograms
-from sonufy_model.standardise import Standardiser
+from sonufy_model.encoding import fit_standardiser, load_encoder
 from sonufy_model.store import Store
 from sonufy_model.training import (
     PROGRESS_PREFIX,
     RESULT_NAME,
-    RUN_KEY_CHARS,
     TrainConfig,
+    model_registration,
+    new_model_version,
     run_key,
-    runs_with_key,
+    unregistered_run,
 )
 
-# Tracks the latent standardisation is fitted on: enough for 256 means and
-# standard deviations, few enough to take seconds.
-STANDARDISER_SAMPLE = 2000
 # How often the trainer reports its step: the terminal's bar moves this often.
 PROGRESS_EVERY_S = 1.0
-
-
-def new_model_version(key: str) -> str:
-    """A version named by when it started and what it trains (its run key)."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"ae-{stamp}-{key[:RUN_KEY_CHARS]}"
-
-
-def unregistered_run(store: Store, models_dir, key: str):
-    """The newest run folder with ``key`` whose version the store does not
-    know: a run killed while training, or after it but before it was
-    registered. None when every run with the key was registered."""
-    for folder in runs_with_key(models_dir, key):
-        try:
-            store.model(folder.name)
-        except LookupError:
-            return folder
-    return None
 
 
 @task(cache_policy=NO_CACHE, task_run_name="train[{set_id}]")
@@ -110,30 +86,8 @@ def train_model(store: Store, paths: Paths, set_id: str, options: dict, promote:
                 f"training process exited with {process.returncode}; last output:\n" + "\n".join(tail)
             )
     result = json.loads(result_path.read_text())
-    # Fitted on tracks' vectors (the mean of their excerpts), as they are stored.
-    sampled_ids = manifest["track_id"].unique(maintain_order=True)
-    sampled_ids = sampled_ids.gather_every(max(1, sampled_ids.len() // STANDARDISER_SAMPLE))
-    sample = manifest.filter(pl.col("track_id").is_in(sampled_ids.implode()))
-    per_clip = encode_spectrograms(load_encoder(result["checkpoint_path"]), read_spectrograms(sample))
-    standardiser = Standardiser.fit(mean_per_track(sample["track_id"], per_clip)[1])
-    store.register_model(
-        {
-            "model_version": version,
-            "set_id": set_id,
-            "config": config,
-            "checkpoint": result["checkpoint_path"],
-            "epochs": result["epochs"],
-            "train_mse": result["train_mse"],
-            "val_mse": _finite_or_none(result["val_mse"]),
-            "val_loss": _finite_or_none(result.get("val_score")),
-            "n_train_tracks": result["n_train_tracks"],
-            "n_val_tracks": result["n_val_tracks"],
-            "train_seconds": result["seconds"],
-            "latent_mean": standardiser.mean,
-            "latent_scale": standardiser.scale,
-        },
-        promote=promote,
-    )
+    standardiser = fit_standardiser(load_encoder(result["checkpoint_path"]), manifest)
+    store.register_model(model_registration(version, set_id, config, result, standardiser), promote=promote)
     logger.info(
         "model %s (%s): %d epochs in %.0f s, validation %s %.4f",
         version, config["preset"], result["epochs"],
@@ -178,7 +132,3 @@ def follow_trainer(output: Iterable[str], progress: TrainingProgress, logger, ta
         if line.startswith(("epoch ", "Resuming")) or "Error" in line:
             logger.info("trainer: %s", line[-300:])
 
-
-def _finite_or_none(value: float | None) -> float | None:
-    """A score for the models table: NULL where there is none (NaN from the trainer)."""
-    return None if value is None or value != value else float(value)

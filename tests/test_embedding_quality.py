@@ -1,10 +1,12 @@
 """The embedding suite's identical-vector rule: two tracks may share a vector
-only if their audio is identical."""
+only if their audio is identical; what encoding gives the suite and the
+store (sonufy_model.encoding), and the standardiser's fit on a sample."""
 
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from sonufy_model import quality
 from sonufy_model.encoding import audio_digests, identical_vector_clashes
@@ -82,3 +84,57 @@ def test_suites_checked_at_once_in_threads_each_judge_their_own_batch():
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         assert list(pool.map(check, range(24))) == [[f"b{n}-19"] for n in range(24)]
+
+
+def test_embedding_stats_feed_the_suite_and_only_passing_tracks_become_rows():
+    from sonufy_model.encoding import embedding_rows, embedding_stats
+
+    track_ids = pl.Series(["a", "b", "c"])
+    raw = np.ones((3, LATENT_DIM), np.float32)
+    vectors = np.stack([np.full(LATENT_DIM, 0.5, np.float32), np.full(LATENT_DIM, 2.0, np.float32),
+                        np.full(LATENT_DIM, 3.0, np.float32)])
+    vectors[1, :3] = np.nan
+    stats = embedding_stats(track_ids, vectors, {"c": "a"})
+    assert stats["length"].to_list() == [LATENT_DIM] * 3
+    assert stats["non_finite"].to_list() == [0, 3, 0]
+    assert stats["norm"].to_list() == pytest.approx([0.5 * 16, np.sqrt((LATENT_DIM - 3) * 4.0), 3.0 * 16])
+    assert stats["identical_vector_of"].to_list() == [None, None, "a"]
+    report = quality.check_embeddings(stats, LATENT_DIM)
+    failed = set(report.failures["track_id"].to_list())
+    assert failed == {"b", "c"}
+
+    rows = embedding_rows(track_ids, "m1", raw, vectors, failed)
+    assert rows["track_id"].to_list() == ["a"] and rows["model_version"].to_list() == ["m1"]
+    assert rows.schema["vector"] == pl.Array(pl.Float32, LATENT_DIM)
+    assert np.array_equal(rows["raw"].to_numpy(), raw[:1]) and np.array_equal(rows["vector"].to_numpy(), vectors[:1])
+    assert embedding_rows(track_ids, "m1", raw, vectors)["track_id"].to_list() == ["a", "b", "c"]
+
+
+def test_the_standardiser_is_fitted_on_a_sample_of_tracks_each_the_mean_of_its_excerpts(tmp_path):
+    import torch
+
+    from sonufy_model.encoding import encode_spectrograms, fit_standardiser, standardiser_sample
+    from sonufy_model.model import TimeFreqAutoencoder
+
+    # Two excerpts a track: a sample keeps both, every k-th track.
+    manifest = pl.DataFrame({"track_id": [f"t{i // 2}" for i in range(20)], "row": list(range(20))})
+    assert standardiser_sample(manifest, 10).equals(manifest)
+    assert standardiser_sample(manifest, 19).equals(manifest)
+    assert standardiser_sample(manifest, 5)["track_id"].to_list() == ["t0", "t0", "t2", "t2", "t4", "t4",
+                                                                     "t6", "t6", "t8", "t8"]
+    assert standardiser_sample(manifest, 3)["track_id"].unique(maintain_order=True).to_list() == ["t0", "t3", "t6",
+                                                                                                   "t9"]
+
+    spectrograms = np.random.default_rng(0).integers(0, 256, (8, 16, 64), dtype=np.uint8)
+    shard = tmp_path / "shard.npy"
+    np.save(shard, spectrograms)
+    manifest = pl.DataFrame({"track_id": [f"t{i // 2}" for i in range(8)], "shard": [str(shard)] * 8,
+                             "row": list(range(8))})
+    torch.manual_seed(0)
+    model = TimeFreqAutoencoder(n_mels=16, tile_frames=32, filters=(4, 8), encode_tiles=2).eval()
+    fitted = fit_standardiser(model, manifest, n_tracks=2)
+    per_clip = encode_spectrograms(model, spectrograms)
+    sampled = np.stack([per_clip[0:2].mean(axis=0), per_clip[4:6].mean(axis=0)])  # tracks t0 and t2
+    assert fitted.mean == pytest.approx(sampled.mean(axis=0), abs=1e-6)
+    spread = sampled.astype(np.float64).std(axis=0)
+    assert fitted.scale == pytest.approx(np.where(spread < 1e-6, 1.0, spread), rel=1e-3)

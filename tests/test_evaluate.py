@@ -20,10 +20,13 @@ from sonufy_model.evaluate import (
     evaluate_spaces,
     evaluate_store,
     folder_labels,
+    latent_score,
     logmel_statistics,
     mfcc_statistics,
+    paired_difference,
     random_vectors,
     ranking_metrics,
+    row_key,
     standardise_columns,
 )
 from sonufy_model.spectrograms import read_spectrograms
@@ -579,3 +582,39 @@ def test_quality_bench_reuses_a_folder_library_and_ends_with_json(tmp_path, caps
     best = max(naive["soundtrack"]["p"], mfcc["soundtrack"]["p"])
     assert figures["ratio_to_best_baseline"]["soundtrack"] == pytest.approx(1.0 / best, abs=1e-3)
     assert any(line.startswith("soundtrack") and "[" in line for line in lines)
+
+
+def _latent_rows(per_label: dict, space: str = "latent") -> dict:
+    """An evaluation with one row per (label, artist filter): its per-query precision on tracks q0, q1..."""
+    rows = []
+    for (label, artist_filter), precision in per_label.items():
+        precision = np.asarray(precision, dtype=float)
+        rows.append({"space": space, "label": label, "artist_filter": artist_filter, "precision": precision.mean(),
+                     "per_query": {"track_id": [f"q{i}" for i in range(len(precision))], "precision": precision}})
+    return {"rows": rows}
+
+
+def test_paired_difference_pairs_rows_and_queries_and_brackets_the_mean_difference():
+    rng = np.random.default_rng(0)
+    current = rng.uniform(0.2, 0.6, 200)
+    before = _latent_rows({("genre", False): current, ("genre", True): current[:150]})
+    after = _latent_rows({("genre", False): current + 0.1, ("genre", True): current[:150] + 0.1,
+                          ("album", False): current})  # a row the current version has not: not paired
+    assert latent_score(after) == pytest.approx((current.mean() * 2 + 0.2 + current[:150].mean()) / 3)
+    assert latent_score(before) == pytest.approx((current.mean() + current[:150].mean()) / 2)
+    assert latent_score(None) is None and latent_score({"rows": [{"space": "random", "precision": 1.0}]}) is None
+    assert row_key({"label": "genre", "artist_filter": True}) == ("genre", "artist")
+    assert row_key({"label": "genre", "exclude_same": "album", "artist_filter": True}) == ("genre", "album")
+
+    paired = paired_difference(after, before)
+    assert paired["rows"] == 2 and paired["queries"] == 200
+    assert paired["difference"] == pytest.approx(0.1)
+    assert paired["low"] == pytest.approx(0.1) and paired["high"] == pytest.approx(0.1), "the same shift on every query"
+
+    noisy = _latent_rows({("genre", False): current + rng.normal(0.0, 0.2, 200)})
+    paired = paired_difference(noisy, before)
+    assert paired["rows"] == 1 and paired["low"] < paired["difference"] < paired["high"]
+    assert paired_difference(noisy, before, seed=1)["difference"] == paired["difference"]
+    # Nothing in common: no row, or no query track, both scored.
+    assert paired_difference(_latent_rows({("mood", False): current}), before) is None
+    assert paired_difference(_latent_rows({("genre", False): current}, space="mfcc"), before) is None

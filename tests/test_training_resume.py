@@ -13,7 +13,13 @@ import pytest
 import yaml
 
 from flows.build import build
-from sonufy_model.training import TrainConfig, run_key
+from sonufy_model.training import (
+    TrainConfig,
+    model_registration,
+    new_model_version,
+    run_key,
+    unregistered_run,
+)
 
 N_TRACKS = 24
 # A narrow model and one short epoch for the build: it only has to leave a store.
@@ -38,6 +44,50 @@ def test_the_run_key_says_what_is_trained_not_where():
     assert run_key("set-2", config, manifest) != key
     assert run_key("set-1", {**config, "seed": 1}, manifest) != key
     assert run_key("set-1", config, manifest + "t3,0,s2,0\n") != key
+
+
+def test_a_run_folder_is_resumed_until_its_version_is_registered(tmp_path):
+    import datetime
+    import time
+
+    import numpy as np
+
+    from sonufy_model.standardise import Standardiser
+
+    key = "0123456789abcdef"
+    started = datetime.datetime(2026, 3, 1, 4, 5, 6, tzinfo=datetime.timezone.utc)
+    assert new_model_version(key, started) == "ae-20260301T040506Z-0123456789"
+    assert new_model_version(key).endswith("Z-0123456789")
+
+    class Registered:
+        def __init__(self, *versions):
+            self.versions = set(versions)
+
+        def model(self, version):
+            if version not in self.versions:
+                raise LookupError(version)
+            return version
+
+    older, newer = tmp_path / "ae-20260301T000000Z-0123456789", tmp_path / "ae-20260302T000000Z-0123456789"
+    older.mkdir()
+    time.sleep(0.01)
+    newer.mkdir()
+    (tmp_path / "ae-20260303T000000Z-fedcba9876").mkdir()  # another key
+    assert unregistered_run(Registered(), tmp_path, key) == newer, "the newest first"
+    assert unregistered_run(Registered(newer.name), tmp_path, key) == older
+    assert unregistered_run(Registered(newer.name, older.name), tmp_path, key) is None
+
+    result = {"checkpoint_path": "best.ckpt", "epochs": 3, "train_mse": 0.5, "val_mse": float("nan"),
+              "val_score": 0.25, "n_train_tracks": 20, "n_val_tracks": 4, "seconds": 9.5}
+    standardiser = Standardiser(np.zeros(2, np.float32), np.ones(2, np.float32))
+    row = model_registration("v1", "set-1", {"preset": "p"}, result, standardiser)
+    assert row == {
+        "model_version": "v1", "set_id": "set-1", "config": {"preset": "p"}, "checkpoint": "best.ckpt",
+        "epochs": 3, "train_mse": 0.5, "val_mse": None, "val_loss": 0.25, "n_train_tracks": 20,
+        "n_val_tracks": 4, "train_seconds": 9.5, "latent_mean": standardiser.mean, "latent_scale": standardiser.scale,
+    }
+    assert model_registration("v1", "s", {}, {**result, "val_mse": 0.1, "val_score": None},
+                              standardiser)["val_loss"] is None
 
 
 def _train_command(db: Path, config: Path) -> list[str]:
