@@ -33,6 +33,7 @@ from spotipy.oauth2 import SpotifyClientCredentials, SpotifyOauthError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from sonufy_model.config import ServiceSettings
+from sonufy_model.errors import BadCredentials, RateLimited, ServiceError, Unreachable  # noqa: F401 (re-exported)
 from sonufy_model.ratelimit import SharedLimiter
 from sonufy_model.retries import retry_after_seconds
 from sonufy_model.scrape_config import ScrapeConfig
@@ -51,22 +52,6 @@ PLAYLIST_PAGE_SIZE = 50
 SERVER_ERROR_ATTEMPTS = 8
 # A 401 (a token that expired in flight): this many fresh tokens per call.
 TOKEN_RETRIES = 2
-
-
-class ServiceError(RuntimeError):
-    """A catalog service could not be used; the message names the cause and what to check."""
-
-
-class RateLimited(ServiceError):
-    """The service kept answering 429 (or 5xx) for longer than we are willing to wait."""
-
-
-class BadCredentials(ServiceError):
-    """The accounts service refused the client id and secret."""
-
-
-class Unreachable(ServiceError):
-    """No connection to the service could be made, try after try."""
 
 
 def _service(url: str | None) -> str:

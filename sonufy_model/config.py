@@ -104,6 +104,7 @@ class ServiceSettings:
             ).rstrip("/"),
             deezer_api_base=env.get("SONUFY_DEEZER_API_BASE", DEEZER_API_BASE).rstrip("/"),
             spotify_rate_per_s=_env_float(env, "SONUFY_SPOTIFY_RATE_PER_S", cls.spotify_rate_per_s),
+            spotify_max_wait_s=_env_float(env, "SONUFY_SPOTIFY_MAX_WAIT_S", cls.spotify_max_wait_s),
             deezer_rate_per_s=_env_float(env, "SONUFY_DEEZER_RATE_PER_S", cls.deezer_rate_per_s),
             allowed_hosts=PRODUCTION_ALLOWED_HOSTS
             + tuple(h.strip() for h in env.get("SONUFY_ALLOWED_HOSTS", "").split(",") if h.strip()),

@@ -19,6 +19,7 @@ from flows.cli import main as cli
 from sonufy_model import landscape as ls
 from sonufy_model import search
 from sonufy_model.config import Paths
+from sonufy_model.outputs import OutputError
 from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
 
 from conftest import (  # the clustered space, shared with test_landscape_browser.py
@@ -431,6 +432,14 @@ def test_bad_input_gets_a_clear_error(tmp_path, fitted):
     paths, _, _ = fitted
     with pytest.raises(ValueError, match="colour by 'mood'"):
         ls.render(Store(paths.db), tmp_path / "out", color_by="mood")
+    # An output that cannot be a folder is refused before anything is drawn.
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    with pytest.raises(OutputError, match=r"taken: exists and is not a folder"):
+        ls.render(Store(paths.db), taken)
+    with pytest.raises(OutputError, match=r"taken/maps: .*taken is a file"):
+        ls.render(Store(paths.db), taken / "maps")
+    assert taken.read_text() == "a file" and not (tmp_path / "out").exists()
     broken = tmp_path / "m1" / "umap.joblib"
     broken.parent.mkdir()
     broken.write_bytes(b"not a model")
@@ -460,6 +469,14 @@ def test_sonufy_landscape_writes_both_files(copy, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert cli(["landscape", "--db", str(paths.db), "--min-dist", "3"]) == 2
     assert "min_dist" in capsys.readouterr().err
+    # An --out that is a file is refused before the refit it asks for: the fits are the same.
+    fits = ls.landscape_fits(Store(paths.db))
+    (tmp_path / "a-file").write_text("")
+    assert cli(["landscape", "--db", str(paths.db), "--refit", "--out", str(tmp_path / "a-file")]) == 2
+    assert "a-file: exists and is not a folder" in capsys.readouterr().err
+    assert ls.landscape_fits(Store(paths.db)).equals(fits)
+    # The pictures were replaced whole, with no staging file left beside them.
+    assert sorted(path.name for path in out.iterdir()) == ["landscape.html", "landscape.png"]
 
 
 def test_the_tasks_place_new_tracks_and_publish_artifacts(copy, prefect_api):

@@ -189,3 +189,29 @@ def test_recommend_command_from_a_file_or_a_search(space, standin, capsys, tmp_p
     with pytest.raises(SystemExit):
         main(["recommend", "--db", db, first.track_id, "--search", "x"])
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_the_command_warns_of_noise_and_names_a_service_that_fails_it(space, standin, capsys, tmp_path, monkeypatch):
+    db, rate = str(space["store"].path), 22050
+    noise = tmp_path / "noise.wav"
+    sf.write(noise, (0.3 * np.random.default_rng(1).standard_normal(40 * rate)).astype(np.float32), rate)
+    assert main(["recommend", "--db", db, "--file", str(noise), "-k", "2"]) == 0
+    said = capsys.readouterr()
+    assert "warning: " in said.err and "noise.wav sounds like noise" in said.err and "rank" in said.out
+    assert main(["recommend", "--db", db, "--file", str(noise), "-k", "2", "--json"]) == 0
+    assert "sounds like noise" in json.loads(capsys.readouterr().out)["seed_warning"]
+    # Spotify refusing the credentials: a bad setting, named, exit 2 and no traceback.
+    monkeypatch.setenv("SPOTIFY_CLIENT_ID", standin.config.client_id)
+    monkeypatch.setenv("SPOTIFY_CLIENT_SECRET", "not-the-secret")
+    monkeypatch.setenv("SONUFY_SPOTIFY_API_BASE", standin.spotify_api_base)
+    monkeypatch.setenv("SONUFY_SPOTIFY_ACCOUNTS_BASE", standin.spotify_accounts_base)
+    assert main(["recommend", "--db", db, "--search", "isrc:ZZ0000000000", "--source", "spotify"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sonufy recommend: error: Spotify's accounts service") and "SPOTIFY_CLIENT_SECRET" in err
+    assert "Traceback" not in err and "not-the-secret" not in err
+    # Nothing listening there: the service failed us, exit 1, the cause named.
+    monkeypatch.setenv("SPOTIFY_CLIENT_SECRET", standin.config.client_secret)
+    monkeypatch.setenv("SONUFY_SPOTIFY_ACCOUNTS_BASE", "http://127.0.0.1:9")
+    monkeypatch.setenv("SONUFY_SPOTIFY_MAX_WAIT_S", "1")
+    assert main(["recommend", "--db", db, "--search", "isrc:ZZ0000000000", "--source", "spotify"]) == 1
+    assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err

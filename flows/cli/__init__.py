@@ -58,11 +58,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from sonufy_model.errors import BadCredentials, ServiceError
     from sonufy_model.store import DatabaseLocked, SchemaTooNew, TrackNotFound
 
     try:
         code = args.handler(args)
-    except (CommandError, TrackNotFound, ValueError, FileNotFoundError, DatabaseLocked, SchemaTooNew) as error:
+    except (CommandError, TrackNotFound, ValueError, FileNotFoundError, DatabaseLocked, SchemaTooNew,
+            BadCredentials) as error:
         print(f"sonufy {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except ServiceError as error:  # a service that failed us, not a bad input: the message names the cause
+        print(f"sonufy {args.command}: error: {error}", file=sys.stderr)
+        return 1
     return code or 0

@@ -94,6 +94,7 @@ def _nightly(args: argparse.Namespace) -> None:
 def _landscape(args: argparse.Namespace) -> None:
     from sonufy_model import landscape
     from sonufy_model.config import Paths
+    from sonufy_model.outputs import writable_dir
     from sonufy_model.store import Store
 
     if not Path(args.db).is_file():
@@ -106,13 +107,14 @@ def _landscape(args: argparse.Namespace) -> None:
             min_dist=default.min_dist if args.min_dist is None else args.min_dist,
         )
     paths = Paths.for_db(args.db)
+    # Before the fit: a bad --out fails at once, not after the work.
+    out_dir = writable_dir(Path(args.out) if args.out else paths.data_dir / "landscape")
     store = Store(paths.db)
     with store.writer("landscape", store.lock_wait_s, publish=True) as busy:  # one writer per store: waits for another
         if busy:
             raise CommandError(f"{busy} for more than {store.lock_wait_s:g} s (SONUFY_DB_LOCK_WAIT_S)")
         counts = landscape.update_landscape(store, paths.models, params=params, refit=args.refit)
-        result = landscape.render(store, Path(args.out) if args.out else paths.data_dir / "landscape",
-                                  color_by=args.color_by)
+        result = landscape.render(store, out_dir, color_by=args.color_by)
     done = ", ".join(f"{name} {value}" for name, value in counts.items()) or "every track already had a point"
     print(f"landscape of model {result['model_version']}: {result['tracks']} tracks ({done}), "
           f"coloured by {result['color_by']}" + (" (auto)" if result["color_auto"] else ""))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from flows.cli.common import CommandError, add_db, open_store, positive_int, print_recommendations, print_tracks
 
@@ -124,8 +125,10 @@ def _recommend(args: argparse.Namespace) -> None:
         store, seed, args.k, filters=_search_filters(args), hub_reduction=args.hub_reduction,
         use_index=not args.exact,
     ).to_dicts()
+    if seed.warning and not args.json:
+        print(f"sonufy recommend: warning: {seed.warning}", file=sys.stderr)
     print_recommendations(rows, seed.label, args.json,
-                          {"seed_kind": seed.kind, "seed_track_id": seed.track_id,
+                          {"seed_kind": seed.kind, "seed_track_id": seed.track_id, "seed_warning": seed.warning,
                            "hub_reduction": args.hub_reduction})
 
 

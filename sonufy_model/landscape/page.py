@@ -23,6 +23,7 @@ from sonufy_model.landscape.colors import (
     present_labels,
 )
 from sonufy_model.landscape.persistence import _vectors
+from sonufy_model.outputs import write_atomically
 
 HTML_NAME = "landscape.html"
 TEMPLATE = "landscape.html.j2"
@@ -120,7 +121,5 @@ def render_html(
         "layers": layers,
     }
     page = _templates().get_template(TEMPLATE).render(title=title, data=data, other_color=OTHER_COLOR)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    path = write_atomically(Path(path), lambda staged: staged.write_text(page, encoding="utf-8"))
     return {"html_points": points.height, "html_bytes": path.stat().st_size}

@@ -18,6 +18,7 @@ from sonufy_model.landscape.persistence import (
     landscape_points,
 )
 from sonufy_model.landscape.static import PNG_NAME, render_png
+from sonufy_model.outputs import writable_dir
 from sonufy_model.store import Store, TrackNotFound
 
 
@@ -30,6 +31,7 @@ def render(
     label present, :func:`choose_color_by`). Returns their paths and what
     they show."""
     _check_color_by(color_by)
+    out_dir = writable_dir(out_dir)
     points = landscape_points(store)
     if points.is_empty():
         raise TrackNotFound(f"{store.path}: the landscape is empty: run `sonufy landscape` or `sonufy build` first")

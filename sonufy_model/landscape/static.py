@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from sonufy_model.landscape.colors import OTHER_COLOR, UNKNOWN, Coloring
+from sonufy_model.outputs import write_atomically
 
 PNG_NAME = "landscape.png"
 
@@ -87,10 +88,7 @@ def render_png(
         more = "in between" if labels.label == "year" else "(grey)"
         draw.text((lx, ly + 4), f"... and {rest:,} more {more}", fill="#9a9a9a", font=small)
     draw.text((lx, height + header - 26), f"{len(x):,} points", fill="#9a9a9a", font=small)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
-    return path
+    return write_atomically(Path(path), lambda staged: picture.save(staged, format="PNG"))
 
 
 def _legend_entries(labels: Coloring, most: int) -> list[tuple[str, int, str]]:
