@@ -158,8 +158,19 @@ def load_excerpts(path: str | Path, params: MelParams) -> list[tuple[np.ndarray,
                     mono = soxr.resample(mono, rate, params.sample_rate).astype(np.float32, copy=False)
                 clips.append(_fit(mono, params))
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioDecodeError(f"{path}: does not decode as audio ({error})") from error
+        raise AudioDecodeError(f"{path}: {_decode_failure(path, error)}") from error
     return clips
+
+
+def _decode_failure(path: Path, error: Exception) -> str:
+    """What to tell about a file libsndfile could not open: its "File does not
+    exist or is not a regular file (possibly a pipe?)" is what it says of an
+    empty file or of bytes it does not recognise, which misleads."""
+    if path.is_file() and "not a regular file" in str(error):
+        if path.stat().st_size == 0:
+            return "the file is empty"
+        return "does not decode as audio (not an audio format this build reads, or damaged)"
+    return f"does not decode as audio ({error})"
 
 
 def load_excerpt(path: str | Path, params: MelParams) -> tuple[np.ndarray, float]:

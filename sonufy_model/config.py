@@ -106,8 +106,7 @@ class ServiceSettings:
             spotify_rate_per_s=_env_float(env, "SONUFY_SPOTIFY_RATE_PER_S", cls.spotify_rate_per_s),
             spotify_max_wait_s=_env_float(env, "SONUFY_SPOTIFY_MAX_WAIT_S", cls.spotify_max_wait_s),
             deezer_rate_per_s=_env_float(env, "SONUFY_DEEZER_RATE_PER_S", cls.deezer_rate_per_s),
-            allowed_hosts=PRODUCTION_ALLOWED_HOSTS
-            + tuple(h.strip() for h in env.get("SONUFY_ALLOWED_HOSTS", "").split(",") if h.strip()),
+            allowed_hosts=PRODUCTION_ALLOWED_HOSTS + _env_hosts(env, "SONUFY_ALLOWED_HOSTS"),
         )
 
     def url_allow_list(self) -> tuple[str, ...]:
@@ -125,6 +124,20 @@ class ServiceSettings:
                 "Spotify credentials are missing: set SPOTIFY_CLIENT_ID and "
                 "SPOTIFY_CLIENT_SECRET (see README), or use --source standin or folder:PATH"
             )
+
+
+def _env_hosts(env, name: str) -> tuple[str, ...]:
+    """A comma-separated list of host or host:port entries; a bad entry is an
+    error naming the variable and the entry."""
+    hosts = tuple(entry.strip() for entry in env.get(name, "").split(",") if entry.strip())
+    for host in hosts:
+        try:
+            port = urlsplit(f"//{host}").port  # ValueError on a port that is not 0-65535
+        except ValueError:
+            port = -1
+        if port == -1 or not urlsplit(f"//{host}").hostname:
+            raise ValueError(f"{name}: {host!r} is not a host or host:port (e.g. cdn.example.com or 10.0.0.1:8080)")
+    return hosts
 
 
 def _env_float(env, name: str, default: float) -> float:

@@ -34,9 +34,28 @@ LATENT_DIM = 256
 #: How long an operation waits for the DuckDB file while another process
 #: holds it (DuckDB allows one writer process, or any number of read-only
 #: ones): a user's read-only session, or another flow between its writes.
-LOCK_WAIT_S = float(os.environ.get("SONUFY_DB_LOCK_WAIT_S", "3600"))
+DEFAULT_LOCK_WAIT_S = 3600.0
 _LOCK_ERROR = "Could not set lock on file"
 _log = logging.getLogger(__name__)
+
+def lock_wait_s_from_env() -> float:
+    """``SONUFY_DB_LOCK_WAIT_S``, read when a store is made: a bad value is an
+    error naming the variable (a command reports it), not a failed import."""
+    raw = os.environ.get("SONUFY_DB_LOCK_WAIT_S", "").strip()
+    if not raw:
+        return DEFAULT_LOCK_WAIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"SONUFY_DB_LOCK_WAIT_S={raw!r}: expected a number of seconds (0 or more)")
+    return value
+
+
+class NotAStore(ValueError):
+    """A --db that exists but is not a DuckDB database; the message names it."""
+
 
 class DatabaseLocked(RuntimeError):
     """Another process held the DuckDB file (or the store's writer lock) for
@@ -128,7 +147,7 @@ class Store:
 
     def __init__(self, path: str | Path, lock_wait_s: float | None = None, reader: bool = False):
         self.path = Path(path).expanduser().resolve()
-        self.lock_wait_s = LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
+        self.lock_wait_s = lock_wait_s_from_env() if lock_wait_s is None else lock_wait_s
         self.reader = reader
 
     def __repr__(self) -> str:
@@ -208,6 +227,11 @@ class Store:
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as error:
+            if "not a valid DuckDB database file" in str(error):
+                size = path.stat().st_size if path.exists() else 0
+                what = "an empty file" if size == 0 else f"{size:,} bytes of something else"
+                raise NotAStore(f"{path}: not a DuckDB database ({what}); give the file `sonufy build` made, "
+                                "or a new path for a new store") from None
             if not _held_elsewhere(error):
                 raise
         return _open_when_free(path, read_only, self.lock_wait_s, started)

@@ -184,9 +184,18 @@ def test_several_excerpts_placed_as_configured(clips):
         MelParams(placement="random")
 
 
-def test_undecodable_file_names_itself(clips):
+def test_undecodable_file_names_itself(clips, tmp_path):
     with pytest.raises(AudioDecodeError, match="garbage.mp3"):
         load_excerpt(clips["garbage"], PARAMS)
+    # Not libsndfile's "does not exist or is not a regular file (possibly a pipe?)" for a file that is there.
+    empty = tmp_path / "empty.mp3"
+    empty.touch()
+    with pytest.raises(AudioDecodeError, match=r"empty.mp3: the file is empty$"):
+        load_excerpt(empty, PARAMS)
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(AudioDecodeError, match=r"junk.mp3: does not decode as audio \(not an audio format"):
+        load_excerpt(junk, PARAMS)
 
 
 def test_convert_in_parallel_equals_serial_and_reports_bad_files(clips, tmp_path):

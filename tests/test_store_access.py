@@ -146,6 +146,33 @@ def test_the_writer_lock_is_reentrant_within_a_process(tmp_path):
     _release(other)
 
 
+def test_a_db_that_is_not_a_store_and_a_bad_lock_wait_are_named(tmp_path, capsys, monkeypatch):
+    from sonufy_model.store import NotAStore
+
+    empty, text = tmp_path / "empty.duckdb", tmp_path / "notes.duckdb"
+    empty.touch()
+    text.write_text("my shopping list\n")
+    with pytest.raises(NotAStore, match=r"empty.duckdb: not a DuckDB database \(an empty file\)"):
+        Store(empty).counts()
+    for db, what in ((empty, "an empty file"), (text, "17 bytes of something else")):
+        assert main(["recommend", "--db", str(db), "some-track"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sonufy recommend: error: {db}: not a DuckDB database ({what})"), err
+        assert "Traceback" not in err and text.read_text() == "my shopping list\n"
+    monkeypatch.setenv("SONUFY_DB_LOCK_WAIT_S", "abc")
+    assert main(["recommend", "--db", str(text), "some-track"]) == 2
+    assert "SONUFY_DB_LOCK_WAIT_S='abc': expected a number of seconds" in capsys.readouterr().err
+
+
+def test_a_bad_allowed_host_names_the_variable():
+    from sonufy_model.config import ServiceSettings
+
+    with pytest.raises(ValueError, match=r"SONUFY_ALLOWED_HOSTS: '10.0.0.1:notaport' is not a host or host:port"):
+        ServiceSettings.from_env({"SONUFY_ALLOWED_HOSTS": "cdn.example.com, 10.0.0.1:notaport"})
+    assert ServiceSettings.from_env({"SONUFY_ALLOWED_HOSTS": "cdn.example.com, 10.0.0.1:8080"}).allowed_hosts[-2:] \
+        == ("cdn.example.com", "10.0.0.1:8080")
+
+
 def test_older_code_is_refused_by_a_newer_store_but_still_reads_it(tmp_path):
     store = _space(tmp_path / "s.duckdb")
     assert store.schema_version() == sql.SCHEMA_VERSION
