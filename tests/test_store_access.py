@@ -164,6 +164,25 @@ def test_a_db_that_is_not_a_store_and_a_bad_lock_wait_are_named(tmp_path, capsys
     assert "SONUFY_DB_LOCK_WAIT_S='abc': expected a number of seconds" in capsys.readouterr().err
 
 
+def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    from flows.cli import query
+
+    def broken(args):
+        raise RuntimeError("the index is in a bad mood")
+
+    monkeypatch.setattr(query, "_sql", broken)
+    command = ["sql", "--db", str(tmp_path / "any.duckdb"), "-c", "SELECT 1"]
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sonufy sql: failed: RuntimeError: the index is in a bad mood\n") and "--debug" in err
+    assert "Traceback" not in err
+    with pytest.raises(RuntimeError, match="bad mood"):
+        main(["--debug", *command])
+    monkeypatch.setenv("SONUFY_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="bad mood"):
+        main(command)
+
+
 def test_a_bad_allowed_host_names_the_variable():
     from sonufy_model.config import ServiceSettings
 

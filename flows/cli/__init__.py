@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sonufy", description="Recommend music by how it sounds, and by nothing else."
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected failure (also SONUFY_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in _COMMANDS:
         add_command(commands)
@@ -69,5 +71,12 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except ServiceError as error:  # a service that failed us, not a bad input: the message names the cause
         print(f"sonufy {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # one of ours: one line for the user, the traceback on request
+        if args.debug or os.environ.get("SONUFY_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"sonufy {args.command}: failed: {type(error).__name__}: {error}\n"
+              "  (this is Sonufy's fault, not your input's; `sonufy --debug ...` or SONUFY_DEBUG=1 shows where)",
+              file=sys.stderr)
         return 1
     return code or 0
