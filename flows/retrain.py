@@ -4,7 +4,8 @@ train (own process, see flows/train.py) → encode every track with the
 candidate → ``sonufy evaluate`` on the candidate and on the current version
 (the same query tracks) → promote unless the candidate is worse beyond the
 noise: the 95% paired bootstrap interval of its latent precision@k minus the
-current one's lies entirely below zero (below ``-tolerance``) → the switch. Queries answer from the current version until
+current one's lies entirely below zero (below ``-tolerance``) → the switch. Queries answer from the current
+version until
 the switch, one UPDATE once every track has a vector in the new one. A
 candidate that is not promoted stays registered (table ``models``, its
 evaluation in ``evaluations``) and its vectors are deleted.

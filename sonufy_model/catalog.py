@@ -36,8 +36,8 @@ from sonufy_model.config import ServiceSettings
 from sonufy_model.errors import BadCredentials, RateLimited, ServiceError, Unreachable  # noqa: F401 (re-exported)
 from sonufy_model.ratelimit import SharedLimiter
 from sonufy_model.retries import retry_after_seconds
-from sonufy_model.scrape_config import ScrapeConfig
 from sonufy_model.schemas import TRACK_SCHEMA
+from sonufy_model.scrape_config import ScrapeConfig
 
 log = logging.getLogger(__name__)
 

@@ -115,7 +115,8 @@ def interleave(
     """A radio list: the seeds' neighbourhoods in turn, best first, until ``n`` tracks.
 
     No track twice, no seed, at most ``max_per_artist`` tracks of one artist
-    (None: no cap; artists compared without case, accents or punctuation). Each row says which seed it came from. A seed whose
+    (None: no cap; artists compared without case, accents or punctuation). Each row says which seed it came
+    from. A seed whose
     neighbours run out (a small space, a strict cap) drops out; the list is
     shorter than ``n`` only when every seed has run out.
     """

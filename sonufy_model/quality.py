@@ -240,7 +240,8 @@ def check_embeddings(stats: pl.DataFrame, latent_dim: int = 256) -> QualityRepor
     frame = stats.with_columns(pl.col("norm").fill_nan(-1.0).fill_null(-1.0))
     report = _run_suite("embeddings", frame, expectations)
     # A clash's reason names the other track.
-    other = dict(stats.filter(pl.col("identical_vector_of").is_not_null()).select("track_id", "identical_vector_of").iter_rows())
+    duplicates = stats.filter(pl.col("identical_vector_of").is_not_null())
+    other = dict(duplicates.select("track_id", "identical_vector_of").iter_rows())
     if other:
         report.failures = report.failures.with_columns(
             pl.when(pl.col("track_id").is_in(list(other)))

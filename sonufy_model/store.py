@@ -707,7 +707,9 @@ class Store:
                 {"set_id": set_id, "model_version": model_version},
             ).pl()
 
-    def stored_identical_vectors(self, model_version: str, track_ids: pl.Series, raw: np.ndarray) -> list[tuple[str, str]]:
+    def stored_identical_vectors(
+        self, model_version: str, track_ids: pl.Series, raw: np.ndarray
+    ) -> list[tuple[str, str]]:
         """(batch track, stored track) pairs of ``model_version`` with identical raw vectors."""
         if len(track_ids) == 0:
             return []

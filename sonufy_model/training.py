@@ -163,7 +163,9 @@ class RankReport(Callback):
     def __init__(self) -> None:
         self._reported = False
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if not self._reported:
             self._reported = True
             print(

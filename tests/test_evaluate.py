@@ -146,7 +146,7 @@ def _library(tmp_path) -> tuple[Store, list[str]]:
     """A real DuckDB file: tracks, a current model, vectors and one spectrogram shard."""
     store = Store(tmp_path / "sonufy.duckdb")
     rows = []
-    for g, genre in enumerate(GENRES):
+    for genre in GENRES:
         for a in range(ARTISTS_PER_GENRE):
             for t in range(TRACKS_PER_ARTIST):
                 rows.append((f"{genre[:2]}{a}{t}", genre, f"{genre} artist {a}"))
@@ -213,7 +213,8 @@ def test_evaluation_is_stored_next_to_the_model_and_rereadable(tmp_path):
     stored = Store(store.path).evaluations()
     assert stored.height == len(result["rows"])
     assert set(stored["model_version"]) == {"m1"} and set(stored["space"]) == {"latent", "naive", "mfcc", "random"}
-    assert (stored["precision_low"] <= stored["precision"]).all() and (stored["precision"] <= stored["precision_high"]).all()
+    assert (stored["precision_low"] <= stored["precision"]).all()
+    assert (stored["precision"] <= stored["precision_high"]).all()
     assert set(stored["exclude_same"].to_list()) == {None, "artist"}
     con = duckdb.connect(str(store.path), read_only=True)
     try:

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import build_space
 from flows.cli import main
 from sonufy_model.store import Store
-
-from conftest import build_space
 
 CASES = 300
 NUMBERS = ["0", "-1", "1", "3", "10", "239", "240", "99999999999999999999", "9223372036854775807", "1e3",

@@ -42,7 +42,7 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> dict:
     rng = np.random.default_rng(5)
     clips, records = [], []
     for track in range(16):
-        for excerpt in range(3 if track < 4 else 1):
+        for _excerpt in range(3 if track < 4 else 1):
             records.append({"track_id": f"t{track:02d}", "shard": str(root / "shard.npy"), "row": len(clips)})
             clips.append(_track(rng, track % 8))
     np.save(root / "shard.npy", np.stack(clips))

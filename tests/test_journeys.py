@@ -23,7 +23,8 @@ def _space(store: Store, vectors: dict[str, np.ndarray], artists: dict[str, str]
     n = len(ids)
     store.upsert_tracks(pl.DataFrame({
         "track_id": ids, "source": ["folder"] * n, "title": [f"song {t}" for t in ids],
-        "artist": [artists.get(t, f"artist {t}") for t in ids], "artists": [[artists.get(t, f"artist {t}")] for t in ids],
+        "artist": [artists.get(t, f"artist {t}") for t in ids],
+        "artists": [[artists.get(t, f"artist {t}")] for t in ids],
         "artist_id": [None] * n, "album": [f"album {t}" for t in ids], "album_id": [None] * n,
         "release_date": [None] * n, "duration_ms": [30_000] * n, "isrc": [None] * n, "explicit": [None] * n,
         "popularity": [None] * n, "uri": [None] * n, "preview_url": [None] * n,

@@ -15,13 +15,6 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from flows.cli import main as cli
-from sonufy_model import landscape as ls
-from sonufy_model import search
-from sonufy_model.config import Paths
-from sonufy_model.outputs import OutputError
-from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
-
 from conftest import (  # the clustered space, shared with test_landscape_browser.py
     ARTISTS_PER_GENRE,
     GENRES,
@@ -32,6 +25,12 @@ from conftest import (  # the clustered space, shared with test_landscape_browse
     register,
     tracks_frame,
 )
+from flows.cli import main as cli
+from sonufy_model import landscape as ls
+from sonufy_model import search
+from sonufy_model.config import Paths
+from sonufy_model.outputs import OutputError
+from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
 
 
 def _sql(store: Store, query: str, params=None) -> pl.DataFrame:

@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import build_space
 from sonufy_model import landscape as ls
 from sonufy_model import search
 from sonufy_model.config import Paths
 from sonufy_model.store import Store
-
-from conftest import build_space
 
 CHROMIUM = os.environ.get("SONUFY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 

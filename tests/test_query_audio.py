@@ -10,7 +10,6 @@ tracks did, and write nothing.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import lightning as L
 import numpy as np

@@ -11,8 +11,8 @@ import pytest
 
 import sql
 from sonufy_model import search
-from sonufy_model.search import SearchFilters, similar, track_vector
 from sonufy_model.schemas import TRACK_SCHEMA
+from sonufy_model.search import SearchFilters, similar, track_vector
 from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
 
 # id, artist, title, album, album_id, isrc, popularity, cosine to the seed "q"

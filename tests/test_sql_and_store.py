@@ -92,7 +92,8 @@ def test_quarantine_then_success_releases_the_track(tmp_path):
     store.quarantine(pl.DataFrame({"track_id": ["a"], "stage": ["fetch"], "reason": ["HTTP 503"], "run_id": [None]}))
     assert store.quarantined("fetch")["reason"].to_list() == ["HTTP 503"]
     store.record_previews(
-        pl.DataFrame({"track_id": ["a"], "provider": ["deezer"], "path": ["/x.mp3"], "bytes": [10], "duration_s": [30.0]})
+        pl.DataFrame({"track_id": ["a"], "provider": ["deezer"], "path": ["/x.mp3"], "bytes": [10],
+                      "duration_s": [30.0]})
     )
     assert store.quarantined("fetch").is_empty()
 

@@ -300,7 +300,8 @@ def test_gc_removes_orphan_shards_rejected_checkpoints_and_old_reports(tmp_path,
         (data / "models" / version).mkdir(parents=True)
         (data / "models" / version / "best.ckpt").write_bytes(b"x" * 1000)
     store.register_model(
-        {"model_version": "rejected", "set_id": "s", "config": {}, "checkpoint": str(data / "models/rejected/best.ckpt"),
+        {"model_version": "rejected", "set_id": "s", "config": {},
+         "checkpoint": str(data / "models/rejected/best.ckpt"),
          "epochs": 1, "train_mse": None, "val_mse": None, "n_train_tracks": 1, "n_val_tracks": 1,
          "train_seconds": 1.0, "latent_mean": np.zeros(LATENT_DIM), "latent_scale": np.ones(LATENT_DIM)},
         promote=False)

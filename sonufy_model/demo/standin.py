@@ -42,7 +42,12 @@ from aiohttp import BasicAuth, web
 
 from sonufy_model.config import Secret, ServiceSettings
 from sonufy_model.demo.synth import (
-    CatalogTrack, PreviewCache, build_catalog, build_compilations, build_new_releases, is_new_release,
+    CatalogTrack,
+    PreviewCache,
+    build_catalog,
+    build_compilations,
+    build_new_releases,
+    is_new_release,
 )
 
 __all__ = ["DEFECTS", "DEMO_PLAYLIST_IDS", "Faults", "StandIn", "StandInConfig", "main"]
@@ -1106,7 +1111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--truncate-share", type=float, default=0.0, help="share of preview downloads cut short")
     parser.add_argument("--deezer-quota-rate", type=float, default=0.0, help="share of Deezer calls over quota")
     parser.add_argument("--reset-rate", type=float, default=0.0, help="share of requests whose connection is cut")
-    parser.add_argument("--garbage-share", type=float, default=0.0, help="share of preview downloads that are not audio")
+    parser.add_argument("--garbage-share", type=float, default=0.0,
+                        help="share of preview downloads that are not audio")
     parser.add_argument("--expired-url-share", type=float, default=0.0,
                         help="share of Deezer preview URLs issued already expired")
     parser.add_argument("--compilation-share", type=float, default=0.0,

@@ -29,8 +29,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lameenc
-import soxr
 import numpy as np
+import soxr
 from scipy import signal
 
 __all__ = [
