@@ -7,8 +7,9 @@ is not what is measured). Then, in the same run, against the same server:
 
 - concurrent: the demo's genre queries scraped concurrently
   (``catalog.fetch_search_pages``), then every track fetched, checked by the
-  downloads suite and recorded in DuckDB (``previews.fetch_pending``, what
-  the fetch tasks run) with the default 64 tracks in flight;
+  downloads suite and recorded in DuckDB (``previews.fetch_previews`` and
+  ``previews.record_outcomes``, what the fetch stage's tasks run on a batch;
+  here every track is one batch) with the default 64 tracks in flight;
 - sequential: the same code with one request at a time (Spotify concurrency
   1, one track in flight, one connection), on a subset: the first page (10
   results) of each query, about 120 tracks, since 2,000 one at a time would
@@ -134,7 +135,9 @@ def acquire(settings: ServiceSettings, queries: list[str], items_per_query: int 
     tracks, _ = catalog.parse_search_pages(pages)
     store.upsert_tracks(tracks)
     scraped_s = time.perf_counter() - started
-    totals = previews.fetch_pending(store, settings, workdir / "previews", batch_size=max(1, tracks.height))
+    pending = store.tracks_without_preview(settings.fetch_max_attempts)
+    totals, _ = previews.record_outcomes(store, previews.fetch_previews(pending, settings, workdir / "previews"),
+                                         settings=settings)
     elapsed = time.perf_counter() - started
     con = duckdb.connect(str(store.path), read_only=True)
     downloaded, quarantined, unaccounted = con.execute(

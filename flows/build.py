@@ -107,7 +107,7 @@ def build(
             if origin.folder is None:
                 with clock.stage("fetch"):
                     settings = with_preview_sources(origin.settings, preview_sources, preview_folder)
-                    add_counts(counts, fetch_pending(store, settings, paths, run_id, batch_size))
+                    add_counts(counts, fetch_pending(store, settings, paths.previews, run_id, batch_size))
             demo_query = origin.demo_query
 
         # 3-4. spectrograms, checked by the spectrogram suite, written as shards

@@ -106,7 +106,7 @@ def nightly_refresh(
                 with clock.stage("fetch"):
                     if origin.folder is None:
                         settings = with_preview_sources(origin.settings, preview_sources, preview_folder)
-                        add_counts(counts, fetch_pending(store, settings, paths, run_id, batch_size))
+                        add_counts(counts, fetch_pending(store, settings, paths.previews, run_id, batch_size))
             # 3-4. spectrograms of the current model's set, checked, as shards
             with clock.stage("spectrograms"):
                 add_counts(counts, spectrograms_pending(

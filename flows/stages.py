@@ -15,6 +15,7 @@ import dataclasses
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
@@ -100,11 +101,18 @@ def with_preview_sources(
     )
 
 
-def fetch_pending(store: Store, settings: ServiceSettings, paths: Paths, run_id: str, batch_size: int) -> dict:
-    """Previews of every catalog track without one, concurrently within a
-    batch; one batch at a time, so that the settings' concurrency, per-host
-    and rate limits hold for the whole run, and each batch is recorded (a
-    rerun resumes after the last recorded batch)."""
+def fetch_pending(
+    store: Store, settings: ServiceSettings, directory: Path, run_id: str | None, batch_size: int
+) -> dict:
+    """The fetch stage: previews of every catalog track without one (that has
+    not used up its attempts) into ``directory``, concurrently within a batch;
+    one batch at a time, so that the settings' concurrency, per-host and rate
+    limits hold for the whole run, and each batch is recorded (a rerun, after
+    a crash or kill -9, resumes after the last recorded batch and deletes the
+    dead process's temporary files). Each batch is a download task (network,
+    retried) and a record task (the downloads suite, then DuckDB); the
+    progress is logged here. The summed counts: fetched and failed, none when
+    nothing was pending."""
     counts: dict = {}
     pending = tracks_without_preview(store, settings.fetch_max_attempts)
     parts = batches(pending, batch_size)
@@ -112,7 +120,7 @@ def fetch_pending(store: Store, settings: ServiceSettings, paths: Paths, run_id:
     for number, batch in enumerate(parts, start=1):
         fetched = fetch_previews.with_options(
             task_run_name=f"fetch[batch {number}/{len(parts)}: {batch.height} tracks]"
-        )(batch, settings, paths.previews, number)
+        )(batch, settings, directory, number)
         add_counts(counts, record_previews(store, fetched, run_id, number, settings))
         progress.advance(batch.height)
     return counts

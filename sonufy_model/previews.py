@@ -51,7 +51,7 @@ from sonufy_model.config import ServiceSettings
 from sonufy_model.names import normalise_name
 from sonufy_model.retries import retry_after_seconds, wait_at_least_retry_after
 from sonufy_model.schemas import PREVIEW_SCHEMA
-from sonufy_model.store import Store, batches
+from sonufy_model.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -712,28 +712,3 @@ def record_outcomes(
         )
     )
     return {"fetched": fetched.height, "failed": failures.height}, failures
-
-
-def fetch_pending(
-    store: Store,
-    settings: ServiceSettings,
-    directory: Path,
-    *,
-    batch_size: int = 128,
-    run_id: str | None = None,
-    on_batch: Callable[[int, dict], None] | None = None,
-) -> dict:
-    """The fetch stage without Prefect: every pending track, batch by batch, each batch recorded.
-
-    Resumable: a rerun (after a crash, or kill -9) fetches only tracks with
-    no preview that have not used up their attempts.
-    """
-    pending = store.tracks_without_preview(settings.fetch_max_attempts)
-    totals = {"fetched": 0, "failed": 0}
-    for number, batch in enumerate(batches(pending, batch_size), start=1):
-        counts, _ = record_outcomes(store, fetch_previews(batch, settings, directory), run_id, settings)
-        for key, value in counts.items():
-            totals[key] += value
-        if on_batch is not None:
-            on_batch(number, counts)
-    return totals

@@ -2,7 +2,9 @@
 
 Everything runs the real fetch code over real HTTP against the stand-in (or,
 for what the stand-in cannot do, a small misbehaving server started here),
-and records into real DuckDB files.
+and records into real DuckDB files. The stage is the one the build and the
+nightly run (``flows.stages.fetch_pending``: its fetch and record tasks a
+batch at a time), in a flow of its own on the session's Prefect test server.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ import polars as pl
 import pytest
 import soundfile as sf
 from aiohttp import web
+from prefect import flow
 from tenacity import RetryCallState
 
+from flows.stages import fetch_pending
 from sonufy_model import catalog, previews, quality, retries
 from sonufy_model.config import ServiceSettings
 from sonufy_model.demo.standin import Faults, StandIn, StandInConfig
@@ -63,6 +67,24 @@ def standin(cache_dir):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def fetch_stage(prefect_api):
+    """Run the flows' fetch stage on a store, in a flow run of its own; its counts.
+
+    A stage with nothing to fetch counts nothing: its counts are zeros here
+    (the flows leave them out of the run's counts)."""
+
+    def run(store: Store, settings: ServiceSettings, directory: Path, *, batch_size: int = 128,
+            run_id: str | None = None) -> dict:
+        @flow(name="fetch-stage")
+        def fetch_stage_flow() -> dict:
+            return fetch_pending(store, settings, Path(directory), run_id, batch_size)
+
+        return {"fetched": 0, "failed": 0, **fetch_stage_flow()}
+
+    return run
 
 
 def _settings(server: StandIn, **changes) -> ServiceSettings:
@@ -115,7 +137,7 @@ def _part_files(directory: Path) -> list[Path]:
 # --------------------------------------------------------------------------- fault storms
 
 
-def test_fault_storm_every_track_ends_downloaded_or_quarantined(standin, tmp_path):
+def test_fault_storm_every_track_ends_downloaded_or_quarantined(standin, fetch_stage, tmp_path):
     faults = Faults(
         rate_429=0.08, retry_after_s=1, rate_5xx=0.08, reset_rate=0.06, truncate_share=0.06,
         garbage_share=0.06, deezer_quota_rate=0.06, expired_url_share=0.06, seed=11,
@@ -128,7 +150,7 @@ def test_fault_storm_every_track_ends_downloaded_or_quarantined(standin, tmp_pat
     settings = _settings(server, download_concurrency=8, download_per_host=8, download_attempts=5)
     directory = tmp_path / "previews"
 
-    totals = previews.fetch_pending(store, settings, directory, batch_size=24, run_id="storm-1")
+    totals = fetch_stage(store, settings, directory, batch_size=24, run_id="storm-1")
 
     downloaded, quarantined = _assert_each_track_in_exactly_one_state(store, [t.track_id for t in tracks])
     assert totals == {"fetched": len(downloaded), "failed": len(quarantined)}
@@ -143,7 +165,7 @@ def test_fault_storm_every_track_ends_downloaded_or_quarantined(standin, tmp_pat
     # The rerun retries only the quarantined tracks; nothing downloaded is fetched again.
     mtimes = {p.name: p.stat().st_mtime_ns for p in directory.glob("*.mp3")}
     cdn_before = server.stats[CDN]
-    previews.fetch_pending(store, settings, directory, batch_size=24, run_id="storm-2")
+    fetch_stage(store, settings, directory, batch_size=24, run_id="storm-2")
     downloaded_again, _ = _assert_each_track_in_exactly_one_state(store, [t.track_id for t in tracks])
     assert downloaded <= downloaded_again
     assert all((directory / name).stat().st_mtime_ns == mtime for name, mtime in mtimes.items())
@@ -169,12 +191,14 @@ def test_fault_storm_every_track_ends_downloaded_or_quarantined(standin, tmp_pat
         pytest.param(Faults(), {"deezer_missing_share": 1.0}, {}, None, id="not-on-deezer"),
     ],
 )
-def test_each_fault_ends_in_quarantine_with_its_reason(standin, tmp_path, faults, config, changes, expected):
+def test_each_fault_ends_in_quarantine_with_its_reason(
+    standin, fetch_stage, tmp_path, faults, config, changes, expected
+):
     server = standin(faults=faults, **config)
     tracks = server.catalog[60:62]
     store = _store(tmp_path, tracks)
     settings = _settings(server, download_attempts=2, download_concurrency=1, **changes)
-    previews.fetch_pending(store, settings, tmp_path / "previews", run_id="faulty")
+    fetch_stage(store, settings, tmp_path / "previews", run_id="faulty")
     _, quarantined = _assert_each_track_in_exactly_one_state(store, [t.track_id for t in tracks])
     assert set(quarantined) == {t.track_id for t in tracks}
     for reason in quarantined.values():
@@ -188,13 +212,13 @@ def test_each_fault_ends_in_quarantine_with_its_reason(standin, tmp_path, faults
     assert not list((tmp_path / "previews").iterdir())
 
 
-def test_429_bursts_and_expired_urls_are_waited_out_and_resolved_again(standin, tmp_path):
+def test_429_bursts_and_expired_urls_are_waited_out_and_resolved_again(standin, fetch_stage, tmp_path):
     # One track at a time: the faults meet the requests in a fixed order.
     server = standin(faults=Faults(rate_429=0.3, retry_after_s=1, expired_url_share=0.3, seed=5))
     tracks = server.catalog[70:76]
     store = _store(tmp_path, tracks)
     settings = _settings(server, download_attempts=8, download_concurrency=1)
-    previews.fetch_pending(store, settings, tmp_path / "previews")
+    fetch_stage(store, settings, tmp_path / "previews")
     downloaded, quarantined = _assert_each_track_in_exactly_one_state(store, [t.track_id for t in tracks])
     assert not quarantined and len(downloaded) == 6
     assert server.stats["fault 429"] > 0 and server.stats["fault expired url"] > 0
@@ -243,18 +267,18 @@ def test_retry_after_is_seconds_or_an_http_date(value, seconds):
 # --------------------------------------------------------------------------- reruns, attempts, resumption
 
 
-def test_rerun_is_idempotent(standin, tmp_path):
+def test_rerun_is_idempotent(standin, fetch_stage, tmp_path):
     server = standin()
     tracks = server.catalog[80:88]
     store = _store(tmp_path, tracks)
     settings = _settings(server)
     directory = tmp_path / "previews"
-    assert previews.fetch_pending(store, settings, directory) == {"fetched": 8, "failed": 0}
+    assert fetch_stage(store, settings, directory) == {"fetched": 8, "failed": 0}
     mtimes = {p: p.stat().st_mtime_ns for p in directory.iterdir()}
     stats = Counter(server.stats)
     rows = _sql(store, "SELECT * FROM previews ORDER BY track_id")
 
-    assert previews.fetch_pending(store, settings, directory) == {"fetched": 0, "failed": 0}
+    assert fetch_stage(store, settings, directory) == {"fetched": 0, "failed": 0}
     assert server.stats == stats, "no request at all: nothing is pending"
     assert {p: p.stat().st_mtime_ns for p in directory.iterdir()} == mtimes
     assert _sql(store, "SELECT * FROM previews ORDER BY track_id") == rows
@@ -269,19 +293,19 @@ def test_rerun_is_idempotent(standin, tmp_path):
     assert _sql(store, "SELECT count(*), count(DISTINCT track_id) FROM previews") == [(8, 8)]
 
 
-def test_attempts_are_counted_per_run_then_the_track_waits_to_be_released(standin, tmp_path):
+def test_attempts_are_counted_per_run_then_the_track_waits_to_be_released(standin, fetch_stage, tmp_path):
     broken = standin(faults=Faults(garbage_share=1.0))
     tracks = broken.catalog[90:92]
     store = _store(tmp_path, tracks)
     directory = tmp_path / "previews"
     settings = _settings(broken, download_attempts=1, fetch_max_attempts=3)
     for run in (1, 2, 3):
-        assert previews.fetch_pending(store, settings, directory, run_id=f"run-{run}") == {"fetched": 0, "failed": 2}
+        assert fetch_stage(store, settings, directory, run_id=f"run-{run}") == {"fetched": 0, "failed": 2}
         assert set(store.quarantined("fetch")["attempts"]) == {run}
         assert set(store.quarantined("fetch")["run_id"]) == {f"run-{run}"}
     requests_so_far = Counter(broken.stats)
     assert store.tracks_without_preview(3).is_empty()
-    assert previews.fetch_pending(store, settings, directory) == {"fetched": 0, "failed": 0}
+    assert fetch_stage(store, settings, directory) == {"fetched": 0, "failed": 0}
     assert broken.stats == requests_so_far, "an exhausted track is not tried again"
 
     # A person releases them (README), and a working service delivers.
@@ -289,27 +313,34 @@ def test_attempts_are_counted_per_run_then_the_track_waits_to_be_released(standi
     con.execute(RELEASE_SQL)
     con.close()
     working = standin()
-    assert previews.fetch_pending(store, _settings(working), directory) == {"fetched": 2, "failed": 0}
+    assert fetch_stage(store, _settings(working), directory) == {"fetched": 2, "failed": 0}
     _assert_each_track_in_exactly_one_state(store, [t.track_id for t in tracks])
     assert store.quarantined().is_empty(), "a success removes the quarantine row"
 
 
+# The fetch stage in a flow run of its own, as the build and the nightly run it.
 _RUNNER = """
 import json, sys
 from pathlib import Path
-from sonufy_model import previews
+from prefect import flow
+from flows.stages import fetch_pending
 from sonufy_model.config import ServiceSettings
 from sonufy_model.store import Store
 job = json.loads(sys.argv[1])
-previews.fetch_pending(
-    Store(job["db"]), ServiceSettings(**job["settings"]), Path(job["directory"]), batch_size=job["batch_size"],
-    on_batch=lambda number, counts: print("batch", number, json.dumps(counts), flush=True),
-)
+
+@flow(name="fetch-stage")
+def fetch_stage():
+    return fetch_pending(Store(job["db"]), ServiceSettings(**job["settings"]), Path(job["directory"]), "killed",
+                         job["batch_size"])
+
+fetch_stage()
 print("done", flush=True)
 """
 
 
-def test_a_killed_run_resumes_where_it_stopped(standin, tmp_path):
+def test_a_killed_run_resumes_where_it_stopped(standin, fetch_stage, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
     server = standin(faults=Faults(latency_ms=100))
     tracks = server.catalog[100:124]
     store = _store(tmp_path, tracks)
@@ -326,18 +357,22 @@ def test_a_killed_run_resumes_where_it_stopped(standin, tmp_path):
         [sys.executable, "-c", _RUNNER, json.dumps(job)],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "PREFECT_API_URL": PREFECT_API_URL.value(),
+             "PYTHONUNBUFFERED": "1"},
     )
+    seen = []
     try:
         for line in process.stdout:
-            if line.startswith("batch 2 "):
+            seen.append(line)
+            if "record-previews[batch 2]" in line:  # the task run's last line: batch 2 is recorded
                 break
         process.send_signal(signal.SIGKILL)  # mid-run: batch 3 is in flight
     finally:
         process.kill()
         process.wait()
-    assert process.returncode == -signal.SIGKILL
+    assert process.returncode == -signal.SIGKILL, "".join(seen[-20:])
 
     recorded = {row[0] for row in _sql(store, "SELECT track_id FROM previews")}
     assert 8 <= len(recorded) < len(tracks)
@@ -346,7 +381,7 @@ def test_a_killed_run_resumes_where_it_stopped(standin, tmp_path):
     mtimes = {p.name: p.stat().st_mtime_ns for p in directory.glob("*.mp3") if p.stem in recorded}
     downloads_before = server.stats[CDN]
 
-    totals = previews.fetch_pending(store, ServiceSettings(**settings), directory, batch_size=4)
+    totals = fetch_stage(store, ServiceSettings(**settings), directory, batch_size=4)
 
     assert totals == {"fetched": len(tracks) - len(recorded), "failed": 0}
     assert server.stats[CDN] - downloads_before == len(tracks) - len(recorded), "no finished download repeated"
@@ -392,7 +427,7 @@ def test_deezer_search_fallback_picks_the_matching_track_not_the_first_hit(stand
     assert server.stats["GET /deezer/search"] == 5 and server.stats[DEEZER_TRACK] == 1
 
 
-def test_spotify_preview_url_first_and_deezer_only_when_it_has_none(standin, tmp_path):
+def test_spotify_preview_url_first_and_deezer_only_when_it_has_none(standin, fetch_stage, tmp_path):
     server = standin(preview_url_share=0.5)
     settings = _settings(server)
     pages = catalog.fetch_search_pages(settings, [f'genre:"{server.catalog[0].style}"'], max_items_per_query=10)
@@ -402,7 +437,7 @@ def test_spotify_preview_url_first_and_deezer_only_when_it_has_none(standin, tmp
     assert 0 < len(with_url) < tracks.height
     store = Store(tmp_path / "sonufy.duckdb")
     store.upsert_tracks(tracks)
-    previews.fetch_pending(store, settings, tmp_path / "previews")
+    fetch_stage(store, settings, tmp_path / "previews")
     providers = dict(_sql(store, "SELECT track_id, provider FROM previews"))
     assert providers == {t: "spotify" if t in with_url else "deezer" for t in tracks["track_id"]}
     assert server.stats["GET /spotify-cdn/mp3-preview/{track_id}"] == len(with_url)
@@ -463,7 +498,7 @@ def test_the_guard_also_checks_what_a_host_name_resolves_to():
     assert asyncio.run(resolve(previews.UrlPolicy.from_entries(["localhost"]), "localhost"))
 
 
-def test_refused_urls_are_quarantined_before_any_request(standin, tmp_path):
+def test_refused_urls_are_quarantined_before_any_request(standin, fetch_stage, tmp_path):
     server = standin(preview_url_share=1.0)
     other = standin(n_tracks=20)
     urls = {
@@ -480,7 +515,7 @@ def test_refused_urls_are_quarantined_before_any_request(standin, tmp_path):
         schema=TRACK_SCHEMA,
     ))
     settings = _settings(server, preview_sources=("spotify",))
-    previews.fetch_pending(store, settings, tmp_path / "previews")
+    fetch_stage(store, settings, tmp_path / "previews")
     downloaded, quarantined = _assert_each_track_in_exactly_one_state(store, list(urls))
     assert downloaded == {"t-ok"}
     assert "scheme 'file' is not allowed" in quarantined["t-file"]
@@ -579,11 +614,11 @@ def test_size_cap_refuses_a_declared_size_before_reading_and_cuts_a_chunked_body
     assert not list(tmp_path.iterdir()), "nothing written, no temporary file left"
 
 
-def test_size_cap_through_the_fetch_stage(standin, tmp_path):
+def test_size_cap_through_the_fetch_stage(standin, fetch_stage, tmp_path):
     server = standin()
     tracks = server.catalog[160:161]
     store = _store(tmp_path, tracks)
-    previews.fetch_pending(store, _settings(server, max_preview_bytes=100_000), tmp_path / "previews")
+    fetch_stage(store, _settings(server, max_preview_bytes=100_000), tmp_path / "previews")
     [(reason,)] = _sql(store, "SELECT reason FROM quarantine")
     assert "PermanentError" in reason and "over the 100000-byte cap" in reason and "tries" not in reason
 
