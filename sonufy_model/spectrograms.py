@@ -71,6 +71,16 @@ class SpectrogramBatch:
             failures=self.failures,
         )
 
+    def checked(self, suite_failures: pl.DataFrame) -> tuple["SpectrogramBatch", pl.DataFrame]:
+        """The batch split by the spectrogram suite's ``suite_failures``
+        (track_id, reason): the tracks that passed (all their excerpts), and
+        every failure of the batch, one row a track: a file that did not
+        convert first, then the suite's."""
+        failed_ids = set(suite_failures["track_id"].to_list())
+        passing = self.only(set(self.track_ids) - failed_ids)
+        failures = pl.concat([self.failures, suite_failures]).unique("track_id", keep="first", maintain_order=True)
+        return passing, failures
+
 
 def _limit_worker_threads() -> None:
     # Parallelism comes from the processes; BLAS threads on top would fight

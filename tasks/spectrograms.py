@@ -63,10 +63,8 @@ def write_spectrogram_shard(
     batch_number: int,
 ) -> ShardWritten:
     """The passing tracks' spectrograms as one shard (file I/O only: runs on any worker)."""
-    failed_ids = set(report.failures["track_id"].to_list())
-    passing = batch.only(set(batch.track_ids) - failed_ids)
+    passing, failures = batch.checked(report.failures)
     index = spectrograms.write_shard(passing, directory / params.set_id, params.set_id)
-    failures = pl.concat([batch.failures, report.failures]).unique("track_id", keep="first", maintain_order=True)
     return ShardWritten(index=index, failures=failures, batch_number=batch_number)
 
 

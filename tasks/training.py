@@ -131,4 +131,3 @@ def follow_trainer(output: Iterable[str], progress: TrainingProgress, logger, ta
         tail.append(line)
         if line.startswith(("epoch ", "Resuming")) or "Error" in line:
             logger.info("trainer: %s", line[-300:])
-

@@ -227,6 +227,21 @@ def test_spectrogram_suite_names_the_tracks_and_the_expectation(clips):
         report.raise_if_failed_share_above(0.2)
 
 
+def test_a_checked_batch_keeps_the_passing_tracks_and_every_failure_once(clips):
+    files = pl.DataFrame({"track_id": list(clips), "path": [str(p) for p in clips.values()]})
+    batch = spectrograms.convert(files, PARAMS, workers=1)
+    report = quality.check_spectrograms(batch.stats, PARAMS)
+    passing, failures = batch.checked(report.failures)
+    assert passing.track_ids == ["low", "high", "song"]
+    assert np.array_equal(passing.spectrograms, batch.spectrograms[[0, 1, 4]])
+    assert failures["track_id"].to_list() == ["garbage", "silent", "short"], "undecodable first, then the suite's"
+    # A track failing both ways is listed once, with the first reason.
+    both = pl.concat([report.failures, pl.DataFrame({"track_id": ["garbage"], "reason": ["suite"]})])
+    _, failures = batch.checked(both)
+    assert failures.filter(pl.col("track_id") == "garbage")["reason"].to_list() == batch.failures["reason"].to_list()
+    assert failures.height == 3
+
+
 def test_nan_values_fail_the_suite():
     stats = pl.DataFrame(
         {"track_id": ["nan"], "excerpt": [0], "n_mels": [128], "n_frames": [512], "min_value": [float("nan")],
