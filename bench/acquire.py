@@ -70,7 +70,8 @@ def warm_cache(n_tracks: int, seed: int, cache_dir: Path, workers: int) -> tuple
 
 
 def fault_flags(rate: float) -> dict[str, float]:
-    """About ``rate`` of requests fail: API calls (429, 5xx, reset, Deezer quota), downloads (reset, truncated, not audio)."""
+    """About ``rate`` of requests fail: API calls (429, 5xx, reset, Deezer quota), downloads (reset,
+    truncated, not audio)."""
     return {
         "--rate-429": rate / 4,
         "--rate-5xx": rate / 4,

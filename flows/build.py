@@ -22,8 +22,8 @@ from flows.stages import (
 from flows.writer import holds_writer_lock
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths
-from sonufy_model.store import Store
 from sonufy_model.scrape_config import ScrapeConfig
+from sonufy_model.store import Store
 from tasks.catalog import check_tracks, parse_tracks, scan_folder, scrape_catalog, upsert_tracks
 from tasks.landscape import render_landscape, update_landscape
 from tasks.recommend import recommend

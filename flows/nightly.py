@@ -134,7 +134,8 @@ def nightly_refresh(
             current = store.current_model()
             # 7. report: artifacts in the UI, Data Docs on disk
             with clock.stage("report"):
-                docs = build_data_docs(reports, paths.data_dir / "great_expectations", run_id, FLOW) if data_docs else None
+                docs = (build_data_docs(reports, paths.data_dir / "great_expectations", run_id, FLOW)
+                        if data_docs else None)
                 changed = publish_run_report(
                     store, run_id, FLOW, current and current.model_version, counts, clock.seconds, reports, docs
                 )
@@ -150,5 +151,7 @@ def _spectrogram_params(store: Store, model) -> MelParams:
         return MelParams()
     params = store.spectrogram_params(model.set_id)
     if params is None:
-        raise ValueError(f"{store.path}: model {model.model_version}'s spectrogram set {model.set_id} is not registered")
+        raise ValueError(
+            f"{store.path}: model {model.model_version}'s spectrogram set {model.set_id} is not registered"
+        )
     return MelParams.from_stored(params)

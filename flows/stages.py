@@ -29,8 +29,8 @@ from tasks.encoding import encode_batch, spectrograms_without_embedding
 from tasks.previews import fetch_previews, record_previews, tracks_without_preview
 from tasks.spectrograms import (
     check_spectrograms,
-    drop_previews,
     compute_spectrograms,
+    drop_previews,
     previews_without_spectrogram,
     record_spectrograms,
     write_spectrogram_shard,

@@ -33,8 +33,8 @@ import re
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -182,7 +182,8 @@ class UrlPolicy:
             raise UrlRefused(f"{shown}: not a URL ({error})") from None
         scheme = (parsed.scheme or "").lower()
         if scheme not in self.schemes:
-            raise UrlRefused(f"{shown}: scheme {scheme or 'none'!r} is not allowed ({', '.join(sorted(self.schemes))} only)")
+            allowed = ", ".join(sorted(self.schemes))
+            raise UrlRefused(f"{shown}: scheme {scheme or 'none'!r} is not allowed ({allowed} only)")
         if not parsed.raw_host:
             raise UrlRefused(f"{shown}: no host")
         if parsed.raw_user or parsed.raw_password:

@@ -656,7 +656,8 @@ def test_downloads_suite_flags_size_decoding_and_duration():
     report = quality.check_downloads(stats, max_bytes=1_000_000)
     reasons = dict(report.failures.iter_rows())
     assert set(reasons) == {"empty", "junk", "long", "short"}
-    assert all(reason.startswith("downloads: expect_column_values_to_be_between(column=") for reason in reasons.values())
+    assert all(reason.startswith("downloads: expect_column_values_to_be_between(column=")
+               for reason in reasons.values())
     assert "column=duration_s" in reasons["long"] and "column=duration_s" in reasons["short"]
     assert "column=decodable" in reasons["junk"] or "column=duration_s" in reasons["junk"]
 
@@ -665,7 +666,8 @@ def test_files_that_break_the_suite_are_quarantined_with_the_expectation(tmp_pat
     store = Store(tmp_path / "sonufy.duckdb")
     ids = ["long-file", "not-audio", "fine"]
     store.upsert_tracks(pl.DataFrame(
-        [{**{n: None for n in TRACK_SCHEMA}, "track_id": i, "source": "spotify", "title": i, "artist": "a"} for i in ids],
+        [{**{n: None for n in TRACK_SCHEMA}, "track_id": i, "source": "spotify", "title": i, "artist": "a"}
+         for i in ids],
         schema=TRACK_SCHEMA,
     ))
     rate = 8000
