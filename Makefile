@@ -30,7 +30,9 @@ $(CHROMIUM):
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-dejavu-core
 
+# The linter first: a minute of tests is not spent on code that does not pass it.
 test: install $(CHROMIUM)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 # `make serve`: a Prefect server on 127.0.0.1:$(PREFECT_PORT) (telemetry off,
