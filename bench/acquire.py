@@ -1,6 +1,6 @@
 """Acquisition benchmark: scrape and fetch a stand-in catalog, concurrent against sequential.
 
-Starts the stand-in in its own process (``python -m sonufy_model.demo.standin``,
+Starts the stand-in in its own process (``python -m sonufy_demo.standin``,
 so that it does not share the GIL with the client) with added latency and
 injected faults, after warming its preview cache (rendering synthetic music
 is not what is measured). Then, in the same run, against the same server:
@@ -42,9 +42,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from sonufy_demo.synth import STYLES, PreviewCache, build_catalog
 from sonufy_model import catalog, previews, quality
 from sonufy_model.config import Secret, ServiceSettings
-from sonufy_model.demo.synth import STYLES, PreviewCache, build_catalog
 from sonufy_model.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def fault_flags(rate: float) -> dict[str, float]:
 class StandInProcess:
     def __init__(self, args: argparse.Namespace):
         command = [
-            sys.executable, "-m", "sonufy_model.demo.standin", "--port", "0",
+            sys.executable, "-m", "sonufy_demo.standin", "--port", "0",
             "--tracks", str(args.tracks), "--seed", str(args.seed), "--cache-dir", str(args.cache_dir),
             "--latency-ms", str(args.latency_ms), "--retry-after", "1", "--fault-seed", str(args.seed),
         ]

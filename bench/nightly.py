@@ -59,7 +59,7 @@ def nightly(db: Path, tracks: int, new_tracks: int, api_url: str) -> tuple[float
 
 def _render(cache_dir: Path, tracks: list) -> int:
     """Render ``tracks`` into the preview cache (those not already there); how many were rendered."""
-    from sonufy_model.demo.synth import PreviewCache
+    from sonufy_demo.synth import PreviewCache
 
     cache, rendered = PreviewCache(cache_dir), 0
     for track in tracks:
@@ -74,7 +74,7 @@ def synthesise(cache_dir: Path, tracks: int, new_tracks: int, workers: int) -> t
     (the one of ``flows.sources.open_source``: the catalog, its compilations
     served by the original's ISRC, and ``new_tracks`` new releases) into
     ``cache_dir``, on ``workers`` processes; the seconds and the files rendered."""
-    from sonufy_model.demo.standin import StandIn, StandInConfig
+    from sonufy_demo.standin import StandIn, StandInConfig
 
     catalog = StandIn(StandInConfig(n_tracks=tracks, compilation_share=0.1, new_tracks=new_tracks)).catalog
     started = time.perf_counter()

@@ -32,7 +32,7 @@ CACHE = Path(__file__).resolve().parent / "out" / "clips"
 
 
 def _render(track) -> str:
-    from sonufy_model.demo.synth import PreviewCache
+    from sonufy_demo.synth import PreviewCache
 
     cache = PreviewCache(CACHE)
     cache.get(track)
@@ -41,7 +41,7 @@ def _render(track) -> str:
 
 def make_clips(n: int) -> list[str]:
     """n mp3 clips of the demo catalog, rendered once and kept under bench/out/."""
-    from sonufy_model.demo.synth import build_catalog
+    from sonufy_demo.synth import build_catalog
 
     catalog = build_catalog(n)
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

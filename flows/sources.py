@@ -55,8 +55,8 @@ def open_source(
         yield Source(name=kind, settings=settings, queries=list(DEFAULT_SPOTIFY_QUERIES))
         return
 
-    from sonufy_model.demo.standin import StandIn, StandInConfig
-    from sonufy_model.demo.synth import STYLES
+    from sonufy_demo.standin import StandIn, StandInConfig
+    from sonufy_demo.synth import STYLES
 
     # Some tracks re-released on compilations (same ISRC, new id), as in real
     # catalogs: the genre searches find both, and the scrape keeps one.

@@ -18,7 +18,7 @@ import pytest
 from flows.build import build
 from flows.cli import main as cli
 from flows.cli.common import print_recommendations
-from sonufy_model.demo.synth import build_catalog
+from sonufy_demo.synth import build_catalog
 from sonufy_model.evaluate import precision_at_k
 
 N_TRACKS = 60
@@ -165,7 +165,7 @@ def test_cli_recommend_prints_a_table_and_names_bad_input(built, capsys):
 def test_a_folder_of_own_files_builds_with_no_account(prefect_api, tmp_path):
     import soundfile as sf
 
-    from sonufy_model.demo.synth import render_clip
+    from sonufy_demo.synth import render_clip
 
     music = tmp_path / "Music"
     catalog = build_catalog(24)[:8]

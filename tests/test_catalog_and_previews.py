@@ -6,9 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from sonufy_demo.standin import Faults, StandIn, StandInConfig
 from sonufy_model import catalog, previews
 from sonufy_model.config import ServiceSettings
-from sonufy_model.demo.standin import Faults, StandIn, StandInConfig
 
 
 def _settings(standin: StandIn, **changes) -> ServiceSettings:
@@ -85,7 +85,7 @@ def test_a_folder_of_own_files_is_a_preview_source_tried_in_order(tmp_path):
     import mutagen
     import soundfile as sf
 
-    from sonufy_model.demo.synth import render_clip
+    from sonufy_demo.synth import render_clip
     from sonufy_model.store import Store
 
     # Deezer knows none of these tracks and has no search match: only own files can help.

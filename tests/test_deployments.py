@@ -103,7 +103,7 @@ def test_a_served_nightly_deployment_runs_through_the_api(server, tmp_path, monk
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from sonufy_model.demo.synth import build_catalog, render_clip
+    from sonufy_demo.synth import build_catalog, render_clip
 
     music = tmp_path / "Music"
     music.mkdir()

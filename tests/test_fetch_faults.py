@@ -32,10 +32,10 @@ from prefect import flow
 from tenacity import RetryCallState
 
 from flows.stages import fetch_pending
+from sonufy_demo.standin import Faults, StandIn, StandInConfig
+from sonufy_demo.synth import preview_mp3
 from sonufy_model import catalog, previews, quality, retries
 from sonufy_model.config import ServiceSettings
-from sonufy_model.demo.standin import Faults, StandIn, StandInConfig
-from sonufy_model.demo.synth import preview_mp3
 from sonufy_model.schemas import TRACK_SCHEMA
 from sonufy_model.store import Store
 

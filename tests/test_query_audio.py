@@ -19,10 +19,10 @@ import soundfile as sf
 import torch
 
 from flows.cli import main
+from sonufy_demo.standin import StandIn, StandInConfig
+from sonufy_demo.synth import PreviewCache
 from sonufy_model import catalog, previews, query_audio
 from sonufy_model.audio import AudioDecodeError, MelParams, analyse, to_uint8
-from sonufy_model.demo.standin import StandIn, StandInConfig
-from sonufy_model.demo.synth import PreviewCache
 from sonufy_model.encoding import encode_spectrograms
 from sonufy_model.model import TimeFreqAutoencoder
 from sonufy_model.standardise import Standardiser

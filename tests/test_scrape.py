@@ -18,9 +18,9 @@ import requests
 from prefect import flow
 
 from flows.cli import main as cli
+from sonufy_demo.standin import DEMO_PLAYLIST_IDS, Faults, StandIn, StandInConfig
 from sonufy_model import catalog, quality
 from sonufy_model.config import ServiceSettings
-from sonufy_model.demo.standin import DEMO_PLAYLIST_IDS, Faults, StandIn, StandInConfig
 from sonufy_model.ratelimit import SharedLimiter
 from sonufy_model.scrape_config import ScrapeConfig, ScrapeConfigError
 from sonufy_model.store import Store

@@ -21,10 +21,10 @@ import spotipy
 from spotipy.cache_handler import MemoryCacheHandler
 from spotipy.oauth2 import SpotifyClientCredentials
 
+from sonufy_demo import standin
+from sonufy_demo.standin import Faults, StandIn, StandInConfig
+from sonufy_demo.synth import STYLES, is_new_release
 from sonufy_model import catalog
-from sonufy_model.demo import standin
-from sonufy_model.demo.standin import Faults, StandIn, StandInConfig
-from sonufy_model.demo.synth import STYLES, is_new_release
 
 TODAY = datetime.date(2026, 3, 15)
 CLIENT_ID, CLIENT_SECRET = "sonufy-demo", "sonufy-demo-secret"
@@ -430,7 +430,7 @@ def test_concurrent_downloads_render_once(make_server, tmp_path):
 
 def test_command_line_serves_until_sigterm():
     process = subprocess.Popen(
-        [sys.executable, "-m", "sonufy_model.demo.standin", "--port", "0", "--tracks", "20"],
+        [sys.executable, "-m", "sonufy_demo.standin", "--port", "0", "--tracks", "20"],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         text=True,

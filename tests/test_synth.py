@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from sonufy_model.demo import synth
+from sonufy_demo import synth
 
 TODAY = datetime.date(2026, 3, 15)
 SR = synth.SAMPLE_RATE

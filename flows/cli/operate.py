@@ -136,6 +136,6 @@ def _gc(args: argparse.Namespace) -> None:
 
 
 def _standin(args: argparse.Namespace) -> int:
-    from sonufy_model.demo.standin import main as standin_main
+    from sonufy_demo.standin import main as standin_main
 
     return standin_main(["--port", str(args.port), "--tracks", str(args.tracks)])

@@ -5,7 +5,7 @@ demos and tests it talks to this server instead: the real clients (spotipy,
 plain HTTP for Deezer) are only pointed at other base URLs. The server answers
 with JSON shaped like the real services as of 2026 (Spotify's development-mode
 restrictions included), serves synthetic previews from
-:mod:`sonufy_model.demo.synth`, and can inject the failures a real crawl meets:
+:mod:`sonufy_demo.synth`, and can inject the failures a real crawl meets:
 429s with ``Retry-After``, 5xx, latency, Deezer's quota errors (HTTP 200 with
 an error body), connection resets, truncated or non-audio mp3 downloads and
 expired signed CDN URLs. It also serves a few playlists the app owns (and
@@ -13,7 +13,7 @@ refuses others, as 2026's development mode does), can re-release tracks on
 compilations (a new track id, the same ISRC) and can serve malformed track
 objects, so that deduplication and the metadata checks meet real cases.
 
-Run it in the foreground with ``python -m sonufy_model.demo.standin --port 8765``,
+Run it in the foreground with ``python -m sonufy_demo.standin --port 8765``,
 or in-process with ``with StandIn(StandInConfig(n_tracks=60)) as server: ...``.
 """
 
@@ -40,8 +40,7 @@ from urllib.parse import urlencode
 
 from aiohttp import BasicAuth, web
 
-from sonufy_model.config import Secret, ServiceSettings
-from sonufy_model.demo.synth import (
+from sonufy_demo.synth import (
     CatalogTrack,
     PreviewCache,
     build_catalog,
@@ -49,6 +48,7 @@ from sonufy_model.demo.synth import (
     build_new_releases,
     is_new_release,
 )
+from sonufy_model.config import Secret, ServiceSettings
 
 __all__ = ["DEFECTS", "DEMO_PLAYLIST_IDS", "Faults", "StandIn", "StandInConfig", "main"]
 
@@ -1092,7 +1092,7 @@ class StandIn:
 def main(argv: list[str] | None = None) -> None:
     """Serve the stand-in in the foreground until Ctrl-C or SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m sonufy_model.demo.standin",
+        prog="python -m sonufy_demo.standin",
         description="Local stand-in for the Spotify Web API, Spotify accounts and Deezer (API and CDN).",
     )
     parser.add_argument("--host", default="127.0.0.1")
