@@ -53,8 +53,11 @@ def collect(store: Store, paths: Paths, keep_reports: int = KEEP_REPORTS, dry_ru
         if busy:
             raise DatabaseLocked(f"gc: {busy} for more than {store.lock_wait_s:g} s (SONUFY_DB_LOCK_WAIT_S)")
         with store.connect() as con:
-            in_use = {Path(row[0]).resolve() for row in con.execute(sql.statement("gc_shards_in_use")).fetchall()}
-            rejected = con.execute(sql.statement("gc_rejected_models")).fetchall()
+            # Recorded relative to the database file's folder: made absolute before comparing.
+            in_use = {Path(store.absolute_path(row[0])).resolve()
+                      for row in con.execute(sql.statement("gc_shards_in_use")).fetchall()}
+            rejected = [(version, store.absolute_path(checkpoint))
+                        for version, checkpoint in con.execute(sql.statement("gc_rejected_models")).fetchall()]
         if paths.spectrograms.is_dir():
             for shard in sorted(paths.spectrograms.rglob("*.npy*")):
                 if shard.is_file() and (shard.name.endswith(".npy.tmp")

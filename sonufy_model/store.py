@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
@@ -389,6 +389,8 @@ class Store:
         try:
             for statement in sql.schema_statements():
                 con.execute(statement)
+            if stored is None or stored[0] < sql.RELATIVE_PATHS_VERSION:
+                self._relativise_paths(con)
             con.execute(sql.statement("record_schema_version"),
                         {"version": sql.SCHEMA_VERSION, "fingerprint": fingerprint})
         except BaseException:
@@ -396,6 +398,46 @@ class Store:
             raise
         con.commit()
         _log.info("%s: schema version %s migrated to %s", self.path.name, stored and stored[0], sql.SCHEMA_VERSION)
+
+    # -- the files it points at ----------------------------------------------
+    # Spectrogram shards and model checkpoints under the database file's folder
+    # are recorded relative to it, so that a store moved or copied with its
+    # data folder finds them; they are given back absolute. (A user's own
+    # audio files stay absolute: they do not move with the store.)
+
+    def stored_path(self, path: str | Path) -> str:
+        """``path`` as the store records it: relative to the database file's
+        folder when it lies under it (the default data folder does), else
+        absolute (a --data-dir elsewhere stays where it is when the file moves)."""
+        path = Path(path).resolve()
+        return str(path.relative_to(self.path.parent)) if path.is_relative_to(self.path.parent) else str(path)
+
+    def absolute_path(self, stored: str | None) -> str | None:
+        """A recorded path made absolute again (stores from before version 3
+        recorded absolute paths, given back as they are)."""
+        if stored is None or os.path.isabs(stored):
+            return stored
+        return os.path.normpath(self.path.parent / stored)
+
+    def _absolute_shards(self, frame: pl.DataFrame) -> pl.DataFrame:
+        if frame.is_empty():
+            return frame
+        return frame.with_columns(pl.col("shard").map_elements(self.absolute_path, return_dtype=pl.String))
+
+    def _model_record(self, row: Sequence) -> ModelRecord:
+        record = ModelRecord(*row)
+        return replace(record, checkpoint=self.absolute_path(record.checkpoint))
+
+    def _relativise_paths(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Rewrite the absolute shard and checkpoint paths of a store made
+        before version 3 that lie under the database file's folder relative to
+        it (its migration)."""
+        for table, column in (("spectrograms", "shard"), ("models", "checkpoint")):
+            found = con.execute(
+                f"SELECT DISTINCT {column} FROM {table} WHERE starts_with({column}, '/')").fetchall()
+            if found:
+                con.executemany(f"UPDATE {table} SET {column} = ? WHERE {column} = ?",
+                                [(self.stored_path(path), path) for (path,) in found])
 
     def apply_schema(self) -> None:
         """Create or update the schema now (it is also migrated on first write)."""
@@ -612,6 +654,8 @@ class Store:
         One transaction, so that a track is either indexed or quarantined,
         never half of each.
         """
+        if not index.is_empty():
+            index = index.with_columns(pl.col("shard").map_elements(self.stored_path, return_dtype=pl.String))
         with self.transaction() as con:
             if not index.is_empty():
                 self._run_with_batch(con, "insert_spectrograms", "spectrograms_batch", index)
@@ -627,7 +671,7 @@ class Store:
 
     def spectrogram_manifest(self, set_id: str) -> pl.DataFrame:
         with self.connect() as con:
-            return con.execute(sql.statement("spectrogram_manifest"), {"set_id": set_id}).pl()
+            return self._absolute_shards(con.execute(sql.statement("spectrogram_manifest"), {"set_id": set_id}).pl())
 
     # -- models --------------------------------------------------------------
 
@@ -638,6 +682,7 @@ class Store:
         :meth:`request_promotion`); it does once it is fully encoded."""
         params = dict(record)
         params.setdefault("val_loss", None)  # the selection score, where the trainer reports one
+        params["checkpoint"] = self.stored_path(params["checkpoint"])
         params["config"] = json.dumps(params["config"], sort_keys=True, default=str)
         for key in ("latent_mean", "latent_scale"):
             params[key] = [float(x) for x in params[key]]
@@ -653,7 +698,7 @@ class Store:
             rows = con.execute(sql.statement("model_by_version"), {"model_version": model_version}).fetchall()
         if not rows:
             raise LookupError(f"no model version {model_version!r} in {self.path}")
-        return ModelRecord(*rows[0])
+        return self._model_record(rows[0])
 
     def promote(self, model_version: str) -> None:
         """Make ``model_version`` the one current model, in one statement."""
@@ -673,7 +718,7 @@ class Store:
         """The version waiting to become current, if any."""
         with self.connect() as con:
             rows = con.execute(sql.statement("pending_model")).fetchall()
-        return ModelRecord(*rows[0]) if rows else None
+        return self._model_record(rows[0]) if rows else None
 
     def switch_if_encoded(self) -> str | None:
         """Make the pending version current if no track is left to encode in
@@ -696,16 +741,16 @@ class Store:
     def current_model(self) -> ModelRecord | None:
         with self.connect() as con:
             rows = con.execute(sql.statement("current_model")).fetchall()
-        return ModelRecord(*rows[0]) if rows else None
+        return self._model_record(rows[0]) if rows else None
 
     # -- embeddings ----------------------------------------------------------
 
     def spectrograms_without_embedding(self, set_id: str, model_version: str) -> pl.DataFrame:
         with self.connect() as con:
-            return con.execute(
+            return self._absolute_shards(con.execute(
                 sql.statement("spectrograms_without_embedding"),
                 {"set_id": set_id, "model_version": model_version},
-            ).pl()
+            ).pl())
 
     def stored_identical_vectors(
         self, model_version: str, track_ids: pl.Series, raw: np.ndarray
@@ -770,7 +815,7 @@ class Store:
     def baseline_manifest(self, set_id: str) -> pl.DataFrame:
         """track_id, excerpt, shard, row, created_at of a set's spectrograms, in shard order."""
         with self.connect() as con:
-            return con.execute(sql.statement("baseline_manifest"), {"set_id": set_id}).pl()
+            return self._absolute_shards(con.execute(sql.statement("baseline_manifest"), {"set_id": set_id}).pl())
 
     def cached_baseline_features(self, set_id: str, kind: str) -> dict[str, np.ndarray]:
         """track_id → baseline features of ``kind`` still valid for its spectrograms."""

@@ -45,7 +45,10 @@ SCHEMA_FILES = ("schema.sql", "migrations.sql", "search.sql", "landscape.sql")
 #: changed view or macro): a store migrated by newer code refuses older code's
 #: writes (sonufy_model.store.SchemaTooNew), while older code can still read it.
 #: 1: stores from before versions were recorded.
-SCHEMA_VERSION = 2
+#: 3: shard and checkpoint paths relative to the database file's folder.
+SCHEMA_VERSION = 3
+#: The first version whose stored file paths are relative (see Store._migrate).
+RELATIVE_PATHS_VERSION = 3
 
 
 def schema_fingerprint() -> str:

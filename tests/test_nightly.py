@@ -38,11 +38,13 @@ def built(prefect_api, tmp_path_factory):
 
 @pytest.fixture
 def built_copy(built, tmp_path):
-    """A copy of the built store, for a test that changes it; it points at the
-    built store's models and shards. Returns (db, data_dir)."""
+    """A copy of the built store with its data folder, for a test that changes
+    it (the store records its shards and checkpoints relative to its own
+    folder). Returns (db, data_dir)."""
     db = tmp_path / "sonufy.duckdb"
     shutil.copy(built, db)
-    return db, str(built.with_suffix(".data"))
+    shutil.copytree(built.with_suffix(".data"), db.with_suffix(".data"))
+    return db, str(db.with_suffix(".data"))
 
 
 def _sql(db, query, params=None):
