@@ -20,13 +20,13 @@ from pathlib import Path
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
-from flows.progress import StageProgress
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths, ServiceSettings
 from sonufy_model.store import ModelRecord, Store, batches
 from sonufy_model.training import TrainConfig
 from tasks.encoding import encode_batch, spectrograms_without_embedding
 from tasks.previews import fetch_previews, record_previews, tracks_without_preview
+from tasks.progress import StageProgress
 from tasks.spectrograms import (
     check_spectrograms,
     compute_spectrograms,

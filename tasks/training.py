@@ -6,7 +6,7 @@ and a config, starts ``python -m sonufy_model.training``, waits, and records
 the result in DuckDB. The flow keeps the DuckDB file; the trainer reads only
 the manifest and the shards. The trainer reports its steps on its stdout
 (``--progress-every-s``); this task draws them as a bar in a terminal and logs
-a line at least every 10 s to the flow run (``flows.progress.TrainingProgress``).
+a line at least every 10 s to the flow run (``tasks.progress.TrainingProgress``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.progress import TrainingProgress
 from sonufy_model.config import Paths
 from sonufy_model.encoding import fit_standardiser, load_encoder
 from sonufy_model.store import Store
@@ -36,6 +35,7 @@ from sonufy_model.training import (
     run_key,
     unregistered_run,
 )
+from tasks.progress import TrainingProgress
 
 # How often the trainer reports its step: the terminal's bar moves this often.
 PROGRESS_EVERY_S = 1.0

@@ -8,8 +8,8 @@ import logging
 from prefect import flow
 from rich.console import Console
 
-from flows import progress
-from flows.progress import StageProgress, terminal_bars
+from tasks import progress
+from tasks.progress import StageProgress, terminal_bars
 
 
 @flow

@@ -16,9 +16,9 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from flows import progress
-from flows.progress import TrainingProgress, terminal_bars
 from sonufy_model import training
+from tasks import progress
+from tasks.progress import TrainingProgress, terminal_bars
 from tasks.training import follow_trainer
 
 

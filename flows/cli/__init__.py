@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one ``sonufy`` command; its exit status (2: an error the command names)."""
     args = _parser().parse_args(argv)
     if args.command in _LONG_COMMANDS:
-        from flows.progress import terminal_bars
+        from tasks.progress import terminal_bars
 
         with terminal_bars():
             return _run(args)

@@ -7,6 +7,9 @@ terminal also draws a progress bar per stage on stderr (:func:`terminal_bars`).
 Training, which runs in a process of its own, reports its steps on that
 process's stdout; :class:`TrainingProgress` turns them into a bar and a log
 line at least every ``LOG_EVERY_S`` seconds.
+
+It lives in ``tasks/`` because the training task draws and logs the trainer's
+progress itself, and tasks do not import flows; the flows import it from here.
 """
 
 from __future__ import annotations
