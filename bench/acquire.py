@@ -44,7 +44,7 @@ import polars as pl
 
 from sonufy_demo.synth import STYLES, PreviewCache, build_catalog
 from sonufy_model import catalog, previews, quality
-from sonufy_model.config import Secret, ServiceSettings
+from sonufy_model.config import ServiceSettings
 from sonufy_model.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ class StandInProcess:
     def settings(self, **changes) -> ServiceSettings:
         return ServiceSettings(
             spotify_client_id=self.client_id,
-            spotify_client_secret=Secret(self.client_secret),
+            spotify_client_secret=self.client_secret,
             spotify_api_base=self.base_url,
             spotify_accounts_base=self.base_url,
             deezer_api_base=f"{self.base_url}/deezer",

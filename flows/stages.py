@@ -96,9 +96,7 @@ def with_preview_sources(
         sources = ["folder", *settings.preview_sources]
     if not sources and not folder:
         return settings
-    return dataclasses.replace(
-        settings, preview_sources=tuple(sources or settings.preview_sources), preview_folder=folder
-    )
+    return settings.with_endpoints(preview_sources=tuple(sources or settings.preview_sources), preview_folder=folder)
 
 
 def fetch_pending(

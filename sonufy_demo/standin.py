@@ -48,7 +48,7 @@ from sonufy_demo.synth import (
     build_new_releases,
     is_new_release,
 )
-from sonufy_model.config import Secret, ServiceSettings
+from sonufy_model.config import ServiceSettings
 
 __all__ = ["DEFECTS", "DEMO_PLAYLIST_IDS", "Faults", "StandIn", "StandInConfig", "main"]
 
@@ -463,7 +463,7 @@ class StandIn:
         """Settings that point Sonufy's real clients at this stand-in, with its demo credentials."""
         return ServiceSettings(
             spotify_client_id=self.config.client_id,
-            spotify_client_secret=Secret(self.config.client_secret),
+            spotify_client_secret=self.config.client_secret,
             spotify_api_base=self.spotify_api_base,
             spotify_accounts_base=self.spotify_accounts_base,
             deezer_api_base=self.deezer_api_base,

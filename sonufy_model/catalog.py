@@ -97,7 +97,7 @@ def spotify_client(settings: ServiceSettings) -> spotipy.Spotify:
     settings.require_spotify_credentials()
     auth = SpotifyClientCredentials(
         client_id=settings.spotify_client_id,
-        client_secret=str(settings.spotify_client_secret),
+        client_secret=settings.spotify_client_secret.get_secret_value(),
         cache_handler=MemoryCacheHandler(),
         requests_timeout=settings.request_timeout_s,
     )

@@ -264,20 +264,16 @@ def test_a_token_that_expires_mid_run_loses_nothing():
 
 
 def test_bad_credentials_and_an_unreachable_service_are_named_as_such(server):
-    from dataclasses import replace
-
-    from sonufy_model.config import Secret
-
     config = ScrapeConfig(queries=("genre:ambient",))
     with pytest.raises(catalog.BadCredentials, match=r"refused the client credentials \(invalid_client.*"
                        r"check SPOTIFY_CLIENT_ID and SPOTIFY_CLIENT_SECRET") as refused:
-        catalog.fetch_catalog(replace(_settings(server), spotify_client_secret=Secret("wrong")), config)
+        catalog.fetch_catalog(_settings(server).with_endpoints(spotify_client_secret="wrong"), config)
     assert "wrong" not in str(refused.value)  # the secret never reaches a message
     # Nothing listens on port 9 of the loopback: the cause is the connection, not a rate limit.
     closed = "http://127.0.0.1:9"
     with pytest.raises(catalog.Unreachable, match=r"cannot reach http://127.0.0.1:9 .*check SONUFY_SPOTIFY_API_BASE"):
-        catalog.fetch_catalog(replace(_settings(server, spotify_max_wait_s=1.0), spotify_api_base=closed,
-                                      spotify_accounts_base=closed), config)
+        catalog.fetch_catalog(_settings(server, spotify_max_wait_s=1.0).with_endpoints(
+            spotify_api_base=closed, spotify_accounts_base=closed), config)
 
 
 def test_429_bursts_and_5xx_storms_lose_nothing_and_pause_every_request():

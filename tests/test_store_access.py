@@ -192,6 +192,33 @@ def test_a_bad_allowed_host_names_the_variable():
         == ("cdn.example.com", "10.0.0.1:8080")
 
 
+def test_service_settings_name_a_bad_variable_and_never_show_the_secret():
+    from pydantic_core import to_jsonable_python  # how Prefect turns parameters into JSON
+
+    from sonufy_model.config import ServiceSettings
+
+    for variable, value, problem in [("SONUFY_SPOTIFY_RATE_PER_S", "fast", "valid number"),
+                                     ("SONUFY_DEEZER_RATE_PER_S", "0", "must be positive"),
+                                     ("SONUFY_SPOTIFY_MAX_WAIT_S", "soon", "valid number")]:
+        with pytest.raises(ValueError, match=rf"{variable}: .*{problem}"):
+            ServiceSettings.from_env({variable: value})
+    settings = ServiceSettings.from_env({"SPOTIPY_CLIENT_ID": "id", "SPOTIFY_CLIENT_SECRET": "hunter2",
+                                         "SONUFY_SPOTIFY_RATE_PER_S": "", "SONUFY_DEEZER_API_BASE": "http://d:1/"})
+    assert (settings.spotify_client_id, settings.spotify_rate_per_s, settings.deezer_api_base) \
+        == ("id", ServiceSettings().spotify_rate_per_s, "http://d:1")
+    assert settings.spotify_client_secret.get_secret_value() == "hunter2"
+
+    shown = [repr(settings), str(settings), f"{settings.spotify_client_secret}", settings.model_dump_json(),
+             str(to_jsonable_python(settings))]
+    assert not [text for text in shown if "hunter2" in text]
+    changed = settings.with_endpoints(spotify_api_base="http://s:2")
+    assert changed.spotify_client_secret.get_secret_value() == "hunter2" and settings.spotify_api_base != "http://s:2"
+    with pytest.raises(ValueError, match="preview_folder"):
+        changed.with_endpoints(preview_sources=("folder",))
+    with pytest.raises(ValueError):
+        settings.spotify_client_id = "other"  # immutable
+
+
 def test_older_code_is_refused_by_a_newer_store_but_still_reads_it(tmp_path):
     store = _space(tmp_path / "s.duckdb")
     assert store.schema_version() == sql.SCHEMA_VERSION
