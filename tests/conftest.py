@@ -162,3 +162,21 @@ def register_model():
 def embed_vectors():
     """``embed_vectors(store, version, {track_id: vector})``: the vectors, raw and scaled the same."""
     return _embed_vectors
+
+
+# -- flow tests on small stand-in builds -------------------------------------------
+
+#: A narrow model and one short epoch: flow tests check the plumbing, not the model.
+SMALL_TRAINING = {"max_epochs": 1, "batch_size": 16, "crops_per_track": 2, "filters": [4, 8, 16, 32],
+                  "accelerator": "cpu"}
+
+
+def sql_rows(db, query: str) -> list[tuple]:
+    """The rows of ``query`` on the DuckDB file ``db``, opened read-only for it alone."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(query).fetchall()
+    finally:
+        con.close()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import sql
+from conftest import SMALL_TRAINING as SMALL
 from flows.build import build
 from flows.cli import main
 from flows.nightly import nightly_refresh
@@ -19,7 +20,6 @@ from sonufy_model.config import Paths
 from sonufy_model.store import Store
 
 N_TRACKS = 24
-SMALL = {"max_epochs": 1, "batch_size": 16, "crops_per_track": 2, "filters": [4, 8, 16, 32], "accelerator": "cpu"}
 
 
 def _paths(db) -> tuple[list[str], list[str]]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import pytest
 import yaml
 
+from conftest import SMALL_TRAINING as SMALL
+from conftest import sql_rows
 from flows.build import build
 from flows.cli import main as cli
 from flows.stages import training_options
@@ -15,16 +16,6 @@ from flows.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_TRACKS = 24
-# A narrow model and one short epoch: this tests the plumbing, not the model.
-SMALL = {"max_epochs": 1, "batch_size": 16, "crops_per_track": 2, "filters": [4, 8, 16, 32], "accelerator": "cpu"}
-
-
-def _sql(db, query):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(query).fetchall()
-    finally:
-        con.close()
 
 
 def test_training_options_are_trainconfig_fields_and_the_example_is_valid():
@@ -45,12 +36,12 @@ def test_train_flow_adds_a_current_version_and_the_cli_one_that_is_not(prefect_a
 
     version = train(db=str(db), config={**SMALL, "seed": 1})
     assert version != first
-    rows = dict(_sql(db, "SELECT model_version, is_current FROM models"))
+    rows = dict(sql_rows(db, "SELECT model_version, is_current FROM models"))
     assert rows == {first: False, version: True}
     # Promoted, so every track has a vector of the new version at once.
-    assert _sql(db, f"SELECT count(DISTINCT track_id) FROM embeddings WHERE model_version = '{version}'")[0][0] \
+    assert sql_rows(db, f"SELECT count(DISTINCT track_id) FROM embeddings WHERE model_version = '{version}'")[0][0] \
         == N_TRACKS
-    assert ("train", "completed") in _sql(db, "SELECT flow, status FROM runs")
+    assert ("train", "completed") in sql_rows(db, "SELECT flow, status FROM runs")
     assert cli(["recommend", "--db", str(db), "-k", "3", "--json", built["recommendations"][0]["seed_track_id"]]) == 0
 
     # The command: YAML config, options over it, --no-promote keeps the current version.
@@ -59,9 +50,9 @@ def test_train_flow_adds_a_current_version_and_the_cli_one_that_is_not(prefect_a
     capsys.readouterr()
     assert cli(["train", "--db", str(db), "--config", str(config), "--max-epochs", "1", "--no-promote"]) == 0
     assert "registered" in capsys.readouterr().out
-    assert _sql(db, "SELECT count(*) FROM models")[0][0] == 3
-    assert _sql(db, "SELECT model_version FROM models WHERE is_current")[0][0] == version
-    newest = _sql(db, f"SELECT epochs FROM models WHERE model_version NOT IN ('{first}', '{version}')")
+    assert sql_rows(db, "SELECT count(*) FROM models")[0][0] == 3
+    assert sql_rows(db, "SELECT model_version FROM models WHERE is_current")[0][0] == version
+    newest = sql_rows(db, f"SELECT epochs FROM models WHERE model_version NOT IN ('{first}', '{version}')")
     assert newest == [(1,)]  # --max-epochs over the YAML's 5
 
     config.write_text(yaml.safe_dump({"epochs": 1}))

@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
 import yaml
 
+from conftest import SMALL_TRAINING as SMALL
+from conftest import sql_rows
 from flows.build import build
 from sonufy_model.training import (
     TrainConfig,
@@ -22,18 +23,8 @@ from sonufy_model.training import (
 )
 
 N_TRACKS = 24
-# A narrow model and one short epoch for the build: it only has to leave a store.
-SMALL = {"max_epochs": 1, "batch_size": 16, "crops_per_track": 2, "filters": [4, 8, 16, 32], "accelerator": "cpu"}
 # Long enough to be killed midway: early stopping cannot end it first.
 LONG = {**SMALL, "max_epochs": 30, "early_stopping_patience": 30}
-
-
-def _sql(db, query):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(query).fetchall()
-    finally:
-        con.close()
 
 
 def test_the_run_key_says_what_is_trained_not_where():
@@ -123,7 +114,7 @@ def test_a_training_run_killed_midway_is_resumed_by_the_rerun(prefect_api, tmp_p
     [killed] = [folder for folder in models_dir.iterdir() if folder.name != first]
     assert (killed / "checkpoints" / "last.ckpt").is_file()
     assert not (killed / "result.json").exists()
-    assert _sql(db, "SELECT count(*) FROM models")[0][0] == 1
+    assert sql_rows(db, "SELECT count(*) FROM models")[0][0] == 1
 
     rerun = subprocess.run(_train_command(db, config), capture_output=True, text=True, env=env, timeout=600)
     output = rerun.stdout + rerun.stderr
@@ -132,7 +123,7 @@ def test_a_training_run_killed_midway_is_resumed_by_the_rerun(prefect_api, tmp_p
     assert f"Resuming from {killed / 'checkpoints' / 'last.ckpt'}" in output
     # The same folder became the version: no second run folder, all 30 epochs counted.
     assert sorted(folder.name for folder in models_dir.iterdir()) == sorted([first, killed.name])
-    assert _sql(db, "SELECT model_version, epochs, is_current FROM models WHERE model_version <> "
+    assert sql_rows(db, "SELECT model_version, epochs, is_current FROM models WHERE model_version <> "
                 f"'{first}'") == [(killed.name, 30, True)]
 
     # Another config is another run, in a folder of its own.
