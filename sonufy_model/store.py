@@ -400,7 +400,7 @@ class Store:
         _log.info("%s: schema version %s migrated to %s", self.path.name, stored and stored[0], sql.SCHEMA_VERSION)
 
     # -- the files it points at ----------------------------------------------
-    # Spectrogram shards and model checkpoints under the database file's folder
+    # Spectrogram shards, model checkpoints and downloaded previews under the database file's folder
     # are recorded relative to it, so that a store moved or copied with its
     # data folder finds them; they are given back absolute. (A user's own
     # audio files stay absolute: they do not move with the store.)
@@ -432,9 +432,10 @@ class Store:
         """Rewrite the absolute shard and checkpoint paths of a store made
         before version 3 that lie under the database file's folder relative to
         it (its migration)."""
-        for table, column in (("spectrograms", "shard"), ("models", "checkpoint")):
-            found = con.execute(
-                f"SELECT DISTINCT {column} FROM {table} WHERE starts_with({column}, '/')").fetchall()
+        for table, column, which in (("spectrograms", "shard", "true"), ("models", "checkpoint", "true"),
+                                     ("previews", "path", "provider <> 'folder'")):
+            found = con.execute(f"SELECT DISTINCT {column} FROM {table} "
+                                f"WHERE starts_with({column}, '/') AND {which}").fetchall()
             if found:
                 con.executemany(f"UPDATE {table} SET {column} = ? WHERE {column} = ?",
                                 [(self.stored_path(path), path) for (path,) in found])
@@ -565,6 +566,11 @@ class Store:
         if previews.is_empty():
             return
         batch = previews.unique("track_id", keep="last", maintain_order=True)
+        # Downloads lie in the data folder and move with the store; a folder
+        # source's files are the user's own, recorded where they are.
+        batch = batch.with_columns(
+            pl.when(pl.col("provider") == "folder").then(pl.col("path"))
+            .otherwise(pl.col("path").map_elements(self.stored_path, return_dtype=pl.String)).alias("path"))
         with self.transaction() as con:
             self._run_with_batch(con, "upsert_previews", "previews_batch", batch)
             self._release(con, "fetch", batch["track_id"])
@@ -583,7 +589,7 @@ class Store:
             rows = con.execute(sql.statement("droppable_previews")).fetchall()
             con.execute(sql.statement("forget_preview_paths"))
         for _, path in rows:
-            Path(path).unlink(missing_ok=True)
+            Path(self.absolute_path(path)).unlink(missing_ok=True)
         return len(rows)
 
     # -- local files ---------------------------------------------------------
@@ -644,9 +650,8 @@ class Store:
 
     def previews_without_spectrogram(self, set_id: str) -> pl.DataFrame:
         with self.connect() as con:
-            return con.execute(
-                sql.statement("previews_without_spectrogram"), {"set_id": set_id}
-            ).pl()
+            frame = con.execute(sql.statement("previews_without_spectrogram"), {"set_id": set_id}).pl()
+        return frame.with_columns(pl.col("path").map_elements(self.absolute_path, return_dtype=pl.String))
 
     def record_spectrograms(self, index: pl.DataFrame, failures: pl.DataFrame) -> None:
         """index: track_id, set_id, shard, row; failures: quarantine rows.

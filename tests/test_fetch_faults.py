@@ -125,7 +125,8 @@ def _assert_each_track_in_exactly_one_state(store: Store, track_ids) -> tuple[se
     assert len(downloaded) == len(set(downloaded))
     assert not set(downloaded) & set(quarantined)
     assert set(downloaded) | set(quarantined) == set(track_ids), "no track lost"
-    for track_id, path in _sql(store, "SELECT track_id, path FROM previews"):
+    for track_id, stored in _sql(store, "SELECT track_id, path FROM previews"):
+        path = store.absolute_path(stored)  # recorded relative to the database file's folder
         assert Path(path).name == f"{track_id}.mp3" and sf.info(path).duration > 25
     return set(downloaded), quarantined
 

@@ -27,6 +27,7 @@ def _paths(db) -> tuple[list[str], list[str]]:
     try:
         shards = [row[0] for row in con.execute("SELECT DISTINCT shard FROM spectrograms ORDER BY 1").fetchall()]
         checkpoints = [row[0] for row in con.execute("SELECT checkpoint FROM models ORDER BY 1").fetchall()]
+        checkpoints += [row[0] for row in con.execute("SELECT path FROM previews WHERE path IS NOT NULL").fetchall()]
     finally:
         con.close()
     return shards, checkpoints
@@ -73,6 +74,7 @@ def test_a_store_with_absolute_paths_is_migrated_to_relative_ones(prefect_api, t
     con = duckdb.connect(str(db))
     con.execute("UPDATE spectrograms SET shard = ? || '/' || shard", [str(tmp_path)])
     con.execute("UPDATE models SET checkpoint = ? || '/' || checkpoint", [str(tmp_path)])
+    con.execute("UPDATE previews SET path = ? || '/' || path", [str(tmp_path)])
     con.execute("UPDATE sonufy_schema SET version = 2")
     con.close()
     store = Store(db)

@@ -210,9 +210,10 @@ def landscape_points(store: Store) -> pl.DataFrame:
     if not store.path.exists():
         raise FileNotFoundError(f"{store.path}: no such DuckDB file; run `sonufy build` first")
     frame = _query(store, "landscape_points")
+    paths = [store.absolute_path(path) for path in frame["preview_path"].to_list()]
     audio = [
         url if url else (Path(path).resolve().as_uri() if path and Path(path).is_file() else None)
-        for url, path in zip(frame["preview_url"].to_list(), frame["preview_path"].to_list())
+        for url, path in zip(frame["preview_url"].to_list(), paths)
     ]
     return frame.with_columns(pl.Series("audio", audio, dtype=pl.String)).drop("preview_url", "preview_path")
 
