@@ -194,12 +194,6 @@ def _tracks(store, queries: Sequence[str]) -> list[dict]:
     return [rows[track_id] for track_id in found]
 
 
-def latent_size(store) -> int:
-    """How many tracks the current latent space holds."""
-    with store.connect(read_only=True) as con:
-        return int(con.execute(sql.statement("latent_size", SQL_FILE)).fetchone()[0])
-
-
 def _nearest(store, filters) -> Nearest:
     from sonufy_model import search
 
@@ -234,7 +228,9 @@ def path(store, a: str, b: str, steps: int, filters=None) -> pl.DataFrame:
         raise JourneyError(f"--steps {steps}: a path needs at least 2 steps (A and B)")
     # Before any work: each step is a different track, and a waypoint is
     # made for every step, so a count past the space would only use memory.
-    size = latent_size(store)
+    from sonufy_model.search import space_size
+
+    size = space_size(store)
     if steps > size:
         raise JourneyError(f"--steps {steps}: the latent space has only {size} tracks, and a path visits each "
                            "at most once")
@@ -253,7 +249,9 @@ def radio(
     named twice counts once.
     """
     resolved = list({row["track_id"]: row for row in _tracks(store, seeds)}.values())
+    from sonufy_model.search import space_size
+
     # Up to n: never more than the space's other tracks, whatever n says.
-    n = min(n, max(1, latent_size(store) - len(resolved)))
+    n = min(n, max(1, space_size(store) - len(resolved)))
     rows = interleave(resolved, n, max_per_artist, _nearest(store, filters))
     return pl.DataFrame(rows, schema=RADIO_SCHEMA)

@@ -100,6 +100,16 @@ def query_vector(vector: np.ndarray | Sequence[float]) -> np.ndarray:
 LARGE_K = 1000
 
 
+def _space_size(con) -> int:
+    return con.execute(sql.statement("current_space_size", QUERIES)).fetchone()[0]
+
+
+def space_size(store: Store) -> int:
+    """How many tracks the current latent space holds."""
+    with store.connect(read_only=True) as con:
+        return _space_size(con)
+
+
 def similar(
     store: Store,
     *,
@@ -131,8 +141,10 @@ def similar(
     seeds = list(dict.fromkeys(([track_id] if track_id is not None else []) + list(seed_track_ids)))
     with store.connect() as con:
         query = _track_vector(con, store, track_id) if track_id is not None else query_vector(vector)
+        total = None
         if k > LARGE_K:  # up to k: never more than the space holds (a k past SQL's integers would fail)
-            k = min(k, max(1, con.execute(sql.statement("current_space_size", QUERIES)).fetchone()[0]))
+            total = _space_size(con)
+            k = min(k, max(1, total))
         if nprobe is None and use_index:  # the index's own, tuned when it was built
             state = con.execute(sql.statement("search_index_state", QUERIES)).fetchone()
             nprobe = state[2] if state else None
@@ -146,15 +158,15 @@ def similar(
             params = {"vector": query.tolist(), "k": k, "candidates": candidates, "nprobe": nprobe,
                       "use_index": use_index, "exclude_track_ids": list({*filters.exclude_track_ids, *seeds})}
             statement = sql.statement("search_nearest", QUERIES)
-        total = cells = None
+        cells = None
         while True:
             result = con.execute(statement, params).pl()
             if result.height >= k:
                 return result
             # Too few passed: widen the candidates, and the cells probed, until
             # the last round is exhaustive.
-            if total is None:
-                total = con.execute(sql.statement("current_space_size", QUERIES)).fetchone()[0]
+            if cells is None:
+                total = _space_size(con) if total is None else total
                 state = con.execute(sql.statement("search_index_state", QUERIES)).fetchone()
                 cells = state[1] if state and use_index else 0
                 params["nprobe"] = params["nprobe"] or (state[2] if state else 1)

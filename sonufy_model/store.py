@@ -400,10 +400,11 @@ class Store:
         _log.info("%s: schema version %s migrated to %s", self.path.name, stored and stored[0], sql.SCHEMA_VERSION)
 
     # -- the files it points at ----------------------------------------------
-    # Spectrogram shards, model checkpoints and downloaded previews under the database file's folder
-    # are recorded relative to it, so that a store moved or copied with its
-    # data folder finds them; they are given back absolute. (A user's own
-    # audio files stay absolute: they do not move with the store.)
+    # Spectrogram shards, model checkpoints and downloaded previews under the
+    # database file's folder are recorded relative to it, so that a store
+    # moved or copied with its data folder finds them; they are given back
+    # absolute. (A user's own audio files stay absolute: they do not move
+    # with the store.)
 
     def stored_path(self, path: str | Path) -> str:
         """``path`` as the store records it: relative to the database file's
@@ -419,10 +420,11 @@ class Store:
             return stored
         return os.path.normpath(self.path.parent / stored)
 
-    def _absolute_shards(self, frame: pl.DataFrame) -> pl.DataFrame:
-        if frame.is_empty():
-            return frame
-        return frame.with_columns(pl.col("shard").map_elements(self.absolute_path, return_dtype=pl.String))
+    def _absolute(self, frame: pl.DataFrame, column: str) -> pl.DataFrame:
+        """:meth:`absolute_path` over a column, in one expression (a manifest has a row per spectrogram)."""
+        recorded = pl.col(column)
+        return frame.with_columns(pl.when(recorded.str.starts_with("/")).then(recorded)
+                                  .otherwise(pl.lit(f"{self.path.parent}{os.sep}") + recorded).alias(column))
 
     def _model_record(self, row: Sequence) -> ModelRecord:
         record = ModelRecord(*row)
@@ -651,7 +653,7 @@ class Store:
     def previews_without_spectrogram(self, set_id: str) -> pl.DataFrame:
         with self.connect() as con:
             frame = con.execute(sql.statement("previews_without_spectrogram"), {"set_id": set_id}).pl()
-        return frame.with_columns(pl.col("path").map_elements(self.absolute_path, return_dtype=pl.String))
+        return self._absolute(frame, "path")
 
     def record_spectrograms(self, index: pl.DataFrame, failures: pl.DataFrame) -> None:
         """index: track_id, set_id, shard, row; failures: quarantine rows.
@@ -676,7 +678,7 @@ class Store:
 
     def spectrogram_manifest(self, set_id: str) -> pl.DataFrame:
         with self.connect() as con:
-            return self._absolute_shards(con.execute(sql.statement("spectrogram_manifest"), {"set_id": set_id}).pl())
+            return self._absolute(con.execute(sql.statement("spectrogram_manifest"), {"set_id": set_id}).pl(), "shard")
 
     # -- models --------------------------------------------------------------
 
@@ -752,10 +754,10 @@ class Store:
 
     def spectrograms_without_embedding(self, set_id: str, model_version: str) -> pl.DataFrame:
         with self.connect() as con:
-            return self._absolute_shards(con.execute(
+            return self._absolute(con.execute(
                 sql.statement("spectrograms_without_embedding"),
                 {"set_id": set_id, "model_version": model_version},
-            ).pl())
+            ).pl(), "shard")
 
     def stored_identical_vectors(
         self, model_version: str, track_ids: pl.Series, raw: np.ndarray
@@ -820,7 +822,7 @@ class Store:
     def baseline_manifest(self, set_id: str) -> pl.DataFrame:
         """track_id, excerpt, shard, row, created_at of a set's spectrograms, in shard order."""
         with self.connect() as con:
-            return self._absolute_shards(con.execute(sql.statement("baseline_manifest"), {"set_id": set_id}).pl())
+            return self._absolute(con.execute(sql.statement("baseline_manifest"), {"set_id": set_id}).pl(), "shard")
 
     def cached_baseline_features(self, set_id: str, kind: str) -> dict[str, np.ndarray]:
         """track_id → baseline features of ``kind`` still valid for its spectrograms."""

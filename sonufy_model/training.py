@@ -38,6 +38,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from sonufy_model.augment import AugmentSettings
 from sonufy_model.datamodule import ManifestError, SpectrogramDataModule, load_manifest
 from sonufy_model.model import TimeFreqAutoencoder
+from sonufy_model.outputs import write_atomically
 from sonufy_model.presets import DEFAULT_PRESET, PRESETS
 from sonufy_model.standardise import Standardiser
 from sonufy_model.tiles import TILE_FRAMES
@@ -521,11 +522,9 @@ def train(config: TrainConfig, progress_every_s: float | None = None) -> TrainRe
 
 @rank_zero_only
 def _write_result_json(result: TrainResult, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Whole or absent: its presence tells a rerun that the run finished.
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    partial.replace(path)
+    text = json.dumps(result.to_dict(), indent=2) + "\n"
+    write_atomically(path, lambda staged: staged.write_text(text))
 
 
 def _devices(text: str) -> str | int:

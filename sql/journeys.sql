@@ -43,8 +43,3 @@ SELECT l.track_id, t.artist, t.title, t.album,
                 t.path) AS preview_url
 FROM latent AS l JOIN tracks AS t USING (track_id)
 WHERE list_contains($track_ids, l.track_id);
-
--- name: latent_size
--- How many tracks the current latent space holds: the bound on a path's
--- steps and a radio's length, checked before any work.
-SELECT count(*) FROM latent;
