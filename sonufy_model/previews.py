@@ -50,7 +50,7 @@ from yarl import URL
 from sonufy_model.config import ServiceSettings
 from sonufy_model.names import normalise_name
 from sonufy_model.retries import retry_after_seconds, wait_at_least_retry_after
-from sonufy_model.schemas import PREVIEW_SCHEMA
+from sonufy_model.schemas import PREVIEW_SCHEMA, quarantine_rows
 from sonufy_model.store import Store
 
 log = logging.getLogger(__name__)
@@ -704,12 +704,5 @@ def record_outcomes(
             fetched = fetched.filter(~pl.col("track_id").is_in(report.failures["track_id"].implode()))
             failures = pl.concat([failures, report.failures.select("track_id", "reason")])
     store.record_previews(fetched.select("track_id", "provider", "path", "bytes", "duration_s"))
-    store.quarantine(
-        failures.select(
-            "track_id",
-            pl.lit("fetch").alias("stage"),
-            "reason",
-            pl.lit(run_id, dtype=pl.String).alias("run_id"),
-        )
-    )
+    store.quarantine(quarantine_rows(failures, "fetch", run_id))
     return {"fetched": fetched.height, "failed": failures.height}, failures

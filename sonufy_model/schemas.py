@@ -3,9 +3,12 @@
 The modules that make rows (the catalog, the preview fetcher, a folder scan)
 build their frames with these without importing the store and DuckDB;
 the store casts each batch to them before it writes (see sql/schema.sql).
+A stage's failures become quarantine rows by :func:`quarantine_rows`.
 """
 
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 import polars as pl
 
@@ -54,3 +57,19 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.String,
     "run_id": pl.String,
 }
+
+#: Where in the pipeline a track can be quarantined (the quarantine table's
+#: ``stage``): its metadata, its preview, its spectrogram or its vector.
+QuarantineStage = Literal["scrape", "fetch", "spectrogram", "encode"]
+QUARANTINE_STAGES: tuple[str, ...] = get_args(QuarantineStage)
+
+
+def quarantine_rows(failures: pl.DataFrame, stage: QuarantineStage, run_id: str | None) -> pl.DataFrame:
+    """The quarantine rows of a stage's failures: ``failures`` (track_id,
+    reason; other columns are dropped) as track_id, stage, reason, run_id
+    (null outside a run), ready for the store's quarantine."""
+    if stage not in QUARANTINE_STAGES:
+        raise ValueError(f"quarantine stage {stage!r}: expected one of {QUARANTINE_STAGES}")
+    return failures.select(
+        "track_id", pl.lit(stage).alias("stage"), "reason", pl.lit(run_id, dtype=pl.String).alias("run_id")
+    )

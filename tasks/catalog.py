@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from sonufy_model import catalog, folder, quality
 from sonufy_model.config import ServiceSettings
 from sonufy_model.quality import QualityReport
+from sonufy_model.schemas import quarantine_rows
 from sonufy_model.scrape_config import ScrapeConfig
 from sonufy_model.store import Store
 
@@ -64,9 +65,7 @@ def upsert_tracks(store: Store, tracks: pl.DataFrame, report: QualityReport, run
     """Tracks that passed, one per ISRC, upserted; those that failed quarantined (stage 'scrape')."""
     passing = tracks.filter(~pl.col("track_id").is_in(report.failures["track_id"].implode()))
     kept, duplicates = catalog.one_per_isrc(passing)
-    failures = report.failures.select(
-        "track_id", pl.lit("scrape").alias("stage"), "reason", pl.lit(run_id, dtype=pl.String).alias("run_id")
-    )
+    failures = quarantine_rows(report.failures, "scrape", run_id)
     written = store.record_scraped_tracks(kept, failures)
     get_run_logger().info(
         "%d tracks (%d new or changed), %d re-releases of a recording already kept, %d quarantined",

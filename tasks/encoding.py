@@ -18,6 +18,7 @@ from sonufy_model.encoding import (
     load_encoder,
     mean_per_track,
 )
+from sonufy_model.schemas import quarantine_rows
 from sonufy_model.spectrograms import read_spectrograms
 from sonufy_model.store import LATENT_DIM, ModelRecord, Store
 
@@ -50,11 +51,7 @@ def encode_batch(
     failed = set(report.failures["track_id"].to_list())
     embeddings = embedding_rows(track_ids, model.model_version, raw, vectors, failed)
     store.record_embeddings(embeddings)
-    store.quarantine(
-        report.failures.select(
-            "track_id", pl.lit("encode").alias("stage"), "reason", pl.lit(run_id).alias("run_id")
-        )
-    )
+    store.quarantine(quarantine_rows(report.failures, "encode", run_id))
     if failed:
         get_run_logger().warning("batch %d: %d vectors failed the embedding suite", batch_number, len(failed))
     return {"encoded": embeddings.height, "quarantined": len(failed)}

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from sonufy_model import quality, spectrograms
 from sonufy_model.audio import MelParams
+from sonufy_model.schemas import quarantine_rows
 from sonufy_model.store import Store
 
 
@@ -71,9 +72,7 @@ def write_spectrogram_shard(
 @task(cache_policy=NO_CACHE, task_run_name="record-spectrograms[batch {shard.batch_number}]")
 def record_spectrograms(store: Store, shard: ShardWritten, run_id: str | None) -> dict:
     """Index the shard in DuckDB and quarantine the failures, in one transaction."""
-    failures = shard.failures.select(
-        "track_id", pl.lit("spectrogram").alias("stage"), "reason", pl.lit(run_id).alias("run_id")
-    )
+    failures = quarantine_rows(shard.failures, "spectrogram", run_id)
     store.record_spectrograms(shard.index, failures)
     return {"stored": shard.index["track_id"].n_unique(), "quarantined": failures.height}
 

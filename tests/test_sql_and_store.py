@@ -9,6 +9,7 @@ import pytest
 
 import sql
 from sonufy_model import search
+from sonufy_model.schemas import QUARANTINE_SCHEMA, quarantine_rows
 from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
 
 
@@ -96,6 +97,27 @@ def test_quarantine_then_success_releases_the_track(tmp_path):
                       "duration_s": [30.0]})
     )
     assert store.quarantined("fetch").is_empty()
+
+
+def test_a_stages_failures_become_quarantine_rows(tmp_path):
+    # Every stage builds its quarantine rows with quarantine_rows: the
+    # failures' track and reason, the stage, the run (null outside one).
+    failures = pl.DataFrame({"track_id": ["a", "b"], "reason": ["too short", "not finite"], "extra": [1, 2]})
+    rows = quarantine_rows(failures, "encode", "run-1")
+    assert rows.columns == list(QUARANTINE_SCHEMA)
+    assert rows.rows() == [("a", "encode", "too short", "run-1"), ("b", "encode", "not finite", "run-1")]
+    outside = quarantine_rows(failures.head(1), "spectrogram", None)
+    assert outside.schema["run_id"] == pl.String and outside["run_id"].to_list() == [None]
+    assert quarantine_rows(failures.clear(), "scrape", "r").is_empty()
+    with pytest.raises(ValueError, match="'decode'"):
+        quarantine_rows(failures, "decode", None)
+    store = Store(tmp_path / "s.duckdb")
+    store.quarantine(rows)
+    store.quarantine(outside)
+    assert sorted(store.quarantined().select("track_id", "stage", "reason", "run_id", "attempts").rows()) == [
+        ("a", "encode", "too short", "run-1", 1), ("a", "spectrogram", "too short", None, 1),
+        ("b", "encode", "not finite", "run-1", 1),
+    ]
 
 
 def test_a_promoted_version_becomes_current_only_once_every_track_is_encoded(tmp_path, track_frame, register_model,
