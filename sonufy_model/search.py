@@ -176,6 +176,36 @@ def similar(
             params["nprobe"] = min(params["nprobe"] * 4, max(cells, 1))
 
 
+#: The named statements of :func:`recommend` (the styles of tracks).
+RECOMMEND_QUERIES = "recommend_queries.sql"
+
+
+def recommend(store: Store, query: str | None, k: int = 10) -> tuple[dict, pl.DataFrame]:
+    """The seed track (its row) and the ``k`` tracks like it, as the build
+    prints them: ``query`` is a track id or "artist - title" (None: the
+    space's first track). The tracks are :func:`similar`'s columns plus their
+    style (``style``), the seed's id (``seed_track_id``), "artist - title"
+    (``seed``) and style (``seed_style``)."""
+    seed = store.find_track(query) if query else store.first_track()
+    recommendations = similar(store, track_id=seed["track_id"], k=k)
+    styles = track_styles(store, [seed["track_id"], *recommendations["track_id"]])
+    return seed, recommendations.with_columns(
+        pl.col("track_id").replace_strict(styles, default=None, return_dtype=pl.String).alias("style"),
+        pl.lit(seed["track_id"]).alias("seed_track_id"),
+        pl.lit(f"{seed['artist']} - {seed['title']}").alias("seed"),
+        pl.lit(styles.get(seed["track_id"]), dtype=pl.String).alias("seed_style"),
+    )
+
+
+def track_styles(store: Store, track_ids: list[str]) -> dict[str, str | None]:
+    """The style of each of ``track_ids`` (the demo catalog's; None where a track has none)."""
+    with store.connect() as con:
+        rows = con.execute(
+            sql.statement("track_styles", RECOMMEND_QUERIES), {"track_ids": list(track_ids)}
+        ).fetchall()
+    return dict(rows)
+
+
 def _filter_parameters(seeds: list[str], filters: SearchFilters) -> dict:
     return {
         "exclude_track_ids": list(filters.exclude_track_ids),

@@ -1,4 +1,4 @@
--- Named statements of the recommend task (tasks/recommend.py).
+-- Named statements of the recommendations the build prints (sonufy_model/search.py, recommend).
 
 -- name: track_styles
 -- Each of $track_ids with its style: the genre:"..." of the catalog search

@@ -330,3 +330,28 @@ def test_cli_recommend_takes_the_filters_and_exact(known, capsys):
     for column in ("rank", "artist", "title", "cosine", "time", "frequency", "preview"):
         assert column in out
     assert "open.spotify.com/track/s1" in out and "B three" not in out and "Song - Live" not in out
+
+
+def test_the_builds_recommendations_name_the_seed_and_each_tracks_style(tmp_path, known):
+    from conftest import build_space
+
+    # The known set has no styles (no genre in its searches): None throughout.
+    seed, rows = search.recommend(known, "q", k=3)
+    assert seed["track_id"] == "q" and _ids(rows) == ["s1", "s2", "b1"]
+    assert rows.columns[:8] == list(similar(known, track_id="q", k=3).columns)
+    assert rows.select("style", "seed_track_id", "seed", "seed_style").unique().rows() == [
+        (None, "q", "Ann - Song", None)]
+    # By "artist - title", and None: the space's first track (by artist, title).
+    assert search.recommend(known, "Bob - B two", k=1)[0]["track_id"] == "b2"
+    assert search.recommend(known, None, k=1)[0]["track_id"] == "s1"  # Ann - Other
+    with pytest.raises(TrackNotFound):
+        search.recommend(known, "nobody - nothing")
+    # A catalog found by genre searches: each track's style and the seed's.
+    store = Store(tmp_path / "styled.duckdb")
+    space = build_space(store)
+    seed, rows = search.recommend(store, "t007", k=5)
+    genre = dict(zip(space["ids"], space["genres"]))
+    assert rows["style"].to_list() == [genre[track] for track in rows["track_id"]]
+    assert rows["seed_style"].unique().to_list() == [genre["t007"]]
+    assert rows["seed"].unique().to_list() == [f"{seed['artist']} - {seed['title']}"]
+    assert search.track_styles(store, ["t007", "t100", "nope"]) == {"t007": genre["t007"], "t100": genre["t100"]}
