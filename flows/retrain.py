@@ -26,7 +26,7 @@ from flows.stages import (
 )
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths
-from sonufy_model.evaluate import latent_score, paired_difference
+from sonufy_model.evaluate import latent_score, should_promote
 from sonufy_model.store import Store
 from tasks.reporting import evaluate_version, publish_evaluation
 from tasks.training import train_model
@@ -47,7 +47,7 @@ def retrain(
     """Train a candidate on the current data; make it current unless its mean
     latent precision@k (``sonufy evaluate``, ``labels``, default genre and
     artist) is below the current version's beyond the noise: see
-    :func:`should_promote`.
+    :func:`sonufy_model.evaluate.should_promote`.
 
     Another writer on the store (a nightly still running, a build) is waited
     for up to ``wait_for_running_s``: a weekly retrain that gave up at once
@@ -91,31 +91,3 @@ def retrain(
         "current": store.current_model().model_version,
     }
 
-
-def should_promote(candidate: dict | None, current: dict | None, tolerance: float, k: int) -> tuple[bool, str]:
-    """Whether a candidate replaces the current version, from their
-    evaluations (``evaluate_version``: rows with per-query values).
-
-    Paired on the same query tracks: the candidate is promoted unless the 95%
-    bootstrap interval of (candidate − current) latent precision@k lies
-    entirely below ``-tolerance`` (0: below zero), i.e. unless it is worse
-    beyond the noise of the queries. The reason says the difference and its
-    interval.
-    """
-    if current is None:
-        return candidate is not None, "no current version to compare with"
-    if candidate is None or latent_score(candidate) is None:
-        return False, "the candidate could not be scored"
-    if latent_score(current) is None:
-        return True, "the current version could not be scored"
-    paired = paired_difference(candidate, current)
-    if paired is None:
-        return False, "the candidate and the current version share no scored query track"
-    worse = paired["high"] < -tolerance
-    margin = f"below {-tolerance:g}" if tolerance else "below zero"
-    return not worse, (
-        f"latent precision@{k} candidate − current {paired['difference']:+.4f} "
-        f"[{paired['low']:+.4f}, {paired['high']:+.4f}] (95% paired bootstrap over {paired['queries']} "
-        f"queries, {paired['rows']} rows; {latent_score(candidate):.4f} vs {latent_score(current):.4f}): "
-        + (f"worse (the whole interval is {margin})" if worse else "not worse")
-    )

@@ -883,6 +883,36 @@ def paired_difference(candidate: dict, current: dict, resamples: int = RESAMPLES
             "queries": len(tracks), "rows": len(columns)}
 
 
+def should_promote(candidate: dict | None, current: dict | None, tolerance: float, k: int) -> tuple[bool, str]:
+    """Whether a candidate replaces the current version, from their
+    evaluations (:func:`evaluate_store` with ``per_query``, as the retrain flow's
+    ``evaluate_version`` runs it).
+
+    Paired on the same query tracks: the candidate is promoted unless the 95%
+    bootstrap interval of (candidate − current) latent precision@k lies
+    entirely below ``-tolerance`` (0: below zero), i.e. unless it is worse
+    beyond the noise of the queries. The reason says the difference and its
+    interval.
+    """
+    if current is None:
+        return candidate is not None, "no current version to compare with"
+    if candidate is None or latent_score(candidate) is None:
+        return False, "the candidate could not be scored"
+    if latent_score(current) is None:
+        return True, "the current version could not be scored"
+    paired = paired_difference(candidate, current)
+    if paired is None:
+        return False, "the candidate and the current version share no scored query track"
+    worse = paired["high"] < -tolerance
+    margin = f"below {-tolerance:g}" if tolerance else "below zero"
+    return not worse, (
+        f"latent precision@{k} candidate − current {paired['difference']:+.4f} "
+        f"[{paired['low']:+.4f}, {paired['high']:+.4f}] (95% paired bootstrap over {paired['queries']} "
+        f"queries, {paired['rows']} rows; {latent_score(candidate):.4f} vs {latent_score(current):.4f}): "
+        + (f"worse (the whole interval is {margin})" if worse else "not worse")
+    )
+
+
 def _baseline_features(store, set_id: str, track_ids: Sequence[str], kinds: Sequence[str],
                        cache: bool) -> dict[str, dict[str, np.ndarray]]:
     """Per kind, per track with a spectrogram of ``set_id``: its baseline

@@ -27,6 +27,7 @@ from sonufy_model.evaluate import (
     random_vectors,
     ranking_metrics,
     row_key,
+    should_promote,
     standardise_columns,
 )
 from sonufy_model.spectrograms import read_spectrograms
@@ -619,3 +620,48 @@ def test_paired_difference_pairs_rows_and_queries_and_brackets_the_mean_differen
     # Nothing in common: no row, or no query track, both scored.
     assert paired_difference(_latent_rows({("mood", False): current}), before) is None
     assert paired_difference(_latent_rows({("genre", False): current}, space="mfcc"), before) is None
+
+
+def _evaluation(precision_by_label: dict[str, np.ndarray], version: str = "v") -> dict:
+    """An evaluate_version result: latent rows with per-query precision on tracks q0, q1, ..."""
+    rows = []
+    for label, precision in precision_by_label.items():
+        precision = np.asarray(precision, dtype=float)
+        rows.append({"space": "latent", "label": label, "exclude_same": None, "artist_filter": False,
+                     "precision": float(precision.mean()),
+                     "per_query": {"track_id": [f"q{i}" for i in range(len(precision))],
+                                   "precision": precision, "ap": precision}})
+        rows.append({**rows[-1], "space": "random", "precision": 0.0})  # never decides
+    return {"model_version": version, "rows": rows}
+
+
+def test_should_promote_unless_worse_beyond_the_paired_interval():
+    rng = np.random.default_rng(0)
+    current = rng.integers(0, 11, size=400) / 10  # per-query precision@10 of the current version
+    same = _evaluation({"genre": current})
+    # Equal on every query: the interval is [0, 0], not below zero.
+    promoted, reason = should_promote(same, same, 0.0, 10)
+    assert promoted and "+0.0000 [+0.0000, +0.0000]" in reason and "not worse" in reason
+    # Worse by 0.1 on every query: the whole interval is below zero.
+    promoted, reason = should_promote(_evaluation({"genre": current - 0.1}), same, 0.0, 10)
+    assert not promoted and "-0.1000 [-0.1000, -0.1000]" in reason and "worse" in reason
+    # Worse on average, but by less than the queries' noise: paired noise of ±0.3 per query.
+    noisy = current + rng.choice([-0.3, 0.3], size=400) - 0.01
+    promoted, reason = should_promote(_evaluation({"genre": noisy}), same, 0.0, 10)
+    assert noisy.mean() < current.mean() and promoted, reason
+    # Clearly worse on one label of two: the mean over rows still shows it.
+    mixed = _evaluation({"genre": current, "artist": current - 0.2})
+    both = _evaluation({"genre": current, "artist": current})
+    promoted, reason = should_promote(mixed, both, 0.0, 10)
+    assert not promoted and "-0.1000" in reason and "2 rows" in reason
+    # A tolerance: worse only when the whole interval is below minus it.
+    assert should_promote(_evaluation({"genre": current - 0.1}), same, 0.2, 10)[0]
+    assert not should_promote(_evaluation({"genre": current - 0.3}), same, 0.2, 10)[0]
+    # Paired on the queries both scored.
+    shifted = {"model_version": "c", "rows": [dict(same["rows"][0], per_query={
+        "track_id": [f"q{i}" for i in range(200, 600)], "precision": np.zeros(400), "ap": np.zeros(400)})]}
+    promoted, reason = should_promote(shifted, same, 0.0, 10)
+    assert "over 200 queries" in reason
+    assert should_promote(same, None, 0.0, 10) == (True, "no current version to compare with")
+    assert not should_promote(None, same, 0.0, 10)[0]
+    assert not should_promote({"model_version": "c", "rows": []}, same, 0.0, 10)[0]
