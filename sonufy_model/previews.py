@@ -1,16 +1,8 @@
-"""Preview audio: where to get each track's 30 s, and the download itself.
+"""Preview audio: the download itself, a batch of tracks at a time, and its record.
 
-Sources are tried in a configured order: Spotify's own ``preview_url`` (null
-for apps created after Nov 2024), then Deezer by ISRC, falling back to a
-Deezer search by artist and title. Deezer signs preview URLs that expire
-within minutes, so a URL is resolved right before each download attempt and
-never stored.
-
-Every URL is untrusted input: :class:`UrlPolicy` lets requests go only to
-http(s) URLs on allowed hosts, and refuses loopback, link-local and private
-addresses unless an exact allow-list entry names them (the stand-in's host,
-when the stand-in is configured). It is checked before every request, on
-every redirect, and again on the addresses a host name resolves to.
+For each track the preview sources (:mod:`sonufy_model.preview_sources`) are
+tried in order; a URL is downloaded only where the URL guard
+(:mod:`sonufy_model.url_guard`) allows it.
 
 Downloads run concurrently on one aiohttp session: a bound on tracks in
 flight, a per-host connection limit, a rate limiter per service (aiolimiter),
@@ -18,6 +10,8 @@ timeouts, retries with exponential backoff and jitter that honour
 ``Retry-After`` (tenacity), a size cap checked against ``Content-Length``
 before reading and again while streaming, a check that the bytes decode as
 audio of a plausible length, and an atomic write (temporary file, rename).
+The downloads suite then checks the files, and the outcomes are recorded:
+previews in their table, failures in the quarantine.
 """
 
 from __future__ import annotations
@@ -25,33 +19,35 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import ipaddress
 import itertools
 import logging
 import os
 import re
-import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
 
 import aiohttp
 import polars as pl
 import soundfile as sf
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
-from yarl import URL
 
 from sonufy_model.config import ServiceSettings
-from sonufy_model.names import normalise_name
-from sonufy_model.retries import retry_after_seconds, wait_at_least_retry_after
+from sonufy_model.preview_sources import PreviewSource, preview_sources
+from sonufy_model.retries import wait_at_least_retry_after
 from sonufy_model.schemas import PREVIEW_SCHEMA, quarantine_rows
 from sonufy_model.store import Store
+from sonufy_model.url_guard import (
+    GuardedResolver,
+    PermanentError,
+    TransientError,
+    UrlPolicy,
+    guarded_get,
+    raise_for_transient_status,
+    redact_text,
+    redact_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +55,10 @@ MAX_PREVIEW_BYTES = 4 * 1024 * 1024  # a 30 s mp3 at 320 kbps is ~1.2 MB
 MIN_PREVIEW_SECONDS = 20.0
 MAX_PREVIEW_SECONDS = 40.0
 DOWNLOAD_ATTEMPTS = 4
-MAX_REDIRECTS = 3
 DEEZER_WINDOW_S = 5.0
 _CHUNK_BYTES = 64 * 1024
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _SAFE_TRACK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_ISRC = re.compile(r"[A-Za-z0-9]{12}")
-_QUERY_IN_TEXT = re.compile(r"(\w+://[^\s?'\"<>]+)\?[^\s'\"<>]*")
+
 
 # A previews batch, plus why a track has none (null when it has one).
 OUTCOME_SCHEMA: dict[str, pl.DataType] = {
@@ -81,325 +74,7 @@ DOWNLOAD_STATS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-class TransientError(RuntimeError):
-    """Worth another try: a 429, a 5xx, a timeout, a truncated body, an expired URL."""
-
-    def __init__(self, message: str, retry_after_s: float = 0.0):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class PermanentError(RuntimeError):
-    """Not worth another try in this run: too big, refused, an unexpected status."""
-
-
-class UrlRefused(PermanentError):
-    """The URL guard refused a URL before any request was made."""
-
-
-# --------------------------------------------------------------------------- the URL guard
-
-
-def _normal_host(host: str) -> str:
-    return host.strip().strip("[]").rstrip(".").lower()
-
-
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-
-
-def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Not loopback, private, link-local, shared, reserved, unspecified or multicast."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
-
-
-def _split_entry(entry: str) -> tuple[str, int | None]:
-    """An allow-list entry ("host", "host:port", "[v6]:port") as (host, port or None)."""
-    entry = entry.strip()
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif entry.count(":") == 1:
-        host, _, port = entry.partition(":")
-    else:
-        host, port = entry, ""
-    return _normal_host(host), int(port) if port else None
-
-
-@dataclass(frozen=True)
-class UrlPolicy:
-    """Which URLs requests may go to.
-
-    ``exact`` entries are trusted as named, loopback or private addresses
-    included (that is how the stand-in on 127.0.0.1 is allowed); ``patterns``
-    (entries with ``*``, which stands for part of one DNS label) match public
-    host names only.
-    """
-
-    schemes: frozenset[str]
-    exact: frozenset[tuple[str, int | None]]
-    patterns: tuple[tuple[re.Pattern[str], int | None], ...]
-
-    @classmethod
-    def from_entries(cls, hosts: Iterable[str], schemes: Iterable[str] = ("http", "https")) -> "UrlPolicy":
-        exact: set[tuple[str, int | None]] = set()
-        patterns: list[tuple[re.Pattern[str], int | None]] = []
-        for entry in hosts:
-            host, port = _split_entry(entry)
-            if not host:
-                continue
-            if "*" in host:
-                regex = "".join("[^.]*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", host))
-                patterns.append((re.compile(regex), port))
-            else:
-                exact.add((host, port))
-        return cls(frozenset(s.lower() for s in schemes), frozenset(exact), tuple(patterns))
-
-    @classmethod
-    def from_settings(cls, settings: ServiceSettings) -> "UrlPolicy":
-        """The settings' allow-list plus the hosts of their configured endpoints."""
-        return cls.from_entries(settings.url_allow_list(), settings.allowed_schemes)
-
-    def names(self, host: str, port: int | None) -> bool:
-        """Whether an exact entry names this host (and port)."""
-        host = _normal_host(host)
-        return (host, None) in self.exact or (host, port) in self.exact
-
-    def _matches_pattern(self, host: str, port: int | None) -> bool:
-        return any(regex.fullmatch(host) and wanted in (None, port) for regex, wanted in self.patterns)
-
-    def check(self, url: str | URL) -> URL:
-        """The URL, parsed, if requests may go there; UrlRefused otherwise."""
-        shown = _redact(str(url))
-        try:
-            parsed = url if isinstance(url, URL) else URL(str(url))
-        except (ValueError, TypeError) as error:
-            raise UrlRefused(f"{shown}: not a URL ({error})") from None
-        scheme = (parsed.scheme or "").lower()
-        if scheme not in self.schemes:
-            allowed = ", ".join(sorted(self.schemes))
-            raise UrlRefused(f"{shown}: scheme {scheme or 'none'!r} is not allowed ({allowed} only)")
-        if not parsed.raw_host:
-            raise UrlRefused(f"{shown}: no host")
-        if parsed.raw_user or parsed.raw_password:
-            raise UrlRefused(f"{shown}: credentials in a URL are not allowed")
-        host, port = _normal_host(parsed.raw_host), parsed.port
-        if self.names(host, port):
-            return parsed
-        address = _ip(host)
-        if address is not None:
-            if not _is_public(address):
-                raise UrlRefused(f"{shown}: {host} is a loopback, private or link-local address")
-            raise UrlRefused(f"{shown}: {host} is not an allowed host")
-        if host == "localhost" or host.endswith(".localhost"):
-            raise UrlRefused(f"{shown}: {host} is a loopback host")
-        if self._matches_pattern(host, port):
-            return parsed
-        raise UrlRefused(f"{shown}: {host} is not an allowed host")
-
-    def allows(self, url: str | URL) -> bool:
-        try:
-            self.check(url)
-        except UrlRefused:
-            return False
-        return True
-
-
-class GuardedResolver(AbstractResolver):
-    """DNS that refuses non-public addresses for hosts no exact entry names.
-
-    A host name matched by a pattern (``cdn-preview-*.dzcdn.net``) must not
-    resolve to 127.0.0.1 or 10.0.0.5: that would reach our own network.
-    """
-
-    def __init__(self, policy: UrlPolicy):
-        self._policy = policy
-        self._inner = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        if self._policy.names(host, port):
-            return results
-        public = [r for r in results if (a := _ip(r["host"])) is not None and _is_public(a)]
-        if not public:
-            raise UrlRefused(f"{host} resolves only to loopback, private or link-local addresses")
-        return public
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-def _redact(url: str) -> str:
-    """A URL without its query string (signed URLs carry their signature there) or credentials."""
-    return re.sub(r"^(\w+://)[^/@?#]*@", r"\1", str(url).split("?", 1)[0])
-
-
-def _redact_text(text: str) -> str:
-    return _QUERY_IN_TEXT.sub(r"\1", text)
-
-
-@asynccontextmanager
-async def guarded_get(
-    session: aiohttp.ClientSession, url: str | URL, policy: UrlPolicy, **kwargs
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    """GET after the guard allowed the URL, following redirects only to allowed URLs."""
-    target = policy.check(url)
-    for _ in range(MAX_REDIRECTS + 1):
-        async with session.get(target, allow_redirects=False, **kwargs) as response:
-            location = response.headers.get("Location")
-            if response.status in _REDIRECTS and location:
-                target = policy.check(response.url.join(URL(location)))
-                continue
-            yield response
-            return
-    raise PermanentError(f"{_redact(str(url))}: more than {MAX_REDIRECTS} redirects")
-
-
-# --------------------------------------------------------------------------- sources
-
-
-class PreviewSource(Protocol):
-    """Somewhere a track's preview may be found."""
-
-    name: str
-
-    async def resolve(self, session: aiohttp.ClientSession, track: dict) -> str | Path | None:
-        """A URL to download now, a local file to use as it is, or None when this source has none."""
-
-
-class SpotifyPreviewSource:
-    """Spotify's own preview_url, kept from the catalog scrape (checked by the guard on download)."""
-
-    name = "spotify"
-
-    async def resolve(self, session: aiohttp.ClientSession, track: dict) -> str | None:
-        return track.get("preview_url") or None
-
-
-class DeezerPreviewSource:
-    """Deezer's public API: by ISRC, else a search by artist and title.
-
-    Its preview URLs are signed and short-lived, so they are resolved here,
-    right before each download attempt. Quota errors arrive as HTTP 200 with
-    ``{"error": {"code": 4}}`` and are retried after a pause; code 800 (no
-    such ISRC) falls back to the search, whose results must match the
-    track's artist and title (normalised), never just the first hit.
-    """
-
-    name = "deezer"
-
-    def __init__(
-        self,
-        api_base: str,
-        policy: UrlPolicy | None = None,
-        limiter: AsyncLimiter | None = None,
-        max_retry_after_s: float = 60.0,
-        quota_wait_s: float = 5.0,
-        search_limit: int = 10,
-    ):
-        self.api_base = api_base.rstrip("/")
-        self.policy = policy or UrlPolicy.from_settings(ServiceSettings(deezer_api_base=self.api_base))
-        self.limiter = limiter
-        self.max_retry_after_s = max_retry_after_s
-        self.quota_wait_s = quota_wait_s
-        self.search_limit = search_limit
-
-    async def resolve(self, session: aiohttp.ClientSession, track: dict) -> str | None:
-        isrc = (track.get("isrc") or "").strip()
-        if _ISRC.fullmatch(isrc):
-            found = await self._api(session, f"/track/isrc:{isrc.upper()}")
-            if found is not None and found.get("preview"):
-                return found["preview"]
-        return await self._search(session, track)
-
-    async def _search(self, session: aiohttp.ClientSession, track: dict) -> str | None:
-        artist, title = track.get("artist"), track.get("title")
-        if not artist or not title:
-            return None
-        query = f'artist:"{artist.replace(chr(34), " ")}" track:"{title.replace(chr(34), " ")}"'
-        found = await self._api(session, "/search", {"q": query, "limit": str(self.search_limit)})
-        wanted = (normalise_name(artist), normalise_name(title))
-        for item in (found or {}).get("data") or []:
-            if not isinstance(item, dict) or not item.get("preview"):
-                continue
-            names = {normalise_name(item.get("title")), normalise_name(item.get("title_short"))}
-            if normalise_name((item.get("artist") or {}).get("name")) == wanted[0] and wanted[1] in names:
-                return item["preview"]
-        return None
-
-    async def _api(self, session: aiohttp.ClientSession, path: str, params: dict | None = None) -> dict | None:
-        """A Deezer API answer; None for "no data" (code 800)."""
-        url = URL(f"{self.api_base}{path}")
-        if params:
-            url = url.with_query(params)
-        if self.limiter is not None:
-            await self.limiter.acquire()
-        async with guarded_get(session, url, self.policy) as response:
-            _raise_for_transient_status(response, str(url), self.max_retry_after_s)
-            if response.status != 200:
-                raise PermanentError(f"Deezer {path}: HTTP {response.status}")
-            try:
-                payload = await response.json(content_type=None)
-            except ValueError as error:
-                raise TransientError(f"Deezer {path}: not JSON ({error})") from error
-        if not isinstance(payload, dict):
-            raise TransientError(f"Deezer {path}: unexpected answer")
-        error = payload.get("error")
-        if error:
-            code = error.get("code") if isinstance(error, dict) else None
-            if code in (4, 700):  # quota exceeded, service busy: HTTP 200 all the same
-                raise TransientError(f"Deezer quota exceeded ({path}, code {code})", retry_after_s=self.quota_wait_s)
-            if code == 800:
-                return None
-            message = error.get("message") if isinstance(error, dict) else error
-            raise PermanentError(f"Deezer {path}: error {code}: {message}")
-        return payload
-
-
-class FolderPreviewSource:
-    """The user's own files: a file whose ISRC tag, else artist and title, match the track.
-
-    The file is analysed where it lies (never copied, never deleted); a whole
-    song is analysed on an excerpt, like a folder source's tracks.
-    """
-
-    name = "folder"
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root).expanduser().resolve()
-        if not self.root.is_dir():
-            raise ValueError(f"preview folder {self.root} is not a directory")
-        self._by_isrc, self._by_name = _folder_index(str(self.root))
-
-    async def resolve(self, session: aiohttp.ClientSession, track: dict) -> Path | None:
-        isrc = (track.get("isrc") or "").strip().upper()
-        if isrc and isrc in self._by_isrc:
-            return self._by_isrc[isrc]
-        return self._by_name.get((normalise_name(track.get("artist")), normalise_name(track.get("title"))))
-
-
-@lru_cache(maxsize=4)
-def _folder_index(root: str) -> tuple[dict[str, Path], dict[tuple[str, str], Path]]:
-    """ISRC -> file and (artist, title) -> file for every audio file under root (first wins)."""
-    from sonufy_model.folder import audio_suffixes, describe_file
-
-    by_isrc: dict[str, Path] = {}
-    by_name: dict[tuple[str, str], Path] = {}
-    suffixes = audio_suffixes()
-    base = Path(root)
-    for path in sorted(p for p in base.rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
-        described = describe_file(path, base)
-        if described.get("isrc"):
-            by_isrc.setdefault(str(described["isrc"]).replace("-", "").upper(), path)
-        by_name.setdefault((normalise_name(described["artist"]), normalise_name(described["title"])), path)
-    return by_isrc, by_name
+# --------------------------------------------------------------------------- the download
 
 
 def _local_file(path: Path) -> tuple[int, float]:
@@ -411,43 +86,6 @@ def _local_file(path: Path) -> tuple[int, float]:
     if duration < MIN_PREVIEW_SECONDS:
         raise PermanentError(f"{path}: only {duration:.1f} s of audio")
     return path.stat().st_size, duration
-
-
-def preview_sources(
-    settings: ServiceSettings,
-    policy: UrlPolicy | None = None,
-    limiters: dict[str, AsyncLimiter] | None = None,
-) -> list[PreviewSource]:
-    policy = policy or UrlPolicy.from_settings(settings)
-    limiters = limiters or {}
-    known: dict[str, Callable[[], PreviewSource]] = {
-        "spotify": lambda: SpotifyPreviewSource(),
-        "deezer": lambda: DeezerPreviewSource(
-            settings.deezer_api_base,
-            policy,
-            limiters.get("deezer"),
-            settings.max_retry_after_s,
-            settings.deezer_quota_wait_s,
-        ),
-        "folder": lambda: FolderPreviewSource(settings.preview_folder),
-    }
-    unknown = [name for name in settings.preview_sources if name not in known]
-    if unknown:
-        raise ValueError(f"unknown preview sources {unknown}; known: {sorted(known)}")
-    return [known[name]() for name in settings.preview_sources]
-
-
-# --------------------------------------------------------------------------- the download
-
-
-def _raise_for_transient_status(response: aiohttp.ClientResponse, url: str, max_retry_after_s: float = 60.0) -> None:
-    if response.status == 429:
-        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-        if retry_after > max_retry_after_s:
-            raise PermanentError(f"{_redact(url)}: HTTP 429, Retry-After {retry_after:.0f} s is too long for this run")
-        raise TransientError(f"{_redact(url)}: HTTP 429 (Retry-After {retry_after:g} s)", retry_after_s=retry_after)
-    if response.status >= 500:
-        raise TransientError(f"{_redact(url)}: HTTP {response.status}")
 
 
 # Exponential backoff with jitter, but never less than a Retry-After.
@@ -489,7 +127,7 @@ def _keep_audio(body: bytearray, temporary: Path, destination: Path, shown: str)
     try:
         duration = float(sf.info(io.BytesIO(body)).duration)
     except (sf.LibsndfileError, RuntimeError) as error:
-        raise TransientError(f"{shown}: does not decode as audio ({_redact_text(str(error))})") from error
+        raise TransientError(f"{shown}: does not decode as audio ({redact_text(str(error))})") from error
     if duration < MIN_PREVIEW_SECONDS:
         raise TransientError(f"{shown}: only {duration:.1f} s of audio (truncated?)")
     try:
@@ -517,9 +155,9 @@ async def download(
     before the body is read; a body that grows past it is cut off.
     """
     policy = policy or UrlPolicy.from_settings(ServiceSettings())
-    shown = _redact(url)
+    shown = redact_url(url)
     async with guarded_get(session, url, policy) as response:
-        _raise_for_transient_status(response, url, max_retry_after_s)
+        raise_for_transient_status(response, url, max_retry_after_s)
         if response.status in (403, 410):
             # A signed CDN URL that expired (or was refused): resolve a new one.
             raise TransientError(f"{shown}: HTTP {response.status} (expired or refused URL)")
@@ -564,7 +202,7 @@ def preview_file_name(track_id: str) -> str:
 
 def _describe(error: BaseException) -> str:
     text = str(error) or ("timed out" if isinstance(error, asyncio.TimeoutError) else "")
-    return _redact_text(f"{type(error).__name__}: {text}")
+    return redact_text(f"{type(error).__name__}: {text}")
 
 
 async def _fetch_one(fetch: _Fetch, sources: Sequence[PreviewSource], track: dict) -> dict:

@@ -34,7 +34,8 @@ from tenacity import RetryCallState
 from flows.stages import fetch_pending
 from sonufy_demo.standin import Faults, StandIn, StandInConfig
 from sonufy_demo.synth import preview_mp3
-from sonufy_model import catalog, previews, quality, retries
+from sonufy_model import catalog, previews, quality, retries, url_guard
+from sonufy_model import preview_sources as sources
 from sonufy_model.config import ServiceSettings
 from sonufy_model.schemas import TRACK_SCHEMA
 from sonufy_model.store import Store
@@ -233,9 +234,9 @@ def test_backoff_never_waits_less_than_retry_after():
 
     state = RetryCallState(AsyncRetrying(), fn=None, args=(), kwargs={})
     state.attempt_number = 1
-    state.set_exception((previews.TransientError, previews.TransientError("429", retry_after_s=7.0), None))
+    state.set_exception((url_guard.TransientError, url_guard.TransientError("429", retry_after_s=7.0), None))
     assert previews._wait(state) >= 7.0
-    state.set_exception((previews.TransientError, previews.TransientError("503"), None))
+    state.set_exception((url_guard.TransientError, url_guard.TransientError("503"), None))
     assert previews._wait(state) <= 1.0
 
 
@@ -411,7 +412,7 @@ def test_deezer_search_fallback_picks_the_matching_track_not_the_first_hit(stand
     settings = _settings(server)
 
     async def resolve(track: dict) -> str | None:
-        source = previews.preview_sources(settings.with_endpoints(preview_sources=("deezer",)))[0]
+        source = sources.preview_sources(settings.with_endpoints(preview_sources=("deezer",)))[0]
         async with aiohttp.ClientSession() as session:
             return await source.resolve(session, track)
 
@@ -448,7 +449,7 @@ def test_spotify_preview_url_first_and_deezer_only_when_it_has_none(standin, fet
 
 
 def test_url_policy_refuses_what_production_must_not_reach():
-    policy = previews.UrlPolicy.from_settings(ServiceSettings())
+    policy = url_guard.UrlPolicy.from_settings(ServiceSettings())
     refused = [
         "file:///etc/passwd",
         "ftp://api.deezer.com/track/1",
@@ -466,7 +467,7 @@ def test_url_policy_refuses_what_production_must_not_reach():
         "https://user:pw@api.deezer.com/track/1",
     ]
     for url in refused:
-        with pytest.raises(previews.UrlRefused):
+        with pytest.raises(url_guard.UrlRefused):
             policy.check(url)
     allowed = [
         "https://api.deezer.com/track/isrc:USRC17607839",
@@ -479,7 +480,7 @@ def test_url_policy_refuses_what_production_must_not_reach():
     assert all(policy.allows(url) for url in allowed)
 
     # The stand-in's loopback host is allowed when it is the configured endpoint, and only its port.
-    standin = previews.UrlPolicy.from_settings(ServiceSettings(deezer_api_base="http://127.0.0.1:8765/deezer"))
+    standin = url_guard.UrlPolicy.from_settings(ServiceSettings(deezer_api_base="http://127.0.0.1:8765/deezer"))
     assert standin.allows("http://127.0.0.1:8765/deezer-cdn/preview/1.mp3?hdnea=x")
     assert not standin.allows("http://127.0.0.1:8766/")
     assert not standin.allows("http://10.0.0.7/x.mp3")
@@ -488,15 +489,15 @@ def test_url_policy_refuses_what_production_must_not_reach():
 
 def test_the_guard_also_checks_what_a_host_name_resolves_to():
     async def resolve(policy, host):
-        resolver = previews.GuardedResolver(policy)
+        resolver = url_guard.GuardedResolver(policy)
         try:
             return await resolver.resolve(host, 80)
         finally:
             await resolver.close()
 
-    with pytest.raises(previews.UrlRefused, match="loopback, private or link-local"):
-        asyncio.run(resolve(previews.UrlPolicy.from_entries(["local*"]), "localhost"))
-    assert asyncio.run(resolve(previews.UrlPolicy.from_entries(["localhost"]), "localhost"))
+    with pytest.raises(url_guard.UrlRefused, match="loopback, private or link-local"):
+        asyncio.run(resolve(url_guard.UrlPolicy.from_entries(["local*"]), "localhost"))
+    assert asyncio.run(resolve(url_guard.UrlPolicy.from_entries(["localhost"]), "localhost"))
 
 
 def test_refused_urls_are_quarantined_before_any_request(standin, fetch_stage, tmp_path):
@@ -525,8 +526,8 @@ def test_refused_urls_are_quarantined_before_any_request(standin, fetch_stage, t
     assert "GET /spotify-cdn/mp3-preview/{track_id}" not in other.stats, "no request reached it"
 
     # With production settings, even the stand-in's own URL is refused.
-    with pytest.raises(previews.UrlRefused):
-        previews.UrlPolicy.from_settings(ServiceSettings()).check(urls["t-ok"])
+    with pytest.raises(url_guard.UrlRefused):
+        url_guard.UrlPolicy.from_settings(ServiceSettings()).check(urls["t-ok"])
 
 
 # --------------------------------------------------------------------------- a misbehaving CDN
@@ -596,7 +597,7 @@ def rogue():
 
 
 def _download(base: str, path: str, destination: Path, max_bytes: int = 1_000_000):
-    policy = previews.UrlPolicy.from_entries([base.split("//", 1)[1]])
+    policy = url_guard.UrlPolicy.from_entries([base.split("//", 1)[1]])
 
     async def go():
         async with aiohttp.ClientSession() as session:
@@ -607,9 +608,9 @@ def _download(base: str, path: str, destination: Path, max_bytes: int = 1_000_00
 
 def test_size_cap_refuses_a_declared_size_before_reading_and_cuts_a_chunked_body(rogue, tmp_path):
     base, sent = rogue
-    with pytest.raises(previews.PermanentError, match="Content-Length 20971520 is over the 1000000-byte cap"):
+    with pytest.raises(url_guard.PermanentError, match="Content-Length 20971520 is over the 1000000-byte cap"):
         _download(base, "/big.mp3", tmp_path / "big.mp3")
-    with pytest.raises(previews.PermanentError, match="body cut off past the 1000000-byte cap"):
+    with pytest.raises(url_guard.PermanentError, match="body cut off past the 1000000-byte cap"):
         _download(base, "/chunked.mp3", tmp_path / "chunked.mp3")
     assert sent["/chunked.mp3"] < 20 * 1024 * 1024, "the client hung up; the server could not send it all"
     assert not list(tmp_path.iterdir()), "nothing written, no temporary file left"
@@ -626,9 +627,9 @@ def test_size_cap_through_the_fetch_stage(standin, fetch_stage, tmp_path):
 
 def test_redirects_are_followed_only_to_allowed_urls(rogue, tmp_path):
     base, _ = rogue
-    with pytest.raises(previews.UrlRefused, match="10.0.0.7 is a loopback, private or link-local address"):
+    with pytest.raises(url_guard.UrlRefused, match="10.0.0.7 is a loopback, private or link-local address"):
         _download(base, "/to-private", tmp_path / "a.mp3")
-    with pytest.raises(previews.UrlRefused, match="scheme 'file' is not allowed"):
+    with pytest.raises(url_guard.UrlRefused, match="scheme 'file' is not allowed"):
         _download(base, "/to-file", tmp_path / "b.mp3")
     size, duration = _download(base, "/to-audio", tmp_path / "c.mp3")
     assert size > 100_000 and 29 < duration < 31
@@ -637,7 +638,7 @@ def test_redirects_are_followed_only_to_allowed_urls(rogue, tmp_path):
 
 def test_a_retry_after_date_too_far_ahead_is_not_waited_for(rogue, tmp_path):
     base, _ = rogue
-    with pytest.raises(previews.PermanentError, match=r"HTTP 429, Retry-After 3(599|600) s is too long"):
+    with pytest.raises(url_guard.PermanentError, match=r"HTTP 429, Retry-After 3(599|600) s is too long"):
         _download(base, "/busy.mp3", tmp_path / "busy.mp3")
     assert not list(tmp_path.iterdir())
 
