@@ -39,3 +39,47 @@ def test_a_package_imports_nothing_above_it(package):
         for path in sorted((REPO_ROOT / package).rglob("*.py"))
     }
     assert {module: names for module, names in wrong.items() if names} == {}
+
+
+def _flow_modules() -> set[str]:
+    """The modules of flows/ that define a Prefect flow (``@flow``), as dotted names."""
+    found = set()
+    for path in sorted((REPO_ROOT / "flows").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            called = [d.func if isinstance(d, ast.Call) else d for d in node.decorator_list]
+            if any(isinstance(d, ast.Name) and d.id == "flow" for d in called):
+                found.add(f"flows.{path.stem}")
+    return found
+
+
+def test_no_flow_imports_another():
+    flows = _flow_modules()
+    assert flows == {"flows.build", "flows.nightly", "flows.retrain", "flows.train"}
+    wrong = {}
+    for module in sorted(flows):
+        path = REPO_ROOT / (module.replace(".", "/") + ".py")
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+        if imported & (flows - {module}):
+            wrong[module] = sorted(imported & (flows - {module}))
+    assert wrong == {}
+
+
+def test_the_query_path_imports_no_downloader():
+    # Recommending, paths and radios never fetch audio: importing them must
+    # not pull in aiohttp through the preview fetcher (journeys needs only names).
+    import subprocess
+    import sys
+
+    code = ("import sys, sonufy_model.journeys, sonufy_model.search, flows.cli.query; "
+            "print(sorted(m for m in ('aiohttp', 'sonufy_model.previews', 'sonufy_model.url_guard') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
