@@ -35,7 +35,7 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sonufy_model.tiles import UINT8_SCALE, fixed_tile_offsets
+from sonufy_model.tiles import fixed_tile_offsets
 
 MANIFEST_COLUMNS = ("track_id", "shard", "row")
 
@@ -151,10 +151,14 @@ class _ShardTileDataset(Dataset[torch.Tensor]):
         return self._memmaps[shard]
 
     def _read_tile(self, track: int, offset: int) -> torch.Tensor:
-        """Float32 tile in [0, 1] of ``track`` starting at frame ``offset``."""
+        """The stored uint8 pixels of ``track``'s tile starting at frame ``offset``.
+
+        Batches travel as uint8, a quarter of float32's bytes through the
+        collation and the copy to a GPU; the model scales them to [0, 1]
+        (``model.as_unit_range``) on its device, a whole batch at once.
+        """
         spectrogram = self._memmap(self.shards[track])[self.rows[track]]
-        tile = np.asarray(spectrogram[:, offset : offset + self.tile_frames], dtype=np.float32)
-        return torch.from_numpy(tile / np.float32(UINT8_SCALE))
+        return torch.from_numpy(np.ascontiguousarray(spectrogram[:, offset : offset + self.tile_frames]))
 
 
 class RandomCropDataset(_ShardTileDataset):

@@ -101,7 +101,7 @@ def test_track_pairs_come_from_one_track_at_two_places_and_repeat_per_epoch(libr
         pair = dataset[index]
         assert pair.shape == (2, N_MELS, 160)
         row, offset = places[1]
-        expected = library["clips"][row][:, offset : offset + 160] / np.float32(255)
+        expected = library["clips"][row][:, offset : offset + 160]
         np.testing.assert_allclose(pair[1].numpy(), expected, rtol=1e-6)
     assert dataset.crop_places(5) == dataset.crop_places(5)
     assert dataset.crop_places(5) != dataset.crop_places(len(dataset) + 5)  # the next epoch draws anew
@@ -127,8 +127,8 @@ def test_fixed_pairs_are_the_first_and_last_tiles_of_a_track(library):
     assert len(dataset) == 16
     pair = dataset[0]
     clips = library["clips"]
-    np.testing.assert_allclose(pair[0].numpy(), clips[0][:, :TILE] / np.float32(255), rtol=1e-6)
-    np.testing.assert_allclose(pair[1].numpy(), clips[2][:, -TILE:] / np.float32(255), rtol=1e-6)
+    np.testing.assert_allclose(pair[0].numpy(), clips[0][:, :TILE])
+    np.testing.assert_allclose(pair[1].numpy(), clips[2][:, -TILE:])
 
 
 def test_datamodule_serves_invariance_batches(library):

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from sonufy_model import training
 from sonufy_model.datamodule import EpochShuffleSampler, RandomCropPairDataset, SpectrogramDataModule, split_tracks
 from sonufy_model.encoding import encode_spectrograms, load_encoder
-from sonufy_model.model import TimeFreqAutoencoder, nt_xent
+from sonufy_model.model import TimeFreqAutoencoder, as_unit_range, nt_xent
 from sonufy_model.tiles import fixed_tile_offsets, fixed_tiles
 
 N_MELS, N_FRAMES, TILE = 128, 512, 128
@@ -132,7 +132,8 @@ def test_split_is_by_track_deterministic_disjoint_and_non_empty(shards):
     manifest = shards["manifest"].filter(pl.col("track_id").is_in(sorted(val))).sort("track_id")
     first_val = manifest.row(0, named=True)
     expected = fixed_tiles(np.load(first_val["shard"])[first_val["row"]], n_tiles=4)
-    np.testing.assert_array_equal(torch.stack([first.val_dataset[i] for i in range(4)]).numpy(), expected)
+    served = as_unit_range(torch.stack([first.val_dataset[i] for i in range(4)]))
+    np.testing.assert_array_equal(served.numpy(), expected)
 
     # Guarantees at the extremes: one validation track, and one training track.
     ids = [f"t{i}" for i in range(10)]
@@ -148,13 +149,13 @@ def test_training_crops_are_tile_wide_and_reproducible(shards):
     n = len(dataset)
 
     crop = dataset[5]
-    assert crop.shape == (N_MELS, TILE) and crop.dtype == torch.float32
-    assert 0.0 <= crop.min() and crop.max() <= 1.0
+    # The stored pixels themselves: the model scales them (as_unit_range).
+    assert crop.shape == (N_MELS, TILE) and crop.dtype == torch.uint8
     # Item 5 is crop 1 of the second training track, at the drawn offset.
     track = shards["manifest"].filter(pl.col("track_id") == sorted(_datamodule(shards).train_track_ids)[1])
     offset = dataset.crop_offset(5)
     source = np.load(track["shard"][0])[track["row"][0], :, offset : offset + TILE]
-    np.testing.assert_array_equal(crop.numpy(), source / np.float32(255))
+    np.testing.assert_array_equal(crop.numpy(), source)
 
     offsets = [dataset.crop_offset(i) for i in range(2 * n)]  # epochs 0 and 1
     assert offsets == [same_seed.crop_offset(i) for i in range(2 * n)]
@@ -188,7 +189,7 @@ class _RecordFirstBatch(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.batch is None:
-            self.batch = batch.clone()
+            self.batch = as_unit_range(batch.clone())
             self.initial_mse = _mse(pl_module, self.batch)
 
 
@@ -258,6 +259,65 @@ def test_training_entry_point_checkpoints_and_resumes(shards, tmp_path):
     encoder = load_encoder(resumed["checkpoint_path"])
     assert encoder.encode_tiles == training.TrainConfig.encode_tiles == 8  # the version's tile count travels with it
     assert not encoder.training
+    embeddings = encode_spectrograms(encoder, shards["spectrograms"][:2], n_tiles=4)
+    assert embeddings.shape == (2, 256) and np.isfinite(embeddings).all()
+
+
+def test_uint8_batches_train_as_their_unit_range_floats(shards):
+    torch.manual_seed(0)
+    model = TimeFreqAutoencoder(filters=SMALL_FILTERS).eval()
+    model.log = lambda *args, **kwargs: None
+    pixels = torch.from_numpy(shards["spectrograms"][:4, :, :TILE].copy())
+    assert pixels.dtype == torch.uint8
+    scaled = as_unit_range(pixels)
+    assert scaled.dtype == torch.float32 and float(scaled.max()) <= 1.0
+    torch.testing.assert_close(scaled, pixels.float() / 255)
+    with torch.no_grad():
+        torch.testing.assert_close(model._shared_step(pixels, "val"), model._shared_step(scaled, "val"))
+    assert as_unit_range(scaled) is scaled  # floats pass as they are
+
+
+def test_the_decoder_runs_channels_last_with_the_same_numbers():
+    torch.manual_seed(0)
+    model = TimeFreqAutoencoder(filters=SMALL_FILTERS).eval()
+    assert all(p.is_contiguous(memory_format=torch.channels_last)
+               for p in model.decoder.parameters() if p.ndim == 4)
+    tiles = torch.rand(2, N_MELS, TILE)
+    with torch.no_grad():
+        fast = model(tiles)
+        # The same weights in the plain layout: the layout is speed, never the result.
+        model.decoder.to(memory_format=torch.contiguous_format)
+        model.decoder_memory_format = torch.contiguous_format
+        plain = model(tiles)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_compiled_training_checkpoints_a_plain_loadable_model(shards, tmp_path):
+    config = {
+        "manifest": str(shards["manifest_path"]),
+        "output_dir": str(tmp_path / "run"),
+        "preset": "reference",
+        "compile": True,
+        "max_epochs": 1,
+        "batch_size": 8,
+        "crops_per_track": 2,
+        "val_fraction": 0.25,
+        "accelerator": "cpu",
+        "devices": 1,
+        "limit_train_batches": 2,
+        "filters": list(SMALL_FILTERS),
+    }
+    config_path = tmp_path / "train.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    run = _run_training(config_path, tmp_path / "result.json")
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["epochs"] == 1 and math.isfinite(result["val_score"])
+    # The checkpoint holds the plain module's weights (no torch.compile prefix).
+    state = torch.load(result["checkpoint_path"], map_location="cpu", weights_only=False)["state_dict"]
+    assert not [key for key in state if "_orig_mod" in key]
+    encoder = load_encoder(result["checkpoint_path"])
     embeddings = encode_spectrograms(encoder, shards["spectrograms"][:2], n_tiles=4)
     assert embeddings.shape == (2, 256) and np.isfinite(embeddings).all()
 
@@ -362,13 +422,13 @@ def test_pair_dataset_returns_two_different_crops_of_one_track(shards):
     assert isinstance(datamodule.val_dataset[0], torch.Tensor) and datamodule.val_dataset[0].shape == (N_MELS, TILE)
 
     pair = dataset[5]  # crop pair 1 of the second training track
-    assert pair.shape == (2, N_MELS, TILE) and pair.dtype == torch.float32
+    assert pair.shape == (2, N_MELS, TILE) and pair.dtype == torch.uint8
     track = shards["manifest"].filter(pl.col("track_id") == datamodule.train_track_ids[1])
     spectrogram = np.load(track["shard"][0])[track["row"][0]]
     first, second = dataset.crop_offsets(5)
     assert first != second
-    np.testing.assert_array_equal(pair[0].numpy(), spectrogram[:, first : first + TILE] / np.float32(255))
-    np.testing.assert_array_equal(pair[1].numpy(), spectrogram[:, second : second + TILE] / np.float32(255))
+    np.testing.assert_array_equal(pair[0].numpy(), spectrogram[:, first : first + TILE])
+    np.testing.assert_array_equal(pair[1].numpy(), spectrogram[:, second : second + TILE])
     assert not torch.equal(pair[0], pair[1])
 
     n = len(dataset)
@@ -389,7 +449,7 @@ class _RecordFirstPairBatch(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.batch is None:
-            self.batch = batch.clone()
+            self.batch = as_unit_range(batch.clone())
             self.initial = _contrastive(pl_module, self.batch)
 
 
