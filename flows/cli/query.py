@@ -46,6 +46,7 @@ def add_recommend(commands) -> None:
     recommend.add_argument("--exact", action="store_true",
                            help="scan every vector instead of probing the search index")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_playlist(recommend)
     recommend.set_defaults(handler=_recommend)
 
 
@@ -62,6 +63,7 @@ def add_path(commands) -> None:
     path.add_argument("--steps", type=positive_int, default=10,
                       help="tracks in the list, A and B included (default: 10)")
     path.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_playlist(path)
     path.set_defaults(handler=_path)
 
 
@@ -78,7 +80,37 @@ def add_radio(commands) -> None:
     radio.add_argument("--max-per-artist", type=positive_int, default=2,
                        help="most tracks of one artist (default: 2)")
     radio.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_playlist(radio)
     radio.set_defaults(handler=_radio)
+
+
+def _add_playlist(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--playlist", metavar="PATH",
+                     help="also write the list as a playlist file: M3U8 (.m3u8, .m3u) or XSPF (.xspf); "
+                     "an existing file is replaced")
+
+
+def _playlist_target(args: argparse.Namespace):
+    """--playlist's path, checked before any work (its suffix, its folder), or None."""
+    if args.playlist is None:
+        return None
+    from sonufy_model.playlists import check_target
+
+    try:
+        return check_target(args.playlist)
+    except ValueError as error:
+        raise CommandError(f"--playlist {error}") from None
+
+
+def _write_playlist(target, store, rows: list[dict], title: str, command: str) -> None:
+    """The list in ``rows`` written to the --playlist file ``target`` (when given)."""
+    if target is None:
+        return
+    from sonufy_model import playlists
+
+    entries = playlists.read_entries(store, [row["track_id"] for row in rows])
+    playlists.write_playlist(target, entries, title)
+    print(f"sonufy {command}: playlist of {len(entries)} tracks written to {target}", file=sys.stderr)
 
 
 def add_sql(commands) -> None:
@@ -119,6 +151,7 @@ def _recommend(args: argparse.Namespace) -> None:
 
     if args.search is None and args.source != "standin":
         raise CommandError("--source applies to --search only")
+    target = _playlist_target(args)
     store = open_store(args.db)
     seed = _seed(args, store)
     rows = query_audio.recommend(
@@ -130,6 +163,7 @@ def _recommend(args: argparse.Namespace) -> None:
     print_recommendations(rows, seed.label, args.json,
                           {"seed_kind": seed.kind, "seed_track_id": seed.track_id, "seed_warning": seed.warning,
                            "hub_reduction": args.hub_reduction})
+    _write_playlist(target, store, rows, f"Sounds like: {seed.label}", "recommend")
 
 
 def _search_filters(args: argparse.Namespace):
@@ -147,25 +181,32 @@ def _search_filters(args: argparse.Namespace):
 def _path(args: argparse.Namespace) -> None:
     from sonufy_model.journeys import path
 
-    rows = path(open_store(args.db), args.a, args.b, args.steps).to_dicts()
+    target = _playlist_target(args)
+    store = open_store(args.db)
+    rows = path(store, args.a, args.b, args.steps).to_dicts()
     title = f"From {rows[0]['artist']} - {rows[0]['title']} to {rows[-1]['artist']} - {rows[-1]['title']}"
     if args.json:
         print(json.dumps({"a": rows[0]["track_id"], "b": rows[-1]["track_id"], "steps": args.steps,
                           "path": rows}, indent=2, default=str))
-        return
-    print_tracks(rows, title, first="step", notes=("scores: against each step's point on the way from A to B",))
+    else:
+        print_tracks(rows, title, first="step",
+                     notes=("scores: against each step's point on the way from A to B",))
+    _write_playlist(target, store, rows, title, "path")
 
 
 def _radio(args: argparse.Namespace) -> None:
     from sonufy_model.journeys import radio
 
-    rows = radio(open_store(args.db), args.seeds, args.n, args.max_per_artist).to_dicts()
+    target = _playlist_target(args)
+    store = open_store(args.db)
+    rows = radio(store, args.seeds, args.n, args.max_per_artist).to_dicts()
     notes = () if len(rows) == args.n else (f"only {len(rows)} tracks: the seeds' neighbourhoods ran out",)
     if args.json:
         print(json.dumps({"seeds": args.seeds, "n": args.n, "max_per_artist": args.max_per_artist,
                           "radio": rows}, indent=2, default=str))
-        return
-    print_tracks(rows, f"Radio from {len(args.seeds)} seed(s)", notes=notes)
+    else:
+        print_tracks(rows, f"Radio from {len(args.seeds)} seed(s)", notes=notes)
+    _write_playlist(target, store, rows, f"Radio from {', '.join(args.seeds)}", "radio")
 
 
 def _sql(args: argparse.Namespace) -> int:
