@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from flows.parameters import Placement, PreviewSourceName, Source, TrainingOptions
 from flows.sources import open_source
 from flows.stages import (
-    DEFAULT_TRAINING,
     add_counts,
     encode_pending,
     fetch_pending,
     flow_run_id,
     recorded_run,
     spectrograms_pending,
+    training_options,
     with_preview_sources,
 )
 from flows.writer import holds_writer_lock
@@ -35,7 +36,7 @@ from tasks.training import train_model
 @flow(name="build", log_prints=True)
 @holds_writer_lock("build")  # one writer per store: waits for another
 def build(
-    source: str = "standin",
+    source: Source = "standin",
     db: str = "sonufy.duckdb",
     data_dir: str | None = None,
     queries: list[str] | None = None,
@@ -46,31 +47,56 @@ def build(
     batch_size: int = 128,
     workers: int = 2,
     max_failed_share: float = 0.5,
-    training: dict | None = None,
+    training: TrainingOptions | None = None,
     retrain: bool = False,
     excerpts: int = MelParams.excerpts,
-    placement: str = MelParams.placement,
+    placement: Placement = MelParams.placement,
     batches_in_flight: int = 2,
     keep_previews: bool = True,
-    preview_sources: list[str] | None = None,
+    preview_sources: list[PreviewSourceName] | None = None,
     preview_folder: str | None = None,
 ) -> dict:
     """Build Sonufy's latent space from a source and print recommendations.
 
-    source: "standin" (the embedded demo catalog), "spotify" (the real APIs,
-    credentials from the environment) or "folder:PATH" (your own files).
-    What to scrape: ``queries``, ``album_ids`` and ``playlist_ids`` (see
+    What to scrape is ``queries``, ``album_ids`` and ``playlist_ids`` (see
     ``sonufy build --scrape-config``); none of them means the source's own
-    default queries.
-    Previews come from ``preview_sources`` in order ("spotify", "deezer",
-    "folder"); with a ``preview_folder`` of the user's own files and no
-    explicit order, that folder is tried first.
-    Files longer than a clip are analysed on ``excerpts`` 30 s clips
-    (``placement``: "middle" or "spread"), their vectors averaged.
-    ``keep_previews=False`` deletes each downloaded mp3 once its spectrogram
-    is stored (a new spectrogram set then needs the previews fetched again).
-    A current model trained on the same spectrogram set is reused unless
-    ``retrain`` is set, so that rerunning a failed build resumes quickly.
+    default queries. A current model trained on the same spectrogram set is
+    reused unless ``retrain`` is set, so that rerunning a failed build
+    resumes quickly.
+
+    Args:
+        source: "standin" (the embedded demo catalog), "spotify" (the real
+            APIs, credentials from the environment) or "folder:PATH" (your own files).
+        db: The DuckDB file the latent space is built in.
+        data_dir: Where previews, spectrograms and models go (default: the
+            db's name with .data).
+        queries: Spotify search queries to scrape.
+        max_items_per_query: At most this many tracks per query (default: as
+            many as the API gives).
+        album_ids: Spotify albums to scrape, every track of each.
+        playlist_ids: Spotify playlists to scrape.
+        demo_tracks: Size of the demo catalog, for source "standin".
+        batch_size: Tracks a batch for the fetch and spectrogram stages (four
+            times as many for encoding).
+        workers: Processes computing spectrograms.
+        max_failed_share: A batch where more than this share of the tracks
+            fails the spectrogram suite stops the run.
+        training: Training settings on top of the preset (TrainConfig
+            fields); the build's time box is 300 s unless set here.
+        retrain: Train a new model even if a current one exists.
+        excerpts: 30 s clips analysed per file longer than that, their
+            vectors averaged.
+        placement: Where those clips lie: side by side around the middle, or
+            spread over the file.
+        batches_in_flight: Spectrogram batches computed at once.
+        keep_previews: False deletes each downloaded mp3 once its spectrogram
+            is stored (a new spectrogram set then needs the previews fetched
+            again; your own files are never deleted).
+        preview_sources: Preview sources in the order to try (default: the
+            service settings', spotify then deezer).
+        preview_folder: Your own audio files, matched to catalog tracks by
+            ISRC tag or artist and title; with no explicit order of sources,
+            this folder is tried first.
     """
     logger = get_run_logger()
     paths = Paths.for_db(db, data_dir)
@@ -122,7 +148,7 @@ def build(
         with clock.stage("train"):
             model = store.target_model()
             if retrain or model is None or model.set_id != params.set_id:
-                train_model(store, paths, params.set_id, {**DEFAULT_TRAINING, **(training or {})})
+                train_model(store, paths, params.set_id, training_options(training))
 
         # 6. encode every track without a vector, then switch to a pending version
         with clock.stage("encode"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from flows.parameters import PreviewSourceName, Source
 from flows.sources import open_source
 from flows.stages import (
     add_counts,
@@ -46,7 +47,7 @@ FLOW = "nightly"
 
 @flow(name="nightly-refresh", flow_run_name="nightly[{source}]", log_prints=True)
 def nightly_refresh(
-    source: str = "standin",
+    source: Source = "standin",
     db: str = "sonufy.duckdb",
     data_dir: str | None = None,
     queries: list[str] | None = None,
@@ -60,17 +61,46 @@ def nightly_refresh(
     max_failed_share: float = 0.5,
     batches_in_flight: int = 2,
     keep_previews: bool = True,
-    preview_sources: list[str] | None = None,
+    preview_sources: list[PreviewSourceName] | None = None,
     preview_folder: str | None = None,
     wait_for_running_s: float = 0.0,
     data_docs: bool = True,
 ) -> dict:
     """Add the source's new tracks to the current latent space.
 
-    source: "spotify" (``tag:new`` plus ``queries``, ``album_ids`` and
-    ``playlist_ids``), "folder:PATH" (new and changed files) or "standin"
-    (the demo catalog of ``demo_tracks`` that gained ``demo_new_tracks``
-    new releases). Returns the counts, the tracks added and the timings.
+    Returns the counts, the tracks added and the timings.
+
+    Args:
+        source: "spotify" (``tag:new`` plus ``queries``, ``album_ids`` and
+            ``playlist_ids``), "folder:PATH" (new and changed files) or
+            "standin" (the demo catalog of ``demo_tracks`` that gained
+            ``demo_new_tracks`` new releases).
+        db: The DuckDB file of the latent space.
+        data_dir: Where previews, spectrograms and models go (default: the
+            db's name with .data).
+        queries: Spotify search queries to scrape besides tag:new.
+        album_ids: Spotify albums to scrape, every track of each.
+        playlist_ids: Spotify playlists to scrape.
+        max_items_per_query: At most this many tracks per query (default: as
+            many as the API gives).
+        demo_tracks: The stand-in's catalog size, as built.
+        demo_new_tracks: New releases the stand-in's catalog has gained since.
+        batch_size: Tracks a batch for the fetch and spectrogram stages (four
+            times as many for encoding).
+        workers: Processes computing spectrograms.
+        max_failed_share: A batch where more than this share of the tracks
+            fails the spectrogram suite stops the run.
+        batches_in_flight: Spectrogram batches computed at once.
+        keep_previews: False deletes each downloaded mp3 once its spectrogram
+            is stored (your own files are never deleted).
+        preview_sources: Preview sources in the order to try (default: the
+            service settings', spotify then deezer).
+        preview_folder: Your own audio files, matched to catalog tracks by
+            ISRC tag or artist and title; with no explicit order of sources,
+            this folder is tried first.
+        wait_for_running_s: Seconds to wait for another writer on the store
+            (a nightly still running, a build); then this run does nothing.
+        data_docs: Build the Great Expectations Data Docs of the run's checks.
     """
     logger = get_run_logger()
     paths = Paths.for_db(db, data_dir)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from flows.parameters import Label, TrainingOptions
 from flows.stages import (
     ENCODE_BATCH,
     add_counts,
@@ -37,21 +38,35 @@ FLOW = "retrain"
 @flow(name="retrain", log_prints=True)
 def retrain(
     db: str = "sonufy.duckdb",
-    config: dict | None = None,
+    config: TrainingOptions | None = None,
     data_dir: str | None = None,
-    labels: list[str] | None = None,
+    labels: list[Label] | None = None,
     k: int = 10,
     tolerance: float = 0.0,
     wait_for_running_s: float = 6 * 3600.0,
 ) -> dict:
     """Train a candidate on the current data; make it current unless its mean
-    latent precision@k (``sonufy evaluate``, ``labels``, default genre and
-    artist) is below the current version's beyond the noise: see
-    :func:`sonufy_model.evaluate.should_promote`.
+    latent precision@k (``sonufy evaluate``) is below the current version's
+    beyond the noise: see :func:`sonufy_model.evaluate.should_promote`.
 
     Another writer on the store (a nightly still running, a build) is waited
     for up to ``wait_for_running_s``: a weekly retrain that gave up at once
-    would leave the model a week older. After that it exits, doing nothing."""
+    would leave the model a week older. After that it exits, doing nothing.
+
+    Args:
+        db: The DuckDB file of the latent space.
+        config: Training settings on top of the preset (TrainConfig fields);
+            the time box is 300 s unless set here.
+        data_dir: Where spectrograms and models are (default: the db's name
+            with .data).
+        labels: The labels the candidate and the current version are scored
+            by, as for ``sonufy evaluate --label`` (default: genre and artist).
+        k: Neighbours per query track (precision@k).
+        tolerance: Promote unless the paired interval of the candidate's
+            precision minus the current one's lies entirely below -tolerance.
+        wait_for_running_s: Seconds to wait for another writer on the store;
+            then this run does nothing.
+    """
     logger = get_run_logger()
     options = training_options(config)  # a bad config fails here, before any work
     labels = list(labels or ["genre", "artist"])

@@ -20,6 +20,7 @@ from pathlib import Path
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
+from flows.parameters import TrainingOptions
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths, ServiceSettings
 from sonufy_model.store import ModelRecord, Store, batches
@@ -75,9 +76,13 @@ def recorded_run(store: Store, run_id: str, flow: str, parameters: dict) -> Iter
     store.finish_run(run_id, "completed", counts)
 
 
-def training_options(config: dict | None) -> dict:
-    """The build's training defaults overlaid with ``config``, checked against TrainConfig."""
-    config = dict(config or {})
+def training_options(config: TrainingOptions | dict | None) -> dict:
+    """The build's training defaults overlaid with ``config``, checked against
+    TrainConfig: a flow's typed training parameter (its keys given, as given)
+    or a plain mapping of TrainConfig fields, whose values must then be of
+    their fields' types (a pydantic ValidationError, a ValueError, if not)."""
+    typed = isinstance(config, TrainingOptions)
+    config = config.given() if typed else dict(config or {})
     known = {field.name for field in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(config) - known)
     if unknown:
@@ -85,6 +90,8 @@ def training_options(config: dict | None) -> dict:
     owned = sorted(set(config) & set(FLOW_OWNED_KEYS))
     if owned:
         raise ValueError(f"training config must not set {owned}: the train flow sets them per model version")
+    if not typed:
+        TrainingOptions.model_validate(config)  # the types, as a flow run checks them
     return {**DEFAULT_TRAINING, **config}
 
 

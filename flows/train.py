@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from flows.parameters import TrainingOptions
 from flows.stages import ENCODE_BATCH, encode_pending, flow_run_id, recorded_run, training_options
 from flows.writer import holds_writer_lock
 from sonufy_model.audio import MelParams
@@ -23,17 +24,24 @@ from tasks.training import train_model
 @holds_writer_lock("train")  # one writer per store: waits for another
 def train(
     db: str = "sonufy.duckdb",
-    config: dict | None = None,
+    config: TrainingOptions | None = None,
     promote: bool = True,
     data_dir: str | None = None,
 ) -> str:
     """Train a model version on the current spectrogram set; return its version.
 
     The current set is the current model's, or else that of the default
-    spectrogram parameters (what ``sonufy build`` computes). With ``promote``
-    every track is encoded with the new version and then it becomes current
-    (recommendations switch at once, never to a half-encoded space); without,
-    it is only registered.
+    spectrogram parameters (what ``sonufy build`` computes).
+
+    Args:
+        db: The DuckDB file of the latent space.
+        config: Training settings on top of the preset (TrainConfig fields,
+            as in deployments/train.yaml); the time box is 300 s unless set here.
+        promote: Encode every track with the new version, then make it
+            current (recommendations switch at once, never to a half-encoded
+            space); False only registers it.
+        data_dir: Where spectrograms and models are (default: the db's name
+            with .data).
     """
     logger = get_run_logger()
     options = training_options(config)  # a bad config fails here, before any work

@@ -34,6 +34,10 @@ def holds_writer_lock(purpose: str):
                                          "(SONUFY_DB_LOCK_WAIT_S); nothing was written")
                 return fn(*args, **kwargs)
 
+        # The flow's signature with its parameter types resolved where the
+        # flow is defined: Prefect validates a run's parameters against it, and
+        # would otherwise look the type names up in this module.
+        wrapper.__signature__ = inspect.signature(fn, eval_str=True)
         return wrapper
 
     return decorate

@@ -84,7 +84,9 @@ def add_standin(commands) -> None:
 
 def _nightly(args: argparse.Namespace) -> None:
     from flows.nightly import nightly_refresh
+    from flows.sources import parse_source
 
+    parse_source(args.source)  # a bad --source fails here, before any flow starts
     result = nightly_refresh(source=args.source, db=args.db, queries=args.queries,
                              demo_tracks=args.tracks, demo_new_tracks=args.new_tracks,
                              wait_for_running_s=args.wait)
