@@ -3,14 +3,16 @@
 
 -- name: create_landscape
 -- One point per track and model version. placed_by says how: 'fit' (the
--- track was in the data the UMAP model of that version was fitted on) or
--- 'transform' (placed later by that fitted model, without refitting).
+-- track was in the data the UMAP model of that version was fitted on),
+-- 'neighbours' (placed later among its nearest fitted tracks, without
+-- refitting) or 'transform' (placed later by the fitted UMAP model's
+-- transform, as nightlies did before December 2026).
 CREATE TABLE IF NOT EXISTS landscape (
     track_id      VARCHAR NOT NULL,
     model_version VARCHAR NOT NULL,
     x             FLOAT NOT NULL,
     y             FLOAT NOT NULL,
-    placed_by     VARCHAR NOT NULL DEFAULT 'fit',   -- 'fit' | 'transform'
+    placed_by     VARCHAR NOT NULL DEFAULT 'fit',   -- 'fit' | 'neighbours' | 'transform'
     placed_at     TIMESTAMP NOT NULL DEFAULT current_timestamp,
     PRIMARY KEY (track_id, model_version)
 );

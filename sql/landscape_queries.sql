@@ -18,6 +18,32 @@ LEFT JOIN landscape AS p ON p.track_id = l.track_id AND p.model_version = l.mode
 WHERE p.track_id IS NULL
 ORDER BY l.track_id;
 
+-- name: landscape_counts
+-- The current latent space's tracks by how they got their point: fitted
+-- (in the data of the version's UMAP fit), placed later (by neighbours, or
+-- by UMAP's transform before December 2026) and pending (no point yet).
+SELECT count(*) FILTER (WHERE p.placed_by = 'fit') AS fitted,
+       count(*) FILTER (WHERE p.placed_by <> 'fit') AS placed,
+       count(*) FILTER (WHERE p.track_id IS NULL) AS pending
+FROM latent AS l
+LEFT JOIN landscape AS p ON p.track_id = l.track_id AND p.model_version = l.model_version;
+
+-- name: landscape_fitted_points
+-- The tracks the current version's UMAP fit placed itself: their vectors
+-- and points, which new tracks are placed among.
+SELECT l.track_id, l.vector, p.x, p.y
+FROM latent AS l
+JOIN landscape AS p ON p.track_id = l.track_id AND p.model_version = l.model_version
+WHERE p.placed_by = 'fit'
+ORDER BY l.track_id;
+
+-- name: group_level_points
+-- One level's points of the current version's artist or genre landscape.
+SELECT name, x, y, cluster
+FROM group_landscape
+WHERE model_version = $model_version AND level = $level
+ORDER BY name;
+
 -- name: delete_landscape
 DELETE FROM landscape WHERE model_version = $model_version;
 

@@ -16,7 +16,8 @@ from sonufy_model.store import Store, TrackNotFound
 @task(cache_policy=NO_CACHE, task_run_name="update-landscape[refit={refit}]")
 def update_landscape(store: Store, paths: Paths, refit: bool = False) -> dict:
     """Fit the current model version's UMAP if it has none (or ``refit``),
-    else place the tracks without a point by the saved model's transform.
+    else place the tracks without a point among their nearest fitted tracks
+    (no UMAP import), refitting when the placed ones grow past 20% of the fitted.
     Counts: landscape_fitted, landscape_placed, artist_points, genre_points."""
     counts = landscape.update_landscape(store, paths.models, refit=refit)
     get_run_logger().info("landscape: %s", counts or "every track already has a point")

@@ -9,6 +9,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -105,6 +109,7 @@ def test_the_map_keeps_sound_clusters_together(fitted):
 def test_new_tracks_are_placed_by_the_saved_fit_without_refitting(copy):
     paths, store, space = copy
     before = _points(store)
+    groups_before = ls.group_landscape_points(store).filter(pl.col("level") == "artist")
     model_file = paths.models / "m1" / "umap.joblib"
     saved_at = model_file.stat().st_mtime_ns
     rng = np.random.default_rng(7)
@@ -120,14 +125,145 @@ def test_new_tracks_are_placed_by_the_saved_fit_without_refitting(copy):
     old = after.filter(pl.col("track_id").is_in(before["track_id"].to_list()))
     assert old.equals(before), "placing new tracks must not move the others"
     placed = after.filter(pl.col("track_id").is_in(ids))
-    assert set(placed["placed_by"]) == {"transform"}
+    assert set(placed["placed_by"]) == {"neighbours"}
     assert model_file.stat().st_mtime_ns == saved_at
     # each lands among the jazz tracks: its 5 nearest points on the map are jazz
     xy = before.select("x", "y").to_numpy()
     for point in placed.select("x", "y").to_numpy():
         nearest = np.argsort(((xy - point) ** 2).sum(axis=1))[:5]
         assert set(space["clusters"][nearest]) == {2}
+    # The artist map keeps its 24 points; the new artist lands among the jazz artists.
+    groups = ls.group_landscape_points(store).filter(pl.col("level") == "artist")
+    assert groups.drop("tracks").filter(pl.col("name") != "jazz newcomer").equals(
+        groups_before.drop("tracks"))
+    artist_xy = groups_before.select("x", "y").to_numpy()
+    newcomer = groups.filter(pl.col("name") == "jazz newcomer").row(0, named=True)
+    nearest = np.argsort(((artist_xy - [newcomer["x"], newcomer["y"]]) ** 2).sum(axis=1))[:3]
+    assert set(groups_before["genre"].gather(nearest)) == {"jazz"}
+    assert newcomer["cluster"] in set(groups_before.filter(pl.col("genre") == "jazz")["cluster"])
     assert ls.update_landscape(store, paths.models) == {}, "a rerun has nothing to do"
+
+
+def test_a_near_duplicate_lands_on_its_fitted_track(copy):
+    """A vector next to a fitted track's takes that track's point (inverse
+    squared distance weights), and a new track lands within its nearest
+    fitted neighbours' points."""
+    paths, store, space = copy
+    before = _points(store)
+    xy = before.select("x", "y").to_numpy()
+    extent = float(np.ptp(xy, axis=0).max())
+    rng = np.random.default_rng(3)
+    twins = [37, 150, 222]
+    vectors = space["vectors"][twins] + rng.normal(size=(3, LATENT_DIM)).astype(np.float32) * 1e-3
+    # and one between two artists of one genre: the mean of a track of each
+    between = (space["vectors"][[80, 95]].mean(axis=0, keepdims=True)).astype(np.float32)
+    ids = ["twin37", "twin150", "twin222", "between"]
+    store.upsert_tracks(tracks_frame(ids, [space["artists"][i] for i in twins] + ["jazz artist 0"],
+                                     [space["genres"][i] for i in twins] + ["jazz"], [2024] * 4))
+    embed(store, ids, np.vstack([vectors, between]), "m1")
+
+    assert ls.update_landscape(store, paths.models)["landscape_placed"] == 4
+
+    placed = {row["track_id"]: (row["x"], row["y"]) for row in _points(store).filter(
+        pl.col("track_id").is_in(ids)).to_dicts()}
+    for index, track in zip(twins, ids):
+        assert np.hypot(*(np.array(placed[track]) - xy[index])) < 0.01 * extent, track
+    # in the box of its 10 nearest fitted tracks' points
+    nearest = ls.nearest_fitted(space["vectors"], between, k=ls.PLACEMENT_NEIGHBOURS)[0][0]
+    low, high = xy[nearest].min(axis=0), xy[nearest].max(axis=0)
+    assert (low <= placed["between"]).all() and (np.array(placed["between"]) <= high).all()
+
+
+def test_placement_by_neighbours_is_a_weighted_mean_of_the_nearest():
+    reference = np.eye(4, 8, dtype=np.float32) + 0.01
+    points = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], dtype=np.float32)
+    # exactly a reference vector: its point; halfway between two: between their points
+    out = ls.place_by_neighbours(reference, points, reference[[2]], k=2)
+    assert np.allclose(out, [[0, 10]], atol=1e-3)
+    halfway = ls.place_by_neighbours(reference, points, (reference[0] + reference[1])[None], k=2)
+    assert np.allclose(halfway, [[5, 0]], atol=1e-3)
+    # k beyond the references is clipped; chunks give the same answer as one product
+    many = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    whole = ls.place_by_neighbours(reference, points, many, k=10)
+    from sonufy_model.landscape import placement
+
+    small = placement._CHUNK_ELEMENTS
+    try:
+        placement._CHUNK_ELEMENTS = 8
+        assert np.allclose(ls.place_by_neighbours(reference, points, many, k=10), whole)
+    finally:
+        placement._CHUNK_ELEMENTS = small
+    assert np.isfinite(whole).all() and (whole >= 0).all() and (whole <= 10).all()
+    with pytest.raises(ValueError, match="cannot be placed"):
+        ls.place_by_neighbours(reference, points, many[:, :4])
+    assert not ls.needs_refit(100, 20, 0) and ls.needs_refit(100, 20, 1) and not ls.needs_refit(100, 19, 1)
+
+
+def test_placing_imports_neither_umap_nor_numba(copy):
+    """A nightly that only places tracks (or has none to place) pays no
+    UMAP or numba import: the saved fit is read from umap.json."""
+    paths, store, space = copy
+    ids = ["p1", "p2", "p3"]
+    store.upsert_tracks(tracks_frame(ids, ["folk artist 1"] * 3, ["folk"] * 3, [2024] * 3))
+    embed(store, ids, space["vectors"][160:163] + 0.05, "m1")
+    script = textwrap.dedent(f"""
+        import json, sys
+        from sonufy_model import landscape as ls
+        from sonufy_model.store import Store
+        store = Store({str(paths.db)!r})
+        first = ls.update_landscape(store, {str(paths.models)!r})
+        second = ls.update_landscape(store, {str(paths.models)!r})
+        print(json.dumps({{"first": first, "second": second,
+                           "loaded": sorted(m for m in ("umap", "numba", "pynndescent") if m in sys.modules)}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["first"]["landscape_placed"] == 3 and result["second"] == {}
+    assert result["loaded"] == []
+
+
+def test_a_fit_saved_without_its_json_is_read_once_and_the_json_written(copy):
+    paths, store, _ = copy
+    info = paths.models / "m1" / ls.FIT_INFO_FILENAME
+    assert json.loads(info.read_text())["n_fitted"] == 240
+    info.unlink()
+    assert ls.update_landscape(store, paths.models) == {}
+    assert ls.read_fit_info(paths.models / "m1" / "umap.joblib", "m1").used == ls.UmapParams(15, 0.1)
+    assert json.loads(info.read_text())["params"] == {"n_neighbors": None, "min_dist": 0.1, "metric": "cosine",
+                                                      "random_state": 42}
+    info.write_text("{not json")
+    assert ls.read_fit_info(paths.models / "m1" / "umap.joblib", "m1").n_fitted == 240
+    with pytest.raises(ValueError, match="not 'm2'"):
+        ls.read_fit_info(paths.models / "m1" / "umap.joblib", "m2")
+
+
+def test_placed_tracks_past_a_fifth_of_the_fitted_ones_refit_the_landscape(copy):
+    """Placed tracks may make up REFIT_PLACED_SHARE (20%) of the fitted ones;
+    a run that would pass it refits on every track, with the saved fit's
+    settings."""
+    paths, store, space = copy
+    settings = ls.UmapParams(n_neighbors=12, min_dist=0.2)
+    assert ls.update_landscape(store, paths.models, params=settings)["landscape_fitted"] == 240
+    rng = np.random.default_rng(11)
+
+    def arrive(ids):
+        vectors = space["vectors"][rng.integers(0, 240, len(ids))] + rng.normal(size=(len(ids), LATENT_DIM)) * 0.3
+        store.upsert_tracks(tracks_frame(ids, ["folk newcomer"] * len(ids), ["folk"] * len(ids), [2025] * len(ids)))
+        embed(store, ids, vectors.astype(np.float32), "m1")
+        return ls.update_landscape(store, paths.models)
+
+    assert ls.REFIT_PLACED_SHARE * 240 == 48
+    assert arrive([f"a{i:02d}" for i in range(40)])["landscape_placed"] == 40
+    assert arrive([f"b{i:02d}" for i in range(8)])["landscape_placed"] == 8, "48 of 240: at the threshold"
+    counts = arrive(["c00"])
+    assert counts["landscape_fitted"] == 289 and "landscape_placed" not in counts
+    assert set(_points(store)["placed_by"]) == {"fit"}
+    fits = {row["level"]: row for row in ls.landscape_fits(store).to_dicts()}
+    assert (fits["tracks"]["points"], fits["tracks"]["n_neighbors"], fits["tracks"]["min_dist"]) == (289, 12, 0.2)
+    assert ls.read_fit_info(paths.models / "m1" / "umap.joblib", "m1").n_fitted == 289
+    assert arrive(["d00"])["landscape_placed"] == 1, "placing again, now among 289 fitted tracks"
 
 
 def test_refit_and_other_parameters_fit_anew(copy):

@@ -2,14 +2,18 @@
 
 A UMAP projection of every track of a model version is fitted once, saved
 next to the model version (``<models>/<version>/umap.joblib``) and stored in
-DuckDB (table ``landscape``). Tracks that arrive later are placed by the
-fitted model's transform, without refitting; a refit happens with a new model
-version, or when asked for. n_neighbors scales with the library (about
-sqrt(N), in [10, 500]: see :func:`scaled_neighbours`), min_dist is 0.1.
+DuckDB (table ``landscape``). Tracks that arrive later are placed without
+refitting, each at the similarity-weighted mean of the points of its nearest
+fitted tracks (:mod:`.placement`: numpy alone, UMAP is not imported); a refit
+happens with a new model version, when the placed tracks would grow past
+REFIT_PLACED_SHARE (20%) of the fitted ones, or when asked for (``sonufy
+landscape --refit``). n_neighbors scales with the library (about sqrt(N), in
+[10, 500]: see :func:`scaled_neighbours`), min_dist is 0.1.
 
 Artist and genre landscapes are UMAP projections of the mean latent vector
 per artist and per artist genre (n_neighbors by the same rule, min_dist 0.1),
-refitted whenever the track landscape changes, with an optional k-means
+refitted whenever the track landscape is (new artists and genres are placed
+among the others in between, like new tracks), with an optional k-means
 clustering whose k is the one with the highest silhouette (cosine geometry)
 over a range of k.
 
@@ -21,7 +25,8 @@ Pictures: a PNG shaded by density with datashader (readable at hundreds of
 thousands of points) and a self-contained interactive HTML page (no network:
 its script is inline).
 
-The modules: :mod:`.layout` (UMAP and its n_neighbors rule), :mod:`.clusters`
+The modules: :mod:`.layout` (UMAP and its n_neighbors rule), :mod:`.placement`
+(new tracks among their nearest fitted ones, and the refit rule), :mod:`.clusters`
 (k-means and nearest neighbours), :mod:`.colors` (categories, colours and the
 default label), :mod:`.persistence` (the ``landscape`` tables in DuckDB),
 :mod:`.static` (the PNG and the markdown summary), :mod:`.page` (the
@@ -52,6 +57,7 @@ from sonufy_model.landscape.colors import (
     present_labels,
 )
 from sonufy_model.landscape.layout import (
+    FIT_INFO_FILENAME,
     GROUP_PARAMS,
     LEGACY_PARAMS,
     MAX_NEIGHBOURS,
@@ -61,9 +67,11 @@ from sonufy_model.landscape.layout import (
     PARAMS_RULE,
     TRACK_PARAMS,
     UMAP_FILENAME,
+    FitInfo,
     FittedUmap,
     UmapParams,
     fit_umap,
+    read_fit_info,
     scaled_neighbours,
     umap_path,
 )
@@ -74,13 +82,23 @@ from sonufy_model.landscape.persistence import (
     group_means,
     landscape_fits,
     landscape_points,
+    place_group_landscapes,
     update_group_landscapes,
     update_landscape,
 )
 from sonufy_model.landscape.pictures import render
+from sonufy_model.landscape.placement import (
+    PLACEMENT_NEIGHBOURS,
+    REFIT_PLACED_SHARE,
+    nearest_fitted,
+    needs_refit,
+    place_by_neighbours,
+)
 from sonufy_model.landscape.static import PNG_NAME, render_png, summary_markdown
 
 __all__ = [
+    "FIT_INFO_FILENAME", "PLACEMENT_NEIGHBOURS", "REFIT_PLACED_SHARE", "FitInfo", "nearest_fitted", "needs_refit",
+    "place_by_neighbours", "place_group_landscapes", "read_fit_info",
     "AUTO", "AUTO_MAX_VALUES", "AUTO_MIN_COVERAGE", "CLUSTER_K_RANGE", "COLOR_LABELS", "EXACT_NEIGHBOURS_LIMIT",
     "GROUP_PARAMS", "HTML_NAME", "LEGACY_PARAMS", "MAX_COLORS", "MAX_NEIGHBOURS", "MIN_DIST", "MIN_NEIGHBOURS",
     "MIN_POINTS", "NEIGHBOURS", "OTHER_COLOR", "PARAMS_RULE", "PNG_NAME", "SQL_FILE", "TRACK_PARAMS",

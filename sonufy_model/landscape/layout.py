@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 
 UMAP_FILENAME = "umap.joblib"
+#: Beside it: what the fit was made with (JSON), read without unpickling the
+#: UMAP model, so that placing new tracks never imports UMAP.
+FIT_INFO_FILENAME = "umap.json"
 #: UMAP's spectral initialisation needs more points than this.
 MIN_POINTS = 4
 _FORMAT = 1
@@ -134,7 +137,11 @@ class FittedUmap:
             partial,
         )
         partial.replace(path)
+        self.info().write(path)
         return path
+
+    def info(self) -> "FitInfo":
+        return FitInfo(self.params, self.used, self.n_fitted, self.model_version, self.rule)
 
     @classmethod
     def load(cls, path: Path, model_version: str | None = None) -> "FittedUmap":
@@ -156,6 +163,64 @@ class FittedUmap:
             reducer=saved["reducer"], params=UmapParams(**saved["params"]), used=UmapParams(**saved["used"]),
             n_fitted=saved["n_fitted"], model_version=saved["model_version"], rule=saved.get("rule"),
         )
+
+
+@dataclass(frozen=True)
+class FitInfo:
+    """What a saved fit was made with, without the model: enough to decide
+    whether to place new tracks or refit (see :func:`read_fit_info`)."""
+
+    params: UmapParams  # as asked, before clipping
+    used: UmapParams  # as fitted
+    n_fitted: int
+    model_version: str
+    rule: str | None
+
+    def write(self, model_path: Path) -> Path:
+        """Write ``umap.json`` beside ``model_path``, atomically."""
+        import json
+
+        path = Path(model_path).with_name(FIT_INFO_FILENAME)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(
+            {"format": _FORMAT, "model_version": self.model_version, "params": asdict(self.params),
+             "used": asdict(self.used), "n_fitted": self.n_fitted, "rule": self.rule}, indent=1))
+        partial.replace(path)
+        return path
+
+
+def read_fit_info(model_path: Path, model_version: str | None = None) -> FitInfo:
+    """What the fit saved at ``model_path`` (``umap.joblib``) was made with,
+    from the ``umap.json`` beside it. A fit saved before that file existed
+    (or whose file is unreadable, or older than the model's) is loaded once
+    (that imports UMAP) and the file written, so later runs read the JSON
+    alone. FileNotFoundError when there is no saved fit."""
+    model_path = Path(model_path)
+    model_mtime = model_path.stat().st_mtime_ns  # FileNotFoundError: no fit
+    info = _saved_info(model_path.with_name(FIT_INFO_FILENAME), model_mtime)
+    if info is None:
+        info = FittedUmap.load(model_path, model_version).info()
+        info.write(model_path)
+    if model_version is not None and info.model_version != model_version:
+        raise ValueError(f"{model_path}: fitted for model version {info.model_version!r}, not {model_version!r}")
+    return info
+
+
+def _saved_info(path: Path, model_mtime: int) -> FitInfo | None:
+    """The FitInfo in ``path``; None when it is missing, unreadable, of another
+    format, or older than the model file it describes."""
+    import json
+
+    try:
+        if path.stat().st_mtime_ns < model_mtime:
+            return None
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict) or saved.get("format") != _FORMAT:
+            return None
+        return FitInfo(UmapParams(**saved["params"]), UmapParams(**saved["used"]), int(saved["n_fitted"]),
+                       str(saved["model_version"]), saved.get("rule"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def fit_umap(vectors: Any, params: UmapParams = TRACK_PARAMS, model_version: str = "") -> tuple[FittedUmap, np.ndarray]:

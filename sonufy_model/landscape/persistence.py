@@ -1,5 +1,6 @@
 """The landscape in DuckDB: fit or place the tracks of the current model
-version, refit the artist and genre landscapes, and read the points back."""
+version, refit or extend the artist and genre landscapes, and read the
+points back."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from sonufy_model.landscape.layout import (
     LEGACY_PARAMS,
     MIN_POINTS,
     TRACK_PARAMS,
-    FittedUmap,
+    FitInfo,
     UmapParams,
     fit_umap,
+    read_fit_info,
     umap_path,
 )
+from sonufy_model.landscape.placement import REFIT_PLACED_SHARE, nearest_fitted, needs_refit, place_by_neighbours
 from sonufy_model.store import Store, TrackNotFound
 
 SQL_FILE = "landscape_queries.sql"
@@ -69,50 +72,66 @@ def update_landscape(
     refit: bool = False,
     group_params: UmapParams = GROUP_PARAMS,
     cluster_k_range: tuple[int, int] | None = CLUSTER_K_RANGE,
+    refit_share: float = REFIT_PLACED_SHARE,
 ) -> dict:
     """Give every track of the current model version a point in its landscape.
 
-    With no fitted UMAP for the version (or ``refit``, or ``params`` other than
-    the saved fit's, or a saved fit made by the fixed defaults of before the
-    scaled n_neighbors), fit one on every track, store all points and save the
-    model under ``models_dir/<version>/umap.joblib``; otherwise place only the
-    tracks without a point, by the saved model's transform. ``params`` None:
-    the saved fit's, else TRACK_PARAMS (n_neighbors scaled). When anything
-    changed, the artist and genre landscapes are refitted. Counts:
-    landscape_fitted, landscape_placed, artist_points, genre_points.
+    Fit UMAP on every track, store all points and save the model under
+    ``models_dir/<version>/umap.joblib`` (with ``umap.json`` beside it) when
+    there is no saved fit for the version, or ``refit``, or ``params`` other
+    than the saved fit's, or a saved fit made by the fixed defaults of before
+    the scaled n_neighbors, or when placing the tracks without a point would
+    make the placed tracks more than ``refit_share`` of the fitted ones
+    (REFIT_PLACED_SHARE, 20%). Otherwise place only the tracks without a
+    point, each among its nearest fitted tracks (:mod:`.placement`: numpy,
+    UMAP is not imported). ``params`` None: the saved fit's, else
+    TRACK_PARAMS (n_neighbors scaled). A fit refits the artist and genre
+    landscapes; a placement keeps their points and places new artists and
+    genres the same way. Counts: landscape_fitted, landscape_placed,
+    artist_points, genre_points; nothing when nothing changed.
     """
     model = store.current_model()
     if model is None:
         raise TrackNotFound(f"{store.path}: no current model: run `sonufy build` first")
     version = model.model_version
     path = umap_path(models_dir, version)
-    fitted = None
+    saved: FitInfo | None = None
     if path.exists() and not refit:
-        fitted = FittedUmap.load(path, version)
-        if params is not None and params != fitted.params:
-            fitted = None  # asked for other settings: refit with them
-        elif params is None and fitted.rule is None and fitted.params == LEGACY_PARAMS:
-            fitted = None  # the old fixed 500 neighbours: refit once with the scaled ones
+        saved = read_fit_info(path, version)
+        if params is not None and params != saved.params:
+            saved = None  # asked for other settings: refit with them
+        elif params is None and saved.rule is None and saved.params == LEGACY_PARAMS:
+            saved = None  # the old fixed 500 neighbours: refit once with the scaled ones
+    fit_params = params or TRACK_PARAMS
+    if saved is not None:
+        tally = _query(store, "landscape_counts").row(0, named=True)
+        if tally["fitted"] < MIN_POINTS:
+            saved = None  # points lost since the fit: fit anew
+        elif needs_refit(tally["fitted"], tally["placed"], tally["pending"], refit_share):
+            fit_params, saved = saved.params, None  # grown too far from the fit: refit, same settings
+        elif not tally["pending"]:
+            return update_group_landscapes(store, group_params, cluster_k_range) if _group_landscape_missing(
+                store) else {}
     counts: dict = {}
-    if fitted is None:
+    if saved is None:
         frame = _query(store, "landscape_vectors")
         if frame.height < MIN_POINTS:
             return {"landscape_skipped": frame.height}
-        fitted, points = fit_umap(_vectors(frame), params or TRACK_PARAMS, version)
+        fitted, points = fit_umap(_vectors(frame), fit_params, version)
         # Points first, then the model: a crash between the two leaves points
         # without a model, and the next run refits.
         _write_points(store, version, frame["track_id"], points, "fit", replace_all=True,
                       fit_row=_fit_row(version, "tracks", frame.height, fitted.used))
         fitted.save(path)
         counts["landscape_fitted"] = frame.height
-    else:
-        frame = _query(store, "landscape_unplaced")
-        if frame.height:
-            points = fitted.transform(_vectors(frame))
-            _write_points(store, version, frame["track_id"], points, "transform", replace_all=False)
-            counts["landscape_placed"] = frame.height
-    if counts or _group_landscape_missing(store):
         counts.update(update_group_landscapes(store, group_params, cluster_k_range))
+        return counts
+    frame = _query(store, "landscape_unplaced")
+    reference = _query(store, "landscape_fitted_points")
+    points = place_by_neighbours(_vectors(reference), reference.select("x", "y").to_numpy(), _vectors(frame))
+    _write_points(store, version, frame["track_id"], points, "neighbours", replace_all=False)
+    counts["landscape_placed"] = frame.height
+    counts.update(place_group_landscapes(store, group_params, cluster_k_range))
     return counts
 
 
@@ -173,35 +192,85 @@ def update_group_landscapes(
     if frame.is_empty():
         return {}
     version = frame["model_version"][0]
+    return {f"{level}_points": _fit_group_level(store, version, level, groups, params, cluster_k_range)
+            for level, groups in group_means(frame).items()}
+
+
+def place_group_landscapes(
+    store: Store, params: UmapParams = GROUP_PARAMS, cluster_k_range: tuple[int, int] | None = CLUSTER_K_RANGE
+) -> dict:
+    """The artist and genre landscapes after tracks were placed, without
+    refitting: each group already on a level's map keeps its point and
+    cluster (its mean moved by a few tracks at most: the track landscape's
+    refit rule refits the groups with it), a new artist or genre is placed
+    among the groups nearest its mean vector like a new track
+    (:func:`.placement.place_by_neighbours`) and takes the cluster of the
+    nearest. A level with too few points to place among is fitted (UMAP).
+    Counts of points."""
+    frame = _query(store, "landscape_vectors")
+    if frame.is_empty():
+        return {}
+    version = frame["model_version"][0]
     counts = {}
     for level, groups in group_means(frame).items():
-        # Each level's map is replaced in one transaction, its fit row with
-        # it: a crash at any point leaves the previous map whole.
-        where = {"model_version": version, "level": level}
-        if groups.height < MIN_POINTS:
-            with store.transaction() as con:
-                con.execute(sql.statement("delete_group_landscape", SQL_FILE), where)
-                con.execute(sql.statement("delete_landscape_fit", SQL_FILE), where)
-            counts[f"{level}_points"] = 0
+        known = _query(store, "group_level_points", {"model_version": version, "level": level})
+        if groups.height < MIN_POINTS or known.height < MIN_POINTS:
+            counts[f"{level}_points"] = _fit_group_level(store, version, level, groups, params, cluster_k_range)
             continue
-        vectors = _vectors(groups)
-        fitted, points = fit_umap(vectors, params, version)
-        clustering = choose_clusters(vectors, cluster_k_range) if cluster_k_range else None
-        batch = groups.drop("vector").with_columns(
-            pl.Series("x", points[:, 0]), pl.Series("y", points[:, 1]),
-            pl.Series("cluster", clustering.labels if clustering else [None] * groups.height, dtype=pl.Int32),
-        )
-        with store.transaction() as con:
-            con.execute(sql.statement("delete_group_landscape", SQL_FILE), where)
-            con.register("group_batch", batch.to_arrow())
-            try:
-                con.execute(sql.statement("insert_group_landscape", SQL_FILE), where)
-            finally:
-                con.unregister("group_batch")
-            con.execute(sql.statement("upsert_landscape_fit", SQL_FILE),
-                        _fit_row(version, level, groups.height, fitted.used, clustering))
+        batch = groups.drop("vector").join(known, on="name", how="left", maintain_order="left")
+        old = batch["x"].is_not_null().to_numpy()
+        if not old.all():
+            vectors = _vectors(groups)
+            new = ~old
+            xy = batch.select("x", "y").to_numpy()
+            xy[new] = place_by_neighbours(vectors[old], xy[old], vectors[new])
+            clusters = batch["cluster"].to_list()
+            known_clusters = [clusters[i] for i in np.flatnonzero(old)]
+            nearest, _ = nearest_fitted(vectors[old], vectors[new], k=1)
+            for row, index in zip(np.flatnonzero(new), nearest[:, 0]):
+                clusters[row] = known_clusters[index]
+            batch = batch.with_columns(pl.Series("x", xy[:, 0], dtype=pl.Float32),
+                                       pl.Series("y", xy[:, 1], dtype=pl.Float32),
+                                       pl.Series("cluster", clusters, dtype=pl.Int32))
+        _write_group_level(store, version, level, batch)
         counts[f"{level}_points"] = groups.height
     return counts
+
+
+def _write_group_level(store: Store, version: str, level: str, batch: pl.DataFrame,
+                       fit_row: dict | None = None) -> None:
+    # Each level's map is replaced in one transaction (its fit row with it
+    # when refitted): a crash at any point leaves the previous map whole.
+    where = {"model_version": version, "level": level}
+    with store.transaction() as con:
+        con.execute(sql.statement("delete_group_landscape", SQL_FILE), where)
+        con.register("group_batch", batch.to_arrow())
+        try:
+            con.execute(sql.statement("insert_group_landscape", SQL_FILE), where)
+        finally:
+            con.unregister("group_batch")
+        if fit_row is not None:
+            con.execute(sql.statement("upsert_landscape_fit", SQL_FILE), fit_row)
+
+
+def _fit_group_level(store: Store, version: str, level: str, groups: pl.DataFrame, params: UmapParams,
+                     cluster_k_range: tuple[int, int] | None) -> int:
+    """Refit one level's map (none below MIN_POINTS groups); its points."""
+    if groups.height < MIN_POINTS:
+        where = {"model_version": version, "level": level}
+        with store.transaction() as con:
+            con.execute(sql.statement("delete_group_landscape", SQL_FILE), where)
+            con.execute(sql.statement("delete_landscape_fit", SQL_FILE), where)
+        return 0
+    vectors = _vectors(groups)
+    fitted, points = fit_umap(vectors, params, version)
+    clustering = choose_clusters(vectors, cluster_k_range) if cluster_k_range else None
+    batch = groups.drop("vector").with_columns(
+        pl.Series("x", points[:, 0]), pl.Series("y", points[:, 1]),
+        pl.Series("cluster", clustering.labels if clustering else [None] * groups.height, dtype=pl.Int32),
+    )
+    _write_group_level(store, version, level, batch, _fit_row(version, level, groups.height, fitted.used, clustering))
+    return groups.height
 
 
 def landscape_points(store: Store) -> pl.DataFrame:
