@@ -150,7 +150,8 @@ def nightly_refresh(
                 else:
                     add_counts(counts, encode_pending(store, run_id, tracks_per_batch=4 * batch_size))
             # 6. the search index and the landscape: the new tracks added to
-            # the current version's index, and placed by its saved UMAP (no refit)
+            # the current version's index, and placed among the saved fit's
+            # nearest tracks (a refit once placed ones pass 20% of the fitted)
             with clock.stage("search index"):
                 if model is not None:
                     counts["search_index"] = update_search_index(store).get("index")

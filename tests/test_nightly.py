@@ -95,10 +95,14 @@ def test_a_nightly_adds_only_the_new_releases_and_reports_them(built):
     summary = _latest_artifact("sonufy-landscape-summary")
     assert f"{before + 4:,} tracks" in summary.data
 
-    # Nothing new tonight: nothing fetched, converted or encoded.
+    # Nothing new tonight: nothing fetched, converted or encoded, and the
+    # pictures are not redrawn (their files untouched).
+    pictures = [built.with_suffix(".data") / "landscape" / name for name in ("landscape.png", "landscape.html")]
+    drawn = [path.stat().st_mtime_ns for path in pictures]
     again = _nightly(built, new_tracks=4)
     assert again["added"] == 0
-    assert not {"fetched", "stored", "encoded", "landscape_placed"} & set(again["counts"])
+    assert not {"fetched", "stored", "encoded", "landscape_placed", "landscape_fitted"} & set(again["counts"])
+    assert [path.stat().st_mtime_ns for path in pictures] == drawn
     assert _sql(built, "SELECT count(*) FROM latent")[0][0] == before + 4
 
 
