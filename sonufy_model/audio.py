@@ -14,10 +14,15 @@ or composer's tracks share (docs/model.md).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -160,6 +165,33 @@ def load_excerpts(path: str | Path, params: MelParams) -> list[tuple[np.ndarray,
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         raise AudioDecodeError(f"{path}: {_decode_failure(path, error)}") from error
     return clips
+
+
+@contextlib.contextmanager
+def native_stderr_captured():
+    """What C libraries write to file descriptor 2 meanwhile goes to a buffer,
+    not the terminal; the lines are in the yielded list on exit and logged at
+    debug level.
+
+    libmpg123 (libsndfile's MP3 decoder) prints "Note: Illegal Audio-MPEG-
+    Header ... Trying to resync..." for a damaged or non-MP3 file that our
+    own error already names. For single-threaded callers such as the query
+    path: whatever another thread writes to stderr meanwhile is captured too.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    lines: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read().decode(errors="replace").splitlines())
+            for line in lines:
+                logging.getLogger(__name__).debug("decoder: %s", line)
 
 
 def _decode_failure(path: Path, error: Exception) -> str:

@@ -25,7 +25,7 @@ import polars as pl
 
 import sql
 from sonufy_model import hubness
-from sonufy_model.audio import AudioDecodeError, MelParams, analyse, to_uint8
+from sonufy_model.audio import AudioDecodeError, MelParams, analyse, native_stderr_captured, to_uint8
 from sonufy_model.store import ModelRecord
 
 SQL_FILE = "journeys.sql"
@@ -99,7 +99,8 @@ def _encode_checked(store, path: str | Path) -> tuple[np.ndarray, str | None]:
     model = _current_model(store)
     params = mel_params(store, model)
     try:
-        clips = analyse(file, params, flatness=True)
+        with native_stderr_captured():  # the decoder's own notes on a bad file: ours names it
+            clips = analyse(file, params, flatness=True)
     except (OSError, ValueError) as error:
         if isinstance(error, AudioDecodeError):
             raise

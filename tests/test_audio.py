@@ -17,6 +17,7 @@ from sonufy_model.audio import (
     full_scale_power,
     load_excerpt,
     load_excerpts,
+    native_stderr_captured,
     scaled_mel,
 )
 from sonufy_model.evaluate import precision_at_k
@@ -278,3 +279,13 @@ def test_excerpts_become_rows_and_their_vectors_are_averaged(clips):
     track_ids, means = mean_per_track(pl.Series(batch.track_ids), per_clip)
     assert track_ids.to_list() == ["song", "low"]
     assert means.tolist() == [[3.0, 1.0], [7.0, 7.0]]
+
+
+def test_native_stderr_is_captured_and_given_back(capfd):
+    import os
+
+    with native_stderr_captured() as lines:
+        os.write(2, b"Note: Trying to resync...\n")
+    os.write(2, b"after\n")
+    assert lines == ["Note: Trying to resync..."]
+    assert capfd.readouterr().err == "after\n"  # fd 2 is the terminal's again, and only that reached it

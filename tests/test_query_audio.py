@@ -190,6 +190,19 @@ def test_recommend_command_from_a_file_or_a_search(space, standin, capsys, tmp_p
     assert "not allowed with" in capsys.readouterr().err
 
 
+def test_a_damaged_mp3_query_gets_our_one_line_without_the_decoders_notes(space, capfd, tmp_path):
+    junk = tmp_path / "junk.mp3"
+    # MPEG frame sync bytes in noise: libmpg123 starts decoding, then prints
+    # "Note: Illegal Audio-MPEG-Header ... Trying to resync" on fd 2.
+    junk.write_bytes(b"\xff\xfb\x90\x00" + np.random.default_rng(0).bytes(5000))
+    assert main(["recommend", "--db", str(space["store"].path), "--file", str(junk)]) == 2
+    err = capfd.readouterr().err
+    assert "junk.mp3: does not decode as audio" in err or "junk.mp3: not usable as a query" in err \
+        or "junk.mp3: only" in err
+    assert "Note:" not in err and "resync" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_the_command_warns_of_noise_and_names_a_service_that_fails_it(space, standin, capsys, tmp_path, monkeypatch):
     db, rate = str(space["store"].path), 22050
     noise = tmp_path / "noise.wav"

@@ -66,12 +66,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         code = args.handler(args)
     except (CommandError, TrackNotFound, ValueError, FileNotFoundError, DatabaseLocked, SchemaTooNew,
-            BadCredentials) as error:
+            ServiceError) as error:
         print(f"sonufy {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except ServiceError as error:  # a service that failed us, not a bad input: the message names the cause
-        print(f"sonufy {args.command}: error: {error}", file=sys.stderr)
-        return 1
+        # Bad input (credentials included) exits 2; a service that failed us,
+        # which the message names, 1.
+        return 1 if isinstance(error, ServiceError) and not isinstance(error, BadCredentials) else 2
     except Exception as error:  # one of ours: one line for the user, the traceback on request
         if args.debug or os.environ.get("SONUFY_DEBUG", "") not in ("", "0"):
             raise
