@@ -19,14 +19,21 @@ rebuildable from the embeddings table at any time.
 
 Popularity floor: tracks without a popularity (local files, catalogs whose API
 no longer reports it) pass, since the floor is only meaningful where the data
-has one.
+has one. Duration bounds likewise: a track of unknown duration passes.
+
+The gaps (no artist, or album, again within N tracks) act on the list's
+order: each place of the ranked list takes the best-ranked track whose artist
+is not among the N placed just before it, and a track that would break the gap
+waits for a later place (the macro's ``artist_gap``); paths and radios keep
+them in their own order (:mod:`sonufy_model.journeys`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,6 +46,7 @@ from sonufy_model.kmeans import nearest_centroids, spherical_kmeans
 from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
 
 QUERIES = "search_queries.sql"
+SCHEMA_FILE = "search.sql"  # the macros and tables, applied as schema
 
 RESULT_COLUMNS = (
     "track_id", "artist", "title", "album", "preview_url", "cosine", "time_similarity", "frequency_similarity",
@@ -55,19 +63,74 @@ class SearchFilters:
     exclude_duplicates: bool = False  # same ISRC, or same normalised title + artist, as a seed or a better result
     min_popularity: int | None = None  # tracks without a popularity pass
     max_per_artist: int | None = None  # at most N results per artist
+    # Never listed: a track whose artist, album, id or "artist - title" is an
+    # entry (case-insensitive, trimmed, runs of spaces as one; see read_exclusions).
+    exclude: tuple[str, ...] = ()
+    min_seconds: float | None = None  # duration bounds, inclusive; an unknown duration passes
+    max_seconds: float | None = None
+    artist_gap: int = 0  # no artist again within the N tracks after it (0: no gap)
+    album_gap: int = 0  # likewise for an album
 
     def __post_init__(self) -> None:
-        if isinstance(self.exclude_track_ids, str):
-            raise TypeError("exclude_track_ids must be a sequence of track ids, not one string")
-        object.__setattr__(self, "exclude_track_ids", tuple(self.exclude_track_ids))
+        for name in ("exclude_track_ids", "exclude"):
+            if isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a sequence of strings, not one string")
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.max_per_artist is not None and self.max_per_artist < 1:
             raise ValueError(f"max_per_artist must be at least 1, got {self.max_per_artist}")
+        check_bounds(self.min_seconds, self.max_seconds, self.artist_gap, self.album_gap)
 
     @property
     def relational(self) -> bool:
         """Whether candidates can be dropped for reasons other than their id."""
         return (self.exclude_same_artist or self.exclude_same_album or self.exclude_duplicates
-                or self.min_popularity is not None or self.max_per_artist is not None)
+                or self.min_popularity is not None or self.max_per_artist is not None
+                or bool(self.exclude) or self.min_seconds is not None or self.max_seconds is not None
+                or self.gapped)
+
+    @property
+    def gapped(self) -> bool:
+        return self.artist_gap > 0 or self.album_gap > 0
+
+
+def check_bounds(min_seconds: float | None, max_seconds: float | None, artist_gap: int = 0,
+                 album_gap: int = 0) -> None:
+    """A ValueError naming the duration bound or gap that no list can meet."""
+    for name, value in (("min_seconds", min_seconds), ("max_seconds", max_seconds)):
+        if value is not None and not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a number of seconds, 0 or more, got {value!r}")
+    if min_seconds is not None and max_seconds is not None and min_seconds > max_seconds:
+        raise ValueError(f"min_seconds {min_seconds:g} is more than max_seconds {max_seconds:g}: no track fits")
+    for name, value in (("artist_gap", artist_gap), ("album_gap", album_gap)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a whole number, 0 or more, got {value!r}")
+
+
+def read_exclusions(path) -> tuple[str, ...]:
+    """An exclusion list's entries: one a line (an artist, an album, a track id
+    or "artist - title"), trimmed; blank lines and lines starting with # left
+    out. An OSError or UnicodeDecodeError when the file cannot be read as text."""
+    from pathlib import Path
+
+    text = Path(path).expanduser().read_text(encoding="utf-8-sig")
+    entries = (line.strip() for line in text.splitlines())
+    return tuple(dict.fromkeys(entry for entry in entries if entry and not entry.startswith("#")))
+
+
+@contextmanager
+def reading_connection(store: Store) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``store.connect()``, with this code's search macros: a reader of a store
+    that no writer has migrated to this code's schema yet (readers never
+    migrate) defines them on its own connection, as temporary macros over the
+    store's older ones, so that the filters the store's macros lack still work."""
+    with store.connect() as con:
+        if store.reader:
+            stored = Store._stored_schema(con)
+            if stored is None or stored[0] < sql.SCHEMA_VERSION or (
+                    stored[0] == sql.SCHEMA_VERSION and stored[1] != sql.schema_fingerprint()):
+                for statement in sql.temporary_macros(SCHEMA_FILE):
+                    con.execute(statement)
+        yield con
 
 
 def track_vector(store: Store, track_id: str) -> np.ndarray:
@@ -139,7 +202,7 @@ def similar(
     if isinstance(seed_track_ids, str):
         raise TypeError("seed_track_ids must be a sequence of track ids, not one string")
     seeds = list(dict.fromkeys(([track_id] if track_id is not None else []) + list(seed_track_ids)))
-    with store.connect() as con:
+    with reading_connection(store) as con:
         query = _track_vector(con, store, track_id) if track_id is not None else query_vector(vector)
         total = None
         if k > LARGE_K:  # up to k: never more than the space holds (a k past SQL's integers would fail)
@@ -215,6 +278,11 @@ def _filter_parameters(seeds: list[str], filters: SearchFilters) -> dict:
         "exclude_duplicates": filters.exclude_duplicates,
         "min_popularity": filters.min_popularity,
         "max_per_artist": filters.max_per_artist,
+        "exclude_list": list(filters.exclude),
+        "min_seconds": filters.min_seconds,
+        "max_seconds": filters.max_seconds,
+        "artist_gap": filters.artist_gap,
+        "album_gap": filters.album_gap,
     }
 
 

@@ -46,9 +46,26 @@ SCHEMA_FILES = ("schema.sql", "migrations.sql", "search.sql", "landscape.sql")
 #: writes (sonufy_model.store.SchemaTooNew), while older code can still read it.
 #: 1: stores from before versions were recorded.
 #: 3: shard and checkpoint paths relative to the database file's folder.
-SCHEMA_VERSION = 3
+#: 4: the exclusion list, duration bounds and gaps of similar_to and
+#: similar_to_vector (readers of an older store define them for themselves:
+#: sonufy_model.search.reading_connection).
+SCHEMA_VERSION = 4
 #: The first version whose stored file paths are relative (see Store._migrate).
 RELATIVE_PATHS_VERSION = 3
+
+
+def temporary_macros(filename: str) -> list[str]:
+    """The macros of a schema file, each made a TEMP macro: a reader defines
+    them on its own connection, over those of a store not yet migrated to this
+    code's schema (a temporary macro hides the store's one of the same name)."""
+    return [
+        _MACRO.sub("CREATE OR REPLACE TEMP MACRO", text, count=1)
+        for text in _statements(filename).values()
+        if _MACRO.search(text)
+    ]
+
+
+_MACRO = re.compile(r"^CREATE OR REPLACE MACRO", re.MULTILINE)
 
 
 def schema_fingerprint() -> str:

@@ -15,6 +15,14 @@
 --                                      same ISRC, or same normalised title and artist
 --   min_popularity := 40               popularity at least 40; tracks without a popularity pass
 --   max_per_artist := 2                at most 2 tracks per artist
+--   exclude_list := ['Artist', 'Album', '<track id>', 'Artist - Title']
+--                                      never returned: a track whose artist, album, id or "artist - title"
+--                                      is an entry (case-insensitive, trimmed, runs of spaces as one)
+--   min_seconds := 90, max_seconds := 600
+--                                      duration bounds, inclusive; a track of unknown duration passes
+--   artist_gap := 3                    down the list, no artist again within the 3 tracks after it:
+--                                      a track that would be waits for the first place that keeps the gap
+--   album_gap := 5                     likewise for an album (its id, else artist and album name)
 --   candidates := 2000                 the filters act among this many nearest tracks
 --   nprobe := 32                       cells the index probes (default 16; similar() passes the index's own)
 --   use_index := false                 exact scan even where the current version has an index
@@ -36,6 +44,29 @@ CREATE OR REPLACE MACRO search_title_key(title, artist) AS
 
 -- name: create_search_artist_key_macro
 CREATE OR REPLACE MACRO search_artist_key(artist) AS lower(strip_accents(trim(artist)));
+
+-- name: create_search_filter_key_macro
+-- How an entry of an exclusion list and a track's names are compared: lower
+-- case, trimmed, runs of white space as one space.
+CREATE OR REPLACE MACRO search_filter_key(text) AS lower(trim(regexp_replace(text, '\s+', ' ', 'g')));
+
+-- name: create_search_album_key_macro
+-- What the album gap compares: the album's id, else the artist and album name;
+-- NULL (no album, never in a gap) when the track has neither.
+CREATE OR REPLACE MACRO search_album_key(album_id, artist, album) AS
+    coalesce(album_id, CASE WHEN nullif(trim(album), '') IS NOT NULL
+                            THEN search_artist_key(artist) || '|' || lower(trim(album)) END);
+
+-- name: create_search_check_filters_macro
+-- true, or an error naming the filter that cannot be met.
+CREATE OR REPLACE MACRO search_check_filters(min_seconds, max_seconds, artist_gap, album_gap) AS
+    CASE WHEN min_seconds < 0 THEN error('min_seconds must be 0 or more, got ' || min_seconds)
+         WHEN max_seconds < 0 THEN error('max_seconds must be 0 or more, got ' || max_seconds)
+         WHEN min_seconds > max_seconds
+              THEN error('min_seconds ' || min_seconds || ' is more than max_seconds ' || max_seconds)
+         WHEN artist_gap < 0 THEN error('artist_gap must be 0 or more, got ' || artist_gap)
+         WHEN album_gap < 0 THEN error('album_gap must be 0 or more, got ' || album_gap)
+         ELSE true END;
 
 -- name: create_search_preview_url_macro
 -- A link to hear a track: Spotify's preview, else its Spotify page, else the local file.
@@ -173,9 +204,22 @@ CREATE OR REPLACE MACRO similar_to_vector(
     max_per_artist := NULL::INTEGER,
     candidates := NULL::INTEGER,
     nprobe := NULL::INTEGER,
-    use_index := true
+    use_index := true,
+    exclude_list := []::VARCHAR[],
+    min_seconds := NULL::DOUBLE,
+    max_seconds := NULL::DOUBLE,
+    artist_gap := 0,
+    album_gap := 0
 ) AS TABLE
-WITH seeds AS MATERIALIZED (
+WITH RECURSIVE checked AS MATERIALIZED (
+    SELECT search_check_filters(min_seconds, max_seconds, artist_gap, album_gap) AS ok
+),
+excluded AS MATERIALIZED (
+    SELECT DISTINCT search_filter_key(entry) AS entry
+    FROM (SELECT unnest(exclude_list::VARCHAR[]) AS entry)
+    WHERE nullif(trim(entry), '') IS NOT NULL
+),
+seeds AS MATERIALIZED (
     -- Read only when a filter compares with the seeds.
     SELECT search_artist_key(artist) AS artist_key,
            coalesce(album_id, search_artist_key(artist) || '|' || lower(album)) AS album_key,
@@ -198,10 +242,18 @@ described AS (
            c.cosine, c.time_similarity, c.frequency_similarity,
            search_artist_key(t.artist) AS artist_key,
            coalesce(t.isrc, t.track_id) AS isrc_key,
-           search_title_key(t.title, t.artist) AS title_key
+           search_title_key(t.title, t.artist) AS title_key,
+           search_album_key(t.album_id, t.artist, t.album) AS album_key
     FROM candidate AS c
     JOIN tracks AS t ON t.track_id = c.track_id
     WHERE c.cosine IS NOT NULL
+      AND (SELECT ok FROM checked)
+      AND (min_seconds IS NULL OR coalesce(t.duration_ms, 0) = 0 OR t.duration_ms >= min_seconds * 1000)
+      AND (max_seconds IS NULL OR coalesce(t.duration_ms, 0) = 0 OR t.duration_ms <= max_seconds * 1000)
+      AND (len(exclude_list::VARCHAR[]) = 0 OR NOT EXISTS (
+               SELECT 1 FROM excluded AS x
+               WHERE x.entry IN (search_filter_key(t.artist), search_filter_key(t.album), lower(trim(t.track_id)),
+                                 search_filter_key(t.artist || ' - ' || t.title))))
       AND NOT list_contains(exclude_track_ids::VARCHAR[], c.track_id)
       AND NOT list_contains(seed_track_ids::VARCHAR[], c.track_id)
       AND (min_popularity IS NULL OR t.popularity IS NULL OR t.popularity >= min_popularity)
@@ -229,10 +281,54 @@ capped AS (
     SELECT * FROM one_per_song
     QUALIFY max_per_artist IS NULL
          OR row_number() OVER (PARTITION BY artist_key ORDER BY cosine DESC, track_id) <= max_per_artist
+),
+ranked AS (
+    -- Read only with a gap: the list in order, numbered.
+    SELECT *, row_number() OVER (ORDER BY cosine DESC, track_id) AS rank
+    FROM capped
+    WHERE artist_gap > 0 OR album_gap > 0
+),
+spaced(position, track, pending, recent_artists, recent_albums) AS (
+    -- The gaps, one place of the list at a time until k: each place takes the
+    -- best-ranked track not placed yet (pending, in order) whose artist (album)
+    -- is not among the artist_gap (album_gap) placed just before it; a track
+    -- that would break a gap waits for a later place. One row per place, with
+    -- its track; empty without a gap. (The tracks waiting travel in the rows:
+    -- read from ranked at each place, the search would run again each time,
+    -- and DuckDB 1.5's recursion reads a MATERIALIZED ranked as empty.)
+    SELECT 0, first(r), list(r ORDER BY r.rank), []::VARCHAR[], []::VARCHAR[]  -- place 0: no track
+    FROM ranked AS r
+    WHERE artist_gap > 0 OR album_gap > 0
+    UNION ALL
+    SELECT position + 1, track, list_filter(pending, lambda p: p.rank <> track.rank),
+           CASE WHEN artist_gap > 0 THEN list_slice(list_append(recent_artists, track.artist_key), -artist_gap, -1)
+                ELSE [] END,
+           CASE WHEN album_gap > 0 THEN list_slice(list_append(recent_albums, track.album_key), -album_gap, -1)
+                ELSE [] END
+    FROM (
+        SELECT s.position, s.pending, s.recent_artists, s.recent_albums,
+               list_filter(s.pending, lambda p: NOT list_contains(s.recent_artists, p.artist_key)
+                                               AND (p.album_key IS NULL
+                                                    OR NOT list_contains(s.recent_albums, p.album_key)))[1] AS track
+        FROM spaced AS s
+        WHERE s.position < k
+    )
+    WHERE track IS NOT NULL
+),
+listed AS (
+    SELECT track.track_id, track.artist, track.title, track.album, track.preview_url, track.cosine,
+           track.time_similarity, track.frequency_similarity, position
+    FROM spaced
+    WHERE position > 0
+    UNION ALL
+    SELECT track_id, artist, title, album, preview_url, cosine, time_similarity, frequency_similarity,
+           row_number() OVER (ORDER BY cosine DESC, track_id) AS position
+    FROM capped
+    WHERE NOT (artist_gap > 0 OR album_gap > 0)
 )
 SELECT track_id, artist, title, album, preview_url, cosine, time_similarity, frequency_similarity
-FROM capped
-ORDER BY cosine DESC, track_id
+FROM listed
+ORDER BY position
 LIMIT k;
 
 -- name: create_similar_to_macro
@@ -248,7 +344,12 @@ CREATE OR REPLACE MACRO similar_to(
     max_per_artist := NULL::INTEGER,
     candidates := NULL::INTEGER,
     nprobe := NULL::INTEGER,
-    use_index := true
+    use_index := true,
+    exclude_list := []::VARCHAR[],
+    min_seconds := NULL::DOUBLE,
+    max_seconds := NULL::DOUBLE,
+    artist_gap := 0,
+    album_gap := 0
 ) AS TABLE
 SELECT track_id, artist, title, album, cosine, time_similarity, frequency_similarity
 FROM similar_to_vector(
@@ -256,5 +357,7 @@ FROM similar_to_vector(
     exclude_track_ids := exclude_track_ids, seed_track_ids := [query_track_id],
     exclude_same_artist := exclude_same_artist, exclude_same_album := exclude_same_album,
     exclude_duplicates := exclude_duplicates, min_popularity := min_popularity,
-    max_per_artist := max_per_artist, candidates := candidates, nprobe := nprobe, use_index := use_index
+    max_per_artist := max_per_artist, candidates := candidates, nprobe := nprobe, use_index := use_index,
+    exclude_list := exclude_list, min_seconds := min_seconds, max_seconds := max_seconds,
+    artist_gap := artist_gap, album_gap := album_gap
 );

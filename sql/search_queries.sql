@@ -13,7 +13,8 @@ SELECT * FROM similar_to_vector(
     exclude_same_artist := $exclude_same_artist, exclude_same_album := $exclude_same_album,
     exclude_duplicates := $exclude_duplicates, min_popularity := $min_popularity,
     max_per_artist := $max_per_artist, candidates := $candidates, nprobe := $nprobe,
-    use_index := $use_index
+    use_index := $use_index, exclude_list := $exclude_list, min_seconds := $min_seconds,
+    max_seconds := $max_seconds, artist_gap := $artist_gap, album_gap := $album_gap
 );
 
 -- name: search_nearest
