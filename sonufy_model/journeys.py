@@ -5,6 +5,9 @@ Sonic Adventure, AudioMuse-AI's song path): waypoints are spherically
 interpolated between A's and B's normalised vectors, and each waypoint takes
 the nearest track not used yet. ``radio`` interleaves the neighbourhoods of
 several seeds into one longer list, with at most N tracks per artist.
+Both keep the artist and album gaps (:class:`~sonufy_model.gaps.Gaps`) in
+their own order: a track that would break a gap waits (a radio) or the next
+nearest is taken (a path).
 
 Both answer through :func:`sonufy_model.search.similar` (the index when there
 is one, an exact scan otherwise); the algorithms themselves take a
@@ -21,6 +24,7 @@ import numpy as np
 import polars as pl
 
 import sql
+from sonufy_model.gaps import NO_GAPS, Gaps, album_keys, with_album_keys
 from sonufy_model.hubness import unit_rows, vectors_of
 from sonufy_model.names import normalise_name
 
@@ -79,29 +83,38 @@ def split_scores(query: np.ndarray, vector: np.ndarray) -> dict[str, float]:
 
 
 def walk(
-    a: dict, b: dict, vector_a: np.ndarray, vector_b: np.ndarray, steps: int, nearest: Nearest
+    a: dict, b: dict, vector_a: np.ndarray, vector_b: np.ndarray, steps: int, nearest: Nearest,
+    gaps: Gaps = NO_GAPS,
 ) -> list[dict]:
     """The path's rows: A, then the nearest unused track to each inner waypoint, then B.
 
     ``a`` and ``b``: the end tracks' rows (TRACK_COLUMNS). Each row gets
     ``step`` (0..steps-1), ``position`` (the waypoint's fraction of the way)
-    and the scores against its waypoint.
+    and the scores against its waypoint. With ``gaps``, an inner step takes the
+    nearest unused track that keeps them with the steps before it and with B
+    (A and B are kept as named); rows then carry ``album_key`` for the album gap.
     """
     if a["track_id"] == b["track_id"]:
         raise JourneyError(f"A and B are the same track ({a['track_id']}): a path needs two tracks")
     points = waypoints(np.asarray(vector_a, np.float64), np.asarray(vector_b, np.float64), steps)
     used = [a["track_id"], b["track_id"]]
     rows = [{**a, **split_scores(points[0], vector_a)}]
-    for point in points[1:-1]:
-        found = nearest(vector=point, k=1, exclude=tuple(used))
-        if found.is_empty():
+    for step, point in enumerate(points[1:-1], start=1):
+        row = _nearest_fitting(nearest, point, used, gaps, rows, b, steps - 1 - step)
+        if row is None and not gaps:
             raise JourneyError(
                 f"the latent space has only {len(rows) + 1} tracks to walk through: "
                 f"fewer than the {steps} steps asked for"
             )
-        row = found.row(0, named=True)
+        if row is None:
+            raise JourneyError(
+                f"no track is left for step {step} of {steps - 1} that keeps "
+                + " and ".join(f"--{name}-gap {gap}" for name, gap in (("artist", gaps.artist), ("album", gaps.album))
+                               if gap)
+                + ": ask for fewer steps or a smaller gap"
+            )
         used.append(row["track_id"])
-        rows.append({name: row[name] for name in (*TRACK_COLUMNS, *SCORE_COLUMNS)})
+        rows.append({name: row.get(name) for name in (*TRACK_COLUMNS, *SCORE_COLUMNS, "album_key")})
     rows.append({**b, **split_scores(points[-1], vector_b)})
     for step, row in enumerate(rows):
         row["step"] = step
@@ -109,16 +122,33 @@ def walk(
     return rows
 
 
+def _nearest_fitting(nearest: Nearest, point: np.ndarray, used: list[str], gaps: Gaps, before: list[dict],
+                     after: dict, after_distance: int) -> dict | None:
+    """The nearest track to ``point`` not in ``used`` that keeps ``gaps`` (None: none is left)."""
+    k = 1 if not gaps else 8
+    while True:
+        found = nearest(vector=point, k=k, exclude=tuple(used))
+        for row in found.iter_rows(named=True):
+            if gaps.fits(row, before, after, after_distance):
+                return row
+        if found.height < k:
+            return None
+        k *= 4
+
+
 def interleave(
-    seeds: Sequence[dict], n: int, max_per_artist: int | None, nearest: Nearest, batch: int | None = None
+    seeds: Sequence[dict], n: int, max_per_artist: int | None, nearest: Nearest, batch: int | None = None,
+    gaps: Gaps = NO_GAPS,
 ) -> list[dict]:
     """A radio list: the seeds' neighbourhoods in turn, best first, until ``n`` tracks.
 
     No track twice, no seed, at most ``max_per_artist`` tracks of one artist
     (None: no cap; artists compared without case, accents or punctuation). Each row says which seed it came
-    from. A seed whose
+    from. With ``gaps``, a seed's best track that would break one waits for a
+    later turn, and its next best that keeps them is taken. A seed whose
     neighbours run out (a small space, a strict cap) drops out; the list is
-    shorter than ``n`` only when every seed has run out.
+    shorter than ``n`` only when every seed has run out, or no seed has a
+    track left that keeps the gaps.
     """
     if n < 1:
         raise JourneyError(f"a radio needs at least 1 track, got n={n}")
@@ -147,18 +177,22 @@ def interleave(
             exhausted.add(seed)
 
     def take(seed: str) -> dict | None:
+        queue = queues[seed]
         while True:
-            if not queues[seed]:
-                if seed in exhausted:
-                    return None
-                refill(seed)
-                continue
-            row = queues[seed].pop(0)
-            if row["track_id"] in used:
-                continue
-            if max_per_artist is not None and per_artist.get(normalise_name(row["artist"]), 0) >= max_per_artist:
-                continue
-            return row
+            i = 0
+            while i < len(queue):
+                row = queue[i]
+                if row["track_id"] in used or (
+                        max_per_artist is not None
+                        and per_artist.get(normalise_name(row["artist"]), 0) >= max_per_artist):
+                    del queue[i]  # for good: neither comes back
+                elif gaps.fits(row, rows):
+                    return queue.pop(i)
+                else:
+                    i += 1  # waits: it may keep the gaps on a later turn
+            if seed in exhausted:
+                return None
+            refill(seed)
 
     seed_names = {seed["track_id"]: f"{seed['artist']} - {seed['title']}" for seed in seeds}
     while len(rows) < n:
@@ -174,7 +208,7 @@ def interleave(
             artist = normalise_name(row["artist"])
             per_artist[artist] = per_artist.get(artist, 0) + 1
             rows.append(
-                {name: row[name] for name in (*TRACK_COLUMNS, *SCORE_COLUMNS)}
+                {name: row.get(name) for name in (*TRACK_COLUMNS, *SCORE_COLUMNS, "album_key")}
                 | {"seed_track_id": seed, "seed": seed_names[seed]}
             )
         if not took:
@@ -195,15 +229,24 @@ def _tracks(store, queries: Sequence[str]) -> list[dict]:
 
 
 def _nearest(store, filters) -> Nearest:
+    """Neighbours through the search, with ``filters`` but their gaps, which
+    the list keeps in its own order; with an album gap, rows carry ``album_key``."""
     from sonufy_model import search
 
     filters = filters or search.SearchFilters()
+    album_gap = filters.album_gap
 
     def nearest(*, k: int, exclude: Sequence[str], vector=None, track_id=None) -> pl.DataFrame:
-        wanted = replace(filters, exclude_track_ids=tuple(filters.exclude_track_ids) + tuple(exclude))
-        return search.similar(store, track_id=track_id, vector=vector, k=k, filters=wanted)
+        wanted = replace(filters, exclude_track_ids=tuple(filters.exclude_track_ids) + tuple(exclude),
+                         artist_gap=0, album_gap=0)
+        found = search.similar(store, track_id=track_id, vector=vector, k=k, filters=wanted)
+        return with_album_keys(store, found) if album_gap else found
 
     return nearest
+
+
+def _gaps(filters) -> Gaps:
+    return Gaps(filters.artist_gap, filters.album_gap) if filters is not None else NO_GAPS
 
 
 PATH_SCHEMA = {
@@ -222,7 +265,8 @@ def path(store, a: str, b: str, steps: int, filters=None) -> pl.DataFrame:
     """``steps`` tracks walking from A to B (ids or "artist - title"), A first, B last.
 
     Scores are against each step's waypoint; ``filters`` (a
-    :class:`~sonufy_model.search.SearchFilters`) apply to the inner steps.
+    :class:`~sonufy_model.search.SearchFilters`) apply to the inner steps, and
+    its gaps to the whole path (A and B are kept as named).
     """
     if steps < 2:
         raise JourneyError(f"--steps {steps}: a path needs at least 2 steps (A and B)")
@@ -236,8 +280,12 @@ def path(store, a: str, b: str, steps: int, filters=None) -> pl.DataFrame:
                            "at most once")
     start, end = _tracks(store, [a, b])
     vector_a, vector_b = vectors_of(store, [start["track_id"], end["track_id"]])
-    rows = walk(start, end, vector_a, vector_b, steps, _nearest(store, filters))
-    return pl.DataFrame(rows, schema=PATH_SCHEMA)
+    gaps = _gaps(filters)
+    if gaps.album:
+        keys = album_keys(store, [start["track_id"], end["track_id"]])
+        start, end = ({**row, "album_key": keys.get(row["track_id"])} for row in (start, end))
+    rows = walk(start, end, vector_a, vector_b, steps, _nearest(store, filters), gaps)
+    return pl.DataFrame([{name: row[name] for name in PATH_SCHEMA} for row in rows], schema=PATH_SCHEMA)
 
 
 def radio(
@@ -245,13 +293,13 @@ def radio(
 ) -> pl.DataFrame:
     """Up to ``n`` tracks from the neighbourhoods of ``seeds`` (ids or "artist - title"), in turn.
 
-    No repeats, no seed, at most ``max_per_artist`` tracks per artist. A seed
-    named twice counts once.
+    No repeats, no seed, at most ``max_per_artist`` tracks per artist, and
+    ``filters``' gaps kept along the list. A seed named twice counts once.
     """
     resolved = list({row["track_id"]: row for row in _tracks(store, seeds)}.values())
     from sonufy_model.search import space_size
 
     # Up to n: never more than the space's other tracks, whatever n says.
     n = min(n, max(1, space_size(store) - len(resolved)))
-    rows = interleave(resolved, n, max_per_artist, _nearest(store, filters))
-    return pl.DataFrame(rows, schema=RADIO_SCHEMA)
+    rows = interleave(resolved, n, max_per_artist, _nearest(store, filters), gaps=_gaps(filters))
+    return pl.DataFrame([{name: row[name] for name in RADIO_SCHEMA} for row in rows], schema=RADIO_SCHEMA)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -194,15 +194,22 @@ def recommend(store, seed: Seed, k: int = 10, filters=None, hub_reduction: bool 
     over a pool of the nearest by cosine with ``hub_reduction``); ``use_index=False``:
     an exact scan even where the search index could answer."""
     from sonufy_model import search
+    from sonufy_model.gaps import Gaps, with_album_keys
 
+    gaps = Gaps()
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     filters = filters or search.SearchFilters()
     wanted = hubness.pool_size(k) if hub_reduction else k
+    if hub_reduction and filters.gapped:  # the gaps act on the order mutual proximity gives
+        gaps, filters = Gaps(filters.artist_gap, filters.album_gap), replace(filters, artist_gap=0, album_gap=0)
     if seed.track_id is not None:  # excluded from its own list, and what the filters compare with
         rows = search.similar(store, track_id=seed.track_id, k=wanted, filters=filters, use_index=use_index)
     else:
         rows = search.similar(store, vector=seed.vector, k=wanted, filters=filters, use_index=use_index)
+    if hub_reduction and gaps:
+        ranked = with_album_keys(store, hubness.rerank(store, seed.vector, rows, rows.height))
+        return pl.DataFrame(gaps.space_out(ranked.to_dicts(), k), schema=ranked.schema).drop("album_key")
     if hub_reduction:
         rows = hubness.rerank(store, seed.vector, rows, k)
     return rows

@@ -43,3 +43,10 @@ SELECT l.track_id, t.artist, t.title, t.album,
                 t.path) AS preview_url
 FROM latent AS l JOIN tracks AS t USING (track_id)
 WHERE list_contains($track_ids, l.track_id);
+
+-- name: journey_album_keys
+-- Each of these tracks' album as the album gap compares them (sql/search.sql's
+-- search_album_key: the album's id, else its artist and name; NULL: none).
+SELECT track_id, search_album_key(album_id, artist, album) AS album_key
+FROM tracks
+WHERE list_contains($track_ids, track_id);
