@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 
 from flows.cli.common import CommandError, add_db, open_store, positive_int, print_recommendations, print_tracks
 
@@ -45,6 +46,7 @@ def add_recommend(commands) -> None:
                            help="at most N tracks of one artist")
     recommend.add_argument("--exact", action="store_true",
                            help="scan every vector instead of probing the search index")
+    _add_list_filters(recommend, "down the ranked list: a track that would repeat one waits for a later place")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_playlist(recommend)
     recommend.set_defaults(handler=_recommend)
@@ -62,6 +64,7 @@ def add_path(commands) -> None:
     path.add_argument("b", metavar="B", help="where to arrive: a track id, or 'artist - title'")
     path.add_argument("--steps", type=positive_int, default=10,
                       help="tracks in the list, A and B included (default: 10)")
+    _add_list_filters(path, "along the path, B included: a step takes the nearest track that keeps it")
     path.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_playlist(path)
     path.set_defaults(handler=_path)
@@ -79,9 +82,57 @@ def add_radio(commands) -> None:
     radio.add_argument("-n", type=positive_int, default=30, help="how many tracks (default: 30)")
     radio.add_argument("--max-per-artist", type=positive_int, default=2,
                        help="most tracks of one artist (default: 2)")
+    _add_list_filters(radio, "along the radio: a seed's track that would repeat one waits for a later turn")
     radio.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_playlist(radio)
     radio.set_defaults(handler=_radio)
+
+
+def _add_list_filters(sub: argparse.ArgumentParser, where: str) -> None:
+    """The filters listeners ask for: an exclusion list, duration bounds, the gaps."""
+    sub.add_argument("--exclude-file", metavar="PATH",
+                     help="never list a track whose artist, album, track id or 'artist - title' is a line of "
+                     "this file (case-insensitive, trimmed; blank lines and # comments ignored)")
+    sub.add_argument("--min-seconds", type=float, metavar="S",
+                     help="only tracks at least S seconds long (a track of unknown duration passes)")
+    sub.add_argument("--max-seconds", type=float, metavar="S",
+                     help="only tracks at most S seconds long (a track of unknown duration passes)")
+    sub.add_argument("--artist-gap", type=int, default=0, metavar="N",
+                     help=f"no artist again within N tracks; {where} (default: 0, none)")
+    sub.add_argument("--album-gap", type=int, default=0, metavar="N",
+                     help="no album again within N tracks, likewise (default: 0, none)")
+
+
+def _list_filters(args: argparse.Namespace) -> dict:
+    """The SearchFilters fields of the list filter options, checked before any
+    work: the exclusion file read, the bounds and gaps possible, each bad one named."""
+    from sonufy_model.search import check_bounds, read_exclusions
+
+    for option, value in (("--min-seconds", args.min_seconds), ("--max-seconds", args.max_seconds),
+                          ("--artist-gap", args.artist_gap), ("--album-gap", args.album_gap)):
+        if value is not None and not value >= 0:  # NaN too
+            raise CommandError(f"{option} {value:g}: must be 0 or more")
+    if args.min_seconds is not None and args.max_seconds is not None and args.min_seconds > args.max_seconds:
+        raise CommandError(f"--min-seconds {args.min_seconds:g} is more than --max-seconds {args.max_seconds:g}: "
+                           "no track fits")
+    if args.max_seconds == float("inf"):
+        args.max_seconds = None
+    check_bounds(args.min_seconds, args.max_seconds, args.artist_gap, args.album_gap)
+    exclude: tuple[str, ...] = ()
+    if args.exclude_file is not None:
+        try:
+            exclude = read_exclusions(args.exclude_file)
+        except FileNotFoundError:
+            raise CommandError(f"--exclude-file {args.exclude_file}: no such file") from None
+        except IsADirectoryError:
+            raise CommandError(f"--exclude-file {args.exclude_file}: is a folder, not a file") from None
+        except UnicodeDecodeError as error:
+            raise CommandError(f"--exclude-file {args.exclude_file}: not UTF-8 text ({error.reason} at byte "
+                               f"{error.start})") from None
+        except OSError as error:
+            raise CommandError(f"--exclude-file {args.exclude_file}: cannot be read ({error.strerror})") from None
+    return {"exclude": exclude, "min_seconds": args.min_seconds, "max_seconds": args.max_seconds,
+            "artist_gap": args.artist_gap, "album_gap": args.album_gap}
 
 
 def _add_playlist(sub: argparse.ArgumentParser) -> None:
@@ -151,11 +202,12 @@ def _recommend(args: argparse.Namespace) -> None:
 
     if args.search is None and args.source != "standin":
         raise CommandError("--source applies to --search only")
+    filters = _search_filters(args)
     target = _playlist_target(args)
     store = open_store(args.db)
     seed = _seed(args, store)
     rows = query_audio.recommend(
-        store, seed, args.k, filters=_search_filters(args), hub_reduction=args.hub_reduction,
+        store, seed, args.k, filters=filters, hub_reduction=args.hub_reduction,
         use_index=not args.exact,
     ).to_dicts()
     if seed.warning and not args.json:
@@ -167,7 +219,8 @@ def _recommend(args: argparse.Namespace) -> None:
 
 
 def _search_filters(args: argparse.Namespace):
-    """The search filters recommend's filter options ask for (absent options: the defaults)."""
+    """The search filters a command's filter options ask for (absent options: the
+    defaults), checked before any work."""
     from sonufy_model.search import SearchFilters
 
     defaults = SearchFilters()
@@ -175,15 +228,16 @@ def _search_filters(args: argparse.Namespace):
         name: getattr(args, name, getattr(defaults, name))
         for name in ("exclude_same_artist", "exclude_same_album", "exclude_duplicates",
                      "min_popularity", "max_per_artist")
-    })
+    }, **_list_filters(args))
 
 
 def _path(args: argparse.Namespace) -> None:
     from sonufy_model.journeys import path
 
+    filters = _search_filters(args)
     target = _playlist_target(args)
     store = open_store(args.db)
-    rows = path(store, args.a, args.b, args.steps).to_dicts()
+    rows = path(store, args.a, args.b, args.steps, filters=filters).to_dicts()
     title = f"From {rows[0]['artist']} - {rows[0]['title']} to {rows[-1]['artist']} - {rows[-1]['title']}"
     if args.json:
         print(json.dumps({"a": rows[0]["track_id"], "b": rows[-1]["track_id"], "steps": args.steps,
@@ -197,10 +251,14 @@ def _path(args: argparse.Namespace) -> None:
 def _radio(args: argparse.Namespace) -> None:
     from sonufy_model.journeys import radio
 
+    # The radio's own --max-per-artist caps the list it interleaves, not each seed's neighbours.
+    filters = replace(_search_filters(args), max_per_artist=None)
     target = _playlist_target(args)
     store = open_store(args.db)
-    rows = radio(store, args.seeds, args.n, args.max_per_artist).to_dicts()
-    notes = () if len(rows) == args.n else (f"only {len(rows)} tracks: the seeds' neighbourhoods ran out",)
+    rows = radio(store, args.seeds, args.n, args.max_per_artist, filters=filters).to_dicts()
+    notes = () if len(rows) == args.n else (
+        f"only {len(rows)} tracks: the seeds' neighbourhoods ran out"
+        + (" of tracks the filters let through" if filters.relational else ""),)
     if args.json:
         print(json.dumps({"seeds": args.seeds, "n": args.n, "max_per_artist": args.max_per_artist,
                           "radio": rows}, indent=2, default=str))
