@@ -124,13 +124,32 @@ def reading_connection(store: Store) -> Iterator[duckdb.DuckDBPyConnection]:
     migrate) defines them on its own connection, as temporary macros over the
     store's older ones, so that the filters the store's macros lack still work."""
     with store.connect() as con:
-        if store.reader:
-            stored = Store._stored_schema(con)
-            if stored is None or stored[0] < sql.SCHEMA_VERSION or (
-                    stored[0] == sql.SCHEMA_VERSION and stored[1] != sql.schema_fingerprint()):
-                for statement in sql.temporary_macros(SCHEMA_FILE):
-                    con.execute(statement)
+        if store.reader and _older_schema(con, store):
+            for statement in sql.temporary_macros(SCHEMA_FILE):
+                con.execute(statement)
         yield con
+
+
+# Whether a file read holds an older schema than this code's, by the file's
+# identity: a published snapshot is replaced by a rename, so a new one is
+# looked at again, and the same one is looked at once (two queries a search).
+_older_schemas: dict[tuple[str, int, int], bool] = {}
+
+
+def _older_schema(con: duckdb.DuckDBPyConnection, store: Store) -> bool:
+    try:
+        stat = store.read_path.stat()
+        key = (str(store.read_path), stat.st_ino, stat.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is not None and key in _older_schemas:
+        return _older_schemas[key]
+    stored = Store._stored_schema(con)
+    older = stored is None or stored[0] < sql.SCHEMA_VERSION or (
+        stored[0] == sql.SCHEMA_VERSION and stored[1] != sql.schema_fingerprint())
+    if key is not None:
+        _older_schemas[key] = older
+    return older
 
 
 def track_vector(store: Store, track_id: str) -> np.ndarray:
