@@ -284,7 +284,12 @@ def path(store, a: str, b: str, steps: int, filters=None) -> pl.DataFrame:
     if gaps.album:
         keys = album_keys(store, [start["track_id"], end["track_id"]])
         start, end = ({**row, "album_key": keys.get(row["track_id"])} for row in (start, end))
-    rows = walk(start, end, vector_a, vector_b, steps, _nearest(store, filters), gaps)
+    try:
+        rows = walk(start, end, vector_a, vector_b, steps, _nearest(store, filters), gaps)
+    except JourneyError as error:
+        if filters is None or not filters.relational or "tracks to walk through" not in str(error):
+            raise
+        raise JourneyError(f"{error}, once the filters have left tracks out") from None
     return pl.DataFrame([{name: row[name] for name in PATH_SCHEMA} for row in rows], schema=PATH_SCHEMA)
 
 

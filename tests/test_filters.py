@@ -309,6 +309,11 @@ def test_a_path_whose_gap_cannot_be_kept_says_so(library):
 
     with pytest.raises(JourneyError, match="keeps --artist-gap 9"):
         path(library, "t0_0", "t0_1", steps=12, filters=SearchFilters(artist_gap=9))
+    others = SearchFilters(exclude=tuple(f"artist {a}" for a in range(1, ARTISTS)))  # A, B and 4 more
+    with pytest.raises(JourneyError, match="only 6 tracks to walk through: fewer than the 8 steps asked for, "
+                                           "once the filters have left tracks out"):
+        path(library, "t0_0", "t0_1", steps=8, filters=others)
+    assert len(path(library, "t0_0", "t0_1", steps=6, filters=others)) == 6
 
 
 def test_an_empty_exclusion_file_changes_nothing(library, tmp_path, capsys):
