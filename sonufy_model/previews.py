@@ -23,8 +23,9 @@ import itertools
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -34,6 +35,7 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from sonufy_model.config import ServiceSettings
+from sonufy_model.errors import Unreachable
 from sonufy_model.preview_sources import PreviewSource, preview_sources
 from sonufy_model.retries import wait_at_least_retry_after
 from sonufy_model.schemas import PREVIEW_SCHEMA, quarantine_rows
@@ -191,6 +193,35 @@ class _Fetch:
     settings: ServiceSettings
     semaphore: asyncio.Semaphore
     directory: Path
+    # Per source: tracks it was asked for, and of those the ones whose every
+    # try failed to connect (and where to), to tell a service that is down
+    # from tracks it has no preview for.
+    asked: Counter = field(default_factory=Counter)
+    refused: Counter = field(default_factory=Counter)
+    refused_at: dict = field(default_factory=dict)
+
+    def unreachable(self, outcomes: Sequence[dict]) -> Unreachable | None:
+        """The error to end the batch with when it fetched nothing and a
+        source could not be connected to for any of its tracks: a service
+        that is down (or a wrong base URL), not tracks without a preview."""
+        if any(outcome["path"] for outcome in outcomes):
+            return None
+        for name, asked in self.asked.items():
+            if asked and self.refused[name] == asked:
+                setting = SOURCE_SETTINGS.get(name, "its address")
+                return Unreachable(
+                    f"{name} could not be reached at {self.refused_at[name]}: none of this batch's {asked} "
+                    f"requests connected. Check {setting} and the network; nothing was quarantined, so a "
+                    "rerun fetches these tracks once it answers."
+                )
+        return None
+
+
+#: The setting that says where each preview source is, for the message of one that cannot be reached.
+SOURCE_SETTINGS = {
+    "deezer": "SONUFY_DEEZER_API_BASE",
+    "spotify": "the preview host (SONUFY_ALLOWED_HOSTS)",
+}
 
 
 def preview_file_name(track_id: str) -> str:
@@ -210,6 +241,7 @@ async def _fetch_one(fetch: _Fetch, sources: Sequence[PreviewSource], track: dic
     tried: list[str] = []
     for source in sources:
         tries = 0
+        fetch.asked[source.name] += 1
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(max(1, fetch.settings.download_attempts)),
@@ -239,6 +271,9 @@ async def _fetch_one(fetch: _Fetch, sources: Sequence[PreviewSource], track: dic
                     return _outcome(track, source.name, destination, size, duration, None)
             tried.append(f"{source.name}: no preview")
         except (PermanentError, *_RETRYABLE) as error:
+            if isinstance(error, aiohttp.ClientConnectorError):
+                fetch.refused[source.name] += 1
+                fetch.refused_at.setdefault(source.name, f"{error.host}:{error.port}")
             after = f" (after {tries} tries)" if tries > 1 else ""
             tried.append(f"{source.name}: {_describe(error)}{after}")
         except OSError:
@@ -282,6 +317,9 @@ async def fetch_previews_async(
     ) as session:
         fetch = _Fetch(session, policy, settings, asyncio.Semaphore(settings.download_concurrency), directory)
         outcomes = await asyncio.gather(*(_fetch_one(fetch, sources, track) for track in tracks.iter_rows(named=True)))
+    down = fetch.unreachable(outcomes)
+    if down is not None:
+        raise down
     return pl.DataFrame(outcomes, schema=OUTCOME_SCHEMA)
 
 
@@ -289,7 +327,10 @@ def fetch_previews(tracks: pl.DataFrame, settings: ServiceSettings, directory: P
     """Download a preview for each track (track_id, isrc, preview_url, artist, title).
 
     Returns one row per track: provider, path, bytes and duration on success;
-    error (every source's reason) on failure. Never raises for one track.
+    error (every source's reason) on failure. Never raises for one track;
+    raises :class:`~sonufy_model.errors.Unreachable` when the batch fetched
+    nothing and a source could not be connected to for any of its tracks
+    (a service down: quarantining the batch would only spend its attempts).
     """
     if tracks.is_empty():
         return pl.DataFrame(schema=OUTCOME_SCHEMA)

@@ -9,6 +9,7 @@ import pytest
 from sonufy_demo.standin import Faults, StandIn, StandInConfig
 from sonufy_model import catalog, previews
 from sonufy_model.config import ServiceSettings
+from sonufy_model.errors import Unreachable
 
 
 def _settings(standin: StandIn, **changes) -> ServiceSettings:
@@ -131,3 +132,26 @@ def test_a_folder_of_own_files_is_a_preview_source_tried_in_order(tmp_path):
 def test_the_folder_source_needs_its_folder():
     with pytest.raises(ValueError, match="preview_folder"):
         ServiceSettings(preview_sources=("folder",))
+
+
+def test_a_deezer_that_cannot_be_reached_ends_the_batch_naming_it_instead_of_failing_each_track(standin, tmp_path):
+    # Port 9 (discard) on loopback: nothing listens, every connection is refused.
+    down = _settings(standin, download_attempts=2).model_copy(update={"deezer_api_base": "http://127.0.0.1:9/deezer"})
+    with pytest.raises(Unreachable, match=r"deezer could not be reached at 127\.0\.0\.1:9: none of this batch's 4 "
+                                          r"requests connected\. Check SONUFY_DEEZER_API_BASE"):
+        previews.fetch_previews(_tracks(standin, 4), down, tmp_path / "down")
+    # Spotify serving a preview for some tracks: the batch fetched something, so
+    # the rest are failures of their own (quarantined as before), not an outage.
+    with StandIn(StandInConfig(n_tracks=40, preview_url_share=0.5, cache_dir=tmp_path / "cache")) as server:
+        styles = sorted({track.style for track in server.catalog[:4]})
+        pages = catalog.fetch_search_pages(_settings(server), [f'genre:"{style}"' for style in styles])
+        tracks, _ = catalog.parse_search_pages(pages)
+        with_links = tracks.filter(pl.col("preview_url").is_not_null()).height
+        assert 0 < with_links < tracks.height
+        down = _settings(server, download_attempts=2).model_copy(
+            update={"deezer_api_base": "http://127.0.0.1:9/deezer"})
+        outcomes = previews.fetch_previews(tracks.select("track_id", "isrc", "preview_url"), down, tmp_path / "p")
+    assert outcomes.filter(pl.col("provider") == "spotify").height == with_links
+    failed = outcomes.filter(pl.col("error").is_not_null())
+    assert failed.height == tracks.height - with_links
+    assert all("deezer: ClientConnectorError" in error for error in failed["error"])
