@@ -291,6 +291,13 @@ async def _search_one(spotify: _Spotify, query: str, max_items: int | None, resu
             "search", q=query, limit=min(SEARCH_PAGE_SIZE, cap), offset=0, type="track"
         )
     except spotipy.SpotifyException as error:
+        if error.http_status == 404:
+            # /search exists wherever the Web API does: a 404 says the base
+            # URL is not the API's, which no other query would fare better with.
+            raise ServiceError(
+                f"Spotify's search answered HTTP 404 at {spotify.client.prefix}search: no Web API there; "
+                "check SONUFY_SPOTIFY_API_BASE (the API's origin, without /v1)"
+            ) from error
         result.problems.append(f"query {query!r}: {_message(error)}")
         return []
     paging = response["tracks"]

@@ -274,6 +274,11 @@ def test_bad_credentials_and_an_unreachable_service_are_named_as_such(server):
     with pytest.raises(catalog.Unreachable, match=r"cannot reach http://127.0.0.1:9 .*check SONUFY_SPOTIFY_API_BASE"):
         catalog.fetch_catalog(_settings(server, spotify_max_wait_s=1.0).with_endpoints(
             spotify_api_base=closed, spotify_accounts_base=closed), config)
+    # A base URL with /v1 already on it: the search is not found there. Named,
+    # instead of an empty catalog that fails later for want of tracks.
+    with pytest.raises(catalog.ServiceError, match=r"answered HTTP 404 at .*/v1/v1/search: no Web API there; "
+                                                   r"check SONUFY_SPOTIFY_API_BASE"):
+        catalog.fetch_catalog(_settings(server).with_endpoints(spotify_api_base=f"{server.base_url}/v1"), config)
 
 
 def test_429_bursts_and_5xx_storms_lose_nothing_and_pause_every_request():
