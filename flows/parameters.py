@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, mo
 
 from sonufy_model.evaluate import BUILTIN_LABELS
 from sonufy_model.presets import PRESET_NAMES
-from sonufy_model.training import PATH_KEYS, TrainConfig
+from sonufy_model.train_config import PATH_KEYS, TrainConfig
 
 #: Where a run's catalog and audio come from (see flows/sources.py).
 Source = Annotated[str, Field(pattern=r"^(standin|spotify|folder:.+)$")]

@@ -24,7 +24,7 @@ from flows.parameters import TrainingOptions
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths, ServiceSettings
 from sonufy_model.store import ModelRecord, Store, batches
-from sonufy_model.training import TrainConfig
+from sonufy_model.train_config import TrainConfig
 from tasks.encoding import encode_batch, spectrograms_without_embedding
 from tasks.previews import fetch_previews, record_previews, tracks_without_preview
 from tasks.progress import StageProgress
