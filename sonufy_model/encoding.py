@@ -10,16 +10,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-import torch
 
-from sonufy_model.model import TimeFreqAutoencoder
 from sonufy_model.spectrograms import read_spectrograms
 from sonufy_model.standardise import Standardiser
 from sonufy_model.store import LATENT_DIM
 from sonufy_model.tiles import fixed_tiles
+
+if TYPE_CHECKING:  # torch and Lightning load where a model is, not where this module is imported
+    import torch
+
+    from sonufy_model.model import TimeFreqAutoencoder
 
 # Tracks the latent standardisation is fitted on: enough for 256 means and
 # standard deviations, few enough to take seconds.
@@ -28,11 +32,12 @@ STANDARDISER_SAMPLE = 2000
 
 def load_encoder(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> TimeFreqAutoencoder:
     """Load a trained autoencoder onto ``device``, in eval mode (BatchNorm uses running statistics)."""
+    from sonufy_model.model import TimeFreqAutoencoder
+
     model = TimeFreqAutoencoder.load_from_checkpoint(checkpoint_path, map_location=device)
     return model.eval()
 
 
-@torch.inference_mode()
 def encode_spectrograms(
     model: TimeFreqAutoencoder,
     spectrograms_uint8: np.ndarray,
@@ -64,16 +69,19 @@ def encode_spectrograms(
     device = next(model.parameters()).device
     tracks_per_pass = max(1, batch_size // n_tiles)
     embeddings = np.empty((len(spectrograms_uint8), model.latent_dim), dtype=np.float32)
+    import torch
+
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(spectrograms_uint8), tracks_per_pass):
-            chunk = spectrograms_uint8[start : start + tracks_per_pass]
-            tiles = fixed_tiles(chunk, n_tiles, model.tile_frames)  # (k, n_tiles, n_mels, tile_frames)
-            latents = model.encode(torch.from_numpy(tiles).flatten(0, 1).to(device))
-            embeddings[start : start + len(chunk)] = (
-                latents.view(len(chunk), n_tiles, -1).mean(dim=1).float().cpu().numpy()
-            )
+        with torch.inference_mode():
+            for start in range(0, len(spectrograms_uint8), tracks_per_pass):
+                chunk = spectrograms_uint8[start : start + tracks_per_pass]
+                tiles = fixed_tiles(chunk, n_tiles, model.tile_frames)  # (k, n_tiles, n_mels, tile_frames)
+                latents = model.encode(torch.from_numpy(tiles).flatten(0, 1).to(device))
+                embeddings[start : start + len(chunk)] = (
+                    latents.view(len(chunk), n_tiles, -1).mean(dim=1).float().cpu().numpy()
+                )
     finally:
         model.train(was_training)
     return embeddings

@@ -83,3 +83,17 @@ def test_the_query_path_imports_no_downloader():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_nightly_loads_torch_only_when_it_encodes():
+    # An empty night must start fast: importing the nightly flow (and the
+    # build's shared stages, the typed parameters, the encode task) must not
+    # import torch or Lightning; the encode task loads them with the model.
+    import subprocess
+    import sys
+
+    code = ("import sys, flows.nightly, flows.stages, flows.parameters, tasks.encoding; "
+            "print(sorted(m for m in ('torch', 'lightning', 'sonufy_model.model', 'sonufy_model.training') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
