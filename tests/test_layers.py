@@ -75,25 +75,25 @@ def test_no_flow_imports_another():
 def test_the_query_path_imports_no_downloader():
     # Recommending, paths and radios never fetch audio: importing them must
     # not pull in aiohttp through the preview fetcher (journeys needs only names).
-    import subprocess
-    import sys
-
-    code = ("import sys, sonufy_model.journeys, sonufy_model.search, flows.cli.query; "
-            "print(sorted(m for m in ('aiohttp', 'sonufy_model.previews', 'sonufy_model.url_guard') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert _loaded_by(["sonufy_model.journeys", "sonufy_model.search", "flows.cli.query"],
+                      ["aiohttp", "sonufy_model.previews", "sonufy_model.url_guard"]) == []
 
 
 def test_the_nightly_loads_torch_only_when_it_encodes():
     # An empty night must start fast: importing the nightly flow (and the
     # build's shared stages, the typed parameters, the encode task) must not
     # import torch or Lightning; the encode task loads them with the model.
+    assert _loaded_by(["flows.nightly", "flows.stages", "flows.parameters", "tasks.encoding"],
+                      ["torch", "lightning", "sonufy_model.model", "sonufy_model.training"]) == []
+
+
+def _loaded_by(imported: list[str], watched: list[str]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has loaded after importing ``imported``."""
+    import json
     import subprocess
     import sys
 
-    code = ("import sys, flows.nightly, flows.stages, flows.parameters, tasks.encoding; "
-            "print(sorted(m for m in ('torch', 'lightning', 'sonufy_model.model', 'sonufy_model.training') "
-            "if m in sys.modules))")
+    code = (f"import sys, {', '.join(imported)}; "
+            f"print(__import__('json').dumps(sorted(m for m in {watched!r} if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    return json.loads(out.stdout.strip().splitlines()[-1])

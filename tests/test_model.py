@@ -214,14 +214,8 @@ def test_overfitting_one_batch_lowers_the_mse(shards, tmp_path):
     assert final_mse < 0.7 * recorder.initial_mse, (recorder.initial_mse, final_mse)
 
 
-def _run_training(config_path: Path, result_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "sonufy_model.training", "--config", str(config_path)]
-    command += ["--result-json", str(result_path), *overrides]
-    # Run from the repository root so that ``-m`` finds the package.
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-
-
-def test_training_entry_point_checkpoints_and_resumes(shards, tmp_path):
+def _small_config(shards: dict, tmp_path: Path, **changes) -> Path:
+    """A YAML config for a two-batch, one-epoch run of a small model on the shards."""
     config = {
         "manifest": str(shards["manifest_path"]),
         "output_dir": str(tmp_path / "run"),
@@ -233,9 +227,22 @@ def test_training_entry_point_checkpoints_and_resumes(shards, tmp_path):
         "devices": 1,
         "limit_train_batches": 2,
         "filters": list(SMALL_FILTERS),
+        **changes,
     }
     config_path = tmp_path / "train.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    return config_path
+
+
+def _run_training(config_path: Path, result_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "sonufy_model.training", "--config", str(config_path)]
+    command += ["--result-json", str(result_path), *overrides]
+    # Run from the repository root so that ``-m`` finds the package.
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_training_entry_point_checkpoints_and_resumes(shards, tmp_path):
+    config_path = _small_config(shards, tmp_path)
 
     first = _run_training(config_path, tmp_path / "first.json")
     assert first.returncode == 0, first.stderr
@@ -294,22 +301,7 @@ def test_the_decoder_runs_channels_last_with_the_same_numbers():
 
 @pytest.mark.slow
 def test_a_compiled_training_checkpoints_a_plain_loadable_model(shards, tmp_path):
-    config = {
-        "manifest": str(shards["manifest_path"]),
-        "output_dir": str(tmp_path / "run"),
-        "preset": "reference",
-        "compile": True,
-        "max_epochs": 1,
-        "batch_size": 8,
-        "crops_per_track": 2,
-        "val_fraction": 0.25,
-        "accelerator": "cpu",
-        "devices": 1,
-        "limit_train_batches": 2,
-        "filters": list(SMALL_FILTERS),
-    }
-    config_path = tmp_path / "train.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    config_path = _small_config(shards, tmp_path, preset="reference", compile=True)
     run = _run_training(config_path, tmp_path / "result.json")
     assert run.returncode == 0, run.stderr
     result = json.loads((tmp_path / "result.json").read_text())
