@@ -33,6 +33,7 @@ from flows.cli import main as cli
 from sonufy_model import landscape as ls
 from sonufy_model import search
 from sonufy_model.config import Paths
+from sonufy_model.landscape import static
 from sonufy_model.outputs import OutputError
 from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
 
@@ -532,6 +533,29 @@ def test_render_writes_a_png_and_a_self_contained_page(copy, tmp_path):
     assert tracks["neighbours"][0] == ls.nearest_neighbours(space["vectors"])[0].tolist()
     assert len(data["layers"]["artists"]["x"]) == 24 and len(data["layers"]["genres"]["x"]) == 6
     assert result["fits"] and "| artist | 24 |" in ls.summary_markdown(result)
+
+
+def test_a_small_map_is_drawn_dot_by_dot_without_datashader(tmp_path):
+    # Three points in three colours, at the corners of the drawn area.
+    labels = ls.coloring("genre", ["a", "b", "c"])
+    path = ls.render_png(np.array([0.0, 10.0, 0.0]), np.array([0.0, 0.0, 10.0]), labels, tmp_path / "s.png",
+                         width=400, height=400)
+    image = np.asarray(Image.open(path).convert("RGB"))[56:, :400]  # the plot, below the header
+    (x0, x1), (y0, y1) = static._ranges(np.array([0.0, 10.0, 0.0]), np.array([0.0, 0.0, 10.0]), 400, 400)
+    for (x, y), code in zip([(0.0, 0.0), (10.0, 0.0), (0.0, 10.0)], labels.codes):
+        column = int((x - x0) / (x1 - x0) * 400)
+        row = int((y1 - y) / (y1 - y0) * 400)
+        colour = labels.colors[code].lstrip("#")
+        assert tuple(image[row, column]) == tuple(int(colour[i:i + 2], 16) for i in (0, 2, 4))
+    background = image[200, 200]
+    assert tuple(background) == (0x0B, 0x0D, 0x12)
+    # A nightly's fresh process pays nothing for datashader's import and JIT.
+    code = ("import sys, numpy as np; from pathlib import Path; from sonufy_model import landscape as ls; "
+            "ls.render_png(np.arange(50.0), np.arange(50.0), ls.coloring('genre', ['x'] * 50), "
+            f"Path({str(tmp_path / 'n.png')!r})); print('datashader' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_the_png_shows_density_at_300000_points(tmp_path):

@@ -33,18 +33,22 @@ def _ranges(x: np.ndarray, y: np.ndarray, width: int, height: int, pad: float = 
 
 # (fewer points than, spread in pixels, least alpha) for the PNG's dots.
 _SPREAD = ((2_000, 3, 230), (20_000, 2, 180), (100_000, 1, 140), (math.inf, 0, 140))
+# Below this many points the dots are drawn one by one (PIL, milliseconds);
+# from it on datashader shades per-pixel density. Datashader's import and its
+# numba kernels cost about 9 s in a fresh process (a nightly's), worth paying
+# only where overplotting makes density the thing to show.
+DENSITY_FROM = 20_000
 
 
 def render_png(
     x: Any, y: Any, labels: Coloring, path: Path, title: str = "Sonufy: the sonic landscape",
     width: int = 1600, height: int = 1200,
 ) -> Path:
-    """A density-shaded map of the points (datashader: per-pixel counts of
-    each category, histogram-equalised, so that 300,000 points read as
-    density rather than a blot), with a title and a legend."""
-    import datashader as ds
-    import datashader.transfer_functions as tf
-    import pandas as pd
+    """A map of the points with a title and a legend: below
+    :data:`DENSITY_FROM` points each drawn as a dot of its category's colour;
+    from it on density-shaded (datashader: per-pixel counts of each category,
+    histogram-equalised, so that 300,000 points read as density rather than
+    a blot)."""
     from PIL import Image, ImageDraw, ImageFont
 
     x = np.asarray(x, dtype=np.float64)
@@ -52,22 +56,10 @@ def render_png(
     if x.shape != y.shape or x.ndim != 1 or len(x) == 0:
         raise ValueError(f"render_png: x and y must be equal non-empty 1-D arrays, got {x.shape} and {y.shape}")
     x_range, y_range = _ranges(x, y, width, height)
-    n_cats = len(labels.values)
-    frame = pd.DataFrame({
-        "x": x, "y": y,
-        "label": pd.Categorical.from_codes(labels.codes, categories=[str(i) for i in range(n_cats)]),
-    })
-    canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
-    aggregate = canvas.points(frame, "x", "y", agg=ds.count_cat("label"))
-    key = {str(i): color for i, color in enumerate(labels.colors)}
-    # Sparse maps get bigger, opaque dots; dense ones one pixel per point, with
-    # alpha from the histogram-equalised count, so that density shows.
-    spread, min_alpha = next((px, alpha) for most, px, alpha in _SPREAD if len(x) < most)
-    image = tf.shade(aggregate, color_key=key, how="eq_hist", min_alpha=min_alpha)
-    image = tf.spread(image, px=spread, shape="circle") if spread else image
-    image = tf.set_background(image, "#0b0d12")
-    plot = image.to_pil().convert("RGB")
-
+    if len(x) < DENSITY_FROM:
+        plot = _dots(x, y, labels, x_range, y_range, width, height)
+    else:
+        plot = _density(x, y, labels, x_range, y_range, width, height)
     legend_width, header = 320, 56
     picture = Image.new("RGB", (width + legend_width, height + header), "#0b0d12")
     picture.paste(plot, (0, header))
@@ -89,6 +81,47 @@ def render_png(
         draw.text((lx, ly + 4), f"... and {rest:,} more {more}", fill="#9a9a9a", font=small)
     draw.text((lx, height + header - 26), f"{len(x):,} points", fill="#9a9a9a", font=small)
     return write_atomically(Path(path), lambda staged: picture.save(staged, format="PNG"))
+
+
+def _dots(x: np.ndarray, y: np.ndarray, labels: Coloring, x_range: tuple, y_range: tuple, width: int,
+          height: int):
+    """Each point a round dot of its category's colour, as wide as the
+    datashader path spreads a sparse map's points; later points on top."""
+    from PIL import Image, ImageDraw
+
+    radius = next(px for most, px, _ in _SPREAD if len(x) < most)
+    image = Image.new("RGB", (width, height), "#0b0d12")
+    draw = ImageDraw.Draw(image)
+    # Pixel centres as datashader places them: x to the right, y up.
+    columns = (x - x_range[0]) / (x_range[1] - x_range[0]) * width
+    rows = (y_range[1] - y) / (y_range[1] - y_range[0]) * height
+    for column, row, code in zip(columns, rows, labels.codes):
+        draw.ellipse((column - radius, row - radius, column + radius, row + radius), fill=labels.colors[code])
+    return image
+
+
+def _density(x: np.ndarray, y: np.ndarray, labels: Coloring, x_range: tuple, y_range: tuple, width: int,
+             height: int):
+    """Per-pixel counts of each category, shaded by datashader."""
+    import datashader as ds
+    import datashader.transfer_functions as tf
+    import pandas as pd
+
+    n_cats = len(labels.values)
+    frame = pd.DataFrame({
+        "x": x, "y": y,
+        "label": pd.Categorical.from_codes(labels.codes, categories=[str(i) for i in range(n_cats)]),
+    })
+    canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
+    aggregate = canvas.points(frame, "x", "y", agg=ds.count_cat("label"))
+    key = {str(i): color for i, color in enumerate(labels.colors)}
+    # Sparse maps get bigger, opaque dots; dense ones one pixel per point, with
+    # alpha from the histogram-equalised count, so that density shows.
+    spread, min_alpha = next((px, alpha) for most, px, alpha in _SPREAD if len(x) < most)
+    image = tf.shade(aggregate, color_key=key, how="eq_hist", min_alpha=min_alpha)
+    image = tf.spread(image, px=spread, shape="circle") if spread else image
+    image = tf.set_background(image, "#0b0d12")
+    return image.to_pil().convert("RGB")
 
 
 def _legend_entries(labels: Coloring, most: int) -> list[tuple[str, int, str]]:
