@@ -24,6 +24,8 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
+from sonufy_model.vectors import unit_rows
+
 #: Query tracks scored per label by default; a larger library is sampled.
 QUERIES = 5000
 #: Bootstrap resamples of the queries behind each interval.
@@ -105,11 +107,6 @@ class _Task:
     labels: np.ndarray  # code per track, -1 unlabelled
     groups: np.ndarray | None  # code per track (unique when missing): same group, not a candidate
     queries: np.ndarray  # bool per track: scored as a query
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def _harmonic(n: int) -> np.ndarray:
@@ -325,7 +322,7 @@ def ranking_metrics(
         raise ValueError(f"need one group per vector, got {len(exclude_groups)} for {n}")
     codes = _codes(list(labels))
     groups = None if exclude_groups is None else _codes(list(exclude_groups), unique_missing=True)
-    unit = _unit(vectors)
+    unit = unit_rows(vectors, np.float32)
     hub = _hub_statistics(unit, block) if hub_reduction else None
     task = _Task(codes, groups, _query_mask(_eligible(codes, min_label_tracks), queries, seed))
     [found] = _score_tasks(unit, [task], k, block, hub)
@@ -361,7 +358,7 @@ def precision_at_k(
     n = len(vectors)
     if n != len(labels) or n < 2:
         raise ValueError(f"need at least 2 vectors with one label each, got {n} and {len(labels)}")
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(vectors)
     similarity = unit @ unit.T
     excluded = np.eye(n, dtype=bool)
     if exclude_groups is not None:
@@ -702,7 +699,7 @@ def evaluate_spaces(
         return rows, notes
     scored: dict[str, list[dict]] = {}
     for space_name, vectors in spaces.items():
-        unit = _unit(vectors)
+        unit = unit_rows(vectors, np.float32)
         hub = _hub_statistics(unit, block) if space_name in hub_reduced else None
         scored[space_name] = _score_tasks(unit, [task for _, _, task in tasks], k, block, hub)
     for t, (label_name, exclusion, _) in enumerate(tasks):

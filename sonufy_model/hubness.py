@@ -26,6 +26,7 @@ from scipy.special import ndtr
 
 import sql
 from sonufy_model.store import TrackNotFound
+from sonufy_model.vectors import unit_rows
 
 MIN_STD = 1e-6
 SAMPLE_SIZE = 1000  # tracks whose similarities give a track's μ and σ
@@ -33,11 +34,6 @@ SAMPLE_SEED = 42
 POOL_FACTOR = 10  # candidates by cosine re-ranked per wanted track
 MIN_POOL = 100
 SQL_FILE = "journeys.sql"
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float64)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
 def similarity_statistics(unit: np.ndarray, block: int = 256) -> tuple[np.ndarray, np.ndarray]:

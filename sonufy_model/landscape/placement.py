@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sonufy_model.vectors import unit_rows
+
 #: k, the fitted neighbours a new track is placed among. Small and fixed, not
 #: the fit's n_neighbors (about sqrt(N), up to 500): UMAP's n_neighbors sets
 #: how much global structure the fit sees, but a point averaged over 500
@@ -55,17 +57,11 @@ _EPSILON = 1e-6
 _CHUNK_ELEMENTS = 1 << 24
 
 
-def _unit(matrix: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)
-
-
 def nearest_fitted(reference: np.ndarray, vectors: np.ndarray, k: int = PLACEMENT_NEIGHBOURS
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Each vector's k nearest reference vectors by cosine: their indices and
     cosine similarities, nearest first (k clipped to the references)."""
-    reference, vectors = _unit(reference), _unit(vectors)
+    reference, vectors = unit_rows(reference, np.float32), unit_rows(vectors, np.float32)
     if reference.ndim != 2 or vectors.ndim != 2 or reference.shape[1] != vectors.shape[1]:
         raise ValueError(f"vectors of shape {vectors.shape} cannot be placed among references of shape "
                          f"{reference.shape}")
