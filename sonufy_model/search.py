@@ -42,6 +42,7 @@ import numpy as np
 import polars as pl
 
 import sql
+from sonufy_model.gaps import Gaps
 from sonufy_model.kmeans import nearest_centroids, spherical_kmeans
 from sonufy_model.store import LATENT_DIM, Store, TrackNotFound
 
@@ -101,9 +102,7 @@ def check_bounds(min_seconds: float | None, max_seconds: float | None, artist_ga
             raise ValueError(f"{name} must be a number of seconds, 0 or more, got {value!r}")
     if min_seconds is not None and max_seconds is not None and min_seconds > max_seconds:
         raise ValueError(f"min_seconds {min_seconds:g} is more than max_seconds {max_seconds:g}: no track fits")
-    for name, value in (("artist_gap", artist_gap), ("album_gap", album_gap)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be a whole number, 0 or more, got {value!r}")
+    Gaps(artist_gap, album_gap)  # the gaps check themselves
 
 
 def read_exclusions(path) -> tuple[str, ...]:
