@@ -124,15 +124,8 @@ def bf16_supported(cuda: bool) -> bool:
 
 def measure(name: str, manifest: pl.DataFrame, root: str, *, default: bool, precision: str, channels_last: bool,
             compiled: bool, uint8_batches: bool, steps: int, warmup: int, workers: int, cuda: bool) -> dict:
-    """Train ``steps`` timed steps of one variant; its figures."""
-    with contextlib.nullcontext() if uint8_batches else float_tiles_per_item():
-        return _measure(name, manifest, root, default=default, precision=precision, channels_last=channels_last,
-                        compiled=compiled, uint8_batches=uint8_batches, steps=steps, warmup=warmup,
-                        workers=workers, cuda=cuda)
-
-
-def _measure(name: str, manifest: pl.DataFrame, root: str, *, default: bool, precision: str, channels_last: bool,
-             compiled: bool, uint8_batches: bool, steps: int, warmup: int, workers: int, cuda: bool) -> dict:
+    """Train ``steps`` timed steps of one variant (the loader as it was
+    before tuning unless ``uint8_batches``); its figures."""
     torch.manual_seed(0)
     if default:
         preset = PRESETS["invariance"]
@@ -163,7 +156,8 @@ def _measure(name: str, manifest: pl.DataFrame, root: str, *, default: bool, pre
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], default_root_dir=root,
     )
-    trainer.fit(model, datamodule=datamodule)
+    with contextlib.nullcontext() if uint8_batches else float_tiles_per_item():
+        trainer.fit(model, datamodule=datamodule)
     assert timer.started is not None and timer.ended is not None and timer.samples > 0, "no step was timed"
     seconds = timer.ended - timer.started
     rate = timer.samples / seconds
