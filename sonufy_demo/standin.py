@@ -13,6 +13,13 @@ refuses others, as 2026's development mode does), can re-release tracks on
 compilations (a new track id, the same ISRC) and can serve malformed track
 objects, so that deduplication and the metadata checks meet real cases.
 
+It also acts as a listener's account for ``--to-spotify``: the Authorization
+Code flow with PKCE (``/authorize`` approves at once and redirects with a
+code; the token endpoint checks the ``code_verifier`` against the S256
+``code_challenge`` and rotates refresh tokens), ``/v1/me``, the user's
+playlists (``GET``/``POST /v1/me/playlists``) and a playlist's items
+(``POST`` adds, ``PUT`` replaces, at most 100 a request, as in 2026).
+
 Run it in the foreground with ``python -m sonufy_demo.standin --port 8765``,
 or in-process with ``with StandIn(StandInConfig(n_tracks=60)) as server: ...``.
 """
@@ -21,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import concurrent.futures
 import datetime
 import hashlib
 import hmac
+import json
 import random
 import re
 import secrets
@@ -56,6 +65,11 @@ _SEARCH_MAX_LIMIT = 10  # development-mode cap since February 2026
 _SEARCH_MAX_OFFSET = 1000
 _ALBUM_TRACKS_MAX_LIMIT = 50
 _PLAYLIST_ITEMS_MAX_LIMIT = 50
+_PLAYLIST_WRITE_MAX_ITEMS = 100  # uris per add or replace request
+_MY_PLAYLISTS_MAX_LIMIT = 50
+_AUTHORIZATION_CODE_TTL_S = 600
+_TRACK_URI = re.compile(r"^spotify:track:([0-9A-Za-z]{22})$")
+_PLAYLIST_WRITE_SCOPES = frozenset({"playlist-modify-private", "playlist-modify-public"})
 _DEEZER_DEFAULT_LIMIT = 25
 _DEEZER_MAX_LIMIT = 100
 _TRUNCATED_BYTES = (2048, 8192)  # a broken download keeps only a few KB
@@ -95,6 +109,11 @@ _REMOVED_ENDPOINTS = (
     "/v1/artists/{artist_id}/top-tracks",
     "/v1/artists/{artist_id}/related-artists",
     "/v1/playlists/{playlist_id}/tracks",  # renamed to /items in February 2026
+)
+#: Writes Spotify closed in February 2026 (POST /me/playlists creates a playlist now).
+_REMOVED_WRITES = (
+    "/v1/users/{user_id}/playlists",
+    "/v1/playlists/{playlist_id}/tracks",
 )
 
 #: Spotify's own id of "Various Artists", the album artist of compilations.
@@ -163,6 +182,12 @@ class StandInConfig:
     # synth.build_new_releases): what a nightly refresh finds with tag:new.
     # A stand-in with more of them is the same catalog a few nights later.
     new_tracks: int = 0
+    # The listener's account (--to-spotify): the redirect URIs registered for
+    # the app (any other is refused, as Spotify does), the user's id, and
+    # whether the listener refuses the app at /authorize.
+    redirect_uris: tuple[str, ...] = ("http://127.0.0.1:8888/callback",)
+    user_id: str = "sonufy-listener"
+    authorize_denies: bool = False
 
 
 # --------------------------------------------------------------------------- helpers
@@ -343,6 +368,28 @@ class _CatalogIndex:
 
 
 @dataclass(frozen=True)
+class _Grant:
+    """An authorization code /authorize issued, until the token endpoint takes it (once)."""
+
+    redirect_uri: str
+    code_challenge: str
+    scope: str
+    expires: float
+
+
+@dataclass
+class _UserPlaylist:
+    """A playlist in the listener's account: what ``POST /v1/me/playlists`` made and the items since."""
+
+    playlist_id: str
+    name: str
+    description: str
+    public: bool
+    track_ids: list[str] = field(default_factory=list)
+    snapshots: int = 1
+
+
+@dataclass(frozen=True)
 class _Playlist:
     playlist_id: str
     name: str
@@ -426,6 +473,11 @@ class StandIn:
         self._fault_rng = random.Random(self.config.faults.seed)
         self._url_key = secrets.token_bytes(32)
         self._tokens: dict[str, float] = {}  # access token -> expiry (unix time)
+        self._user_scopes: dict[str, frozenset[str]] = {}  # a listener's access token -> its scopes
+        self._codes: dict[str, _Grant] = {}  # authorization code -> what it was issued for
+        self._refresh_tokens: dict[str, str] = {}  # refresh token -> scope (each used once: rotated)
+        #: The listener's playlists, by id, in the order made.
+        self.user_playlists: dict[str, _UserPlaylist] = {}
         self._render_locks: dict[str, asyncio.Lock] = {}
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._temp_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -549,6 +601,7 @@ class StandIn:
         app = web.Application(middlewares=[self._count_middleware(), self._fault_middleware(), self._auth_middleware()])
         router = app.router
         router.add_post("/api/token", self._token)
+        router.add_get("/authorize", self._authorize)
 
         def get(path: str, handler: Handler) -> None:
             # spotipy asks for some paths with a trailing slash ("tracks/?ids=", "albums/{id}/tracks/").
@@ -560,8 +613,15 @@ class StandIn:
         get("/v1/albums/{album_id}", self._album)
         get("/v1/albums/{album_id}/tracks", self._album_tracks)
         get("/v1/playlists/{playlist_id}/items", self._playlist_items)
+        router.add_post("/v1/playlists/{playlist_id}/items", self._add_items)
+        router.add_put("/v1/playlists/{playlist_id}/items", self._replace_items)
+        get("/v1/me", self._me)
+        get("/v1/me/playlists", self._my_playlists)
+        router.add_post("/v1/me/playlists", self._create_playlist)
         for path in _REMOVED_ENDPOINTS:
             get(path, self._removed)
+        for path in _REMOVED_WRITES:
+            router.add_post(path, self._removed)
         router.add_route("*", "/v1/{tail:.*}", self._unknown_spotify_path)
         router.add_get("/spotify-cdn/mp3-preview/{track_id}", self._spotify_preview)
         get("/deezer/track/{key}", self._deezer_track)
@@ -645,6 +705,8 @@ class StandIn:
 
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
+        if form.get("grant_type") in ("authorization_code", "refresh_token"):
+            return self._listener_token(form)
         client_id, client_secret = form.get("client_id"), form.get("client_secret")
         header = request.headers.get("Authorization", "")
         if header.lower().startswith("basic "):
@@ -666,16 +728,81 @@ class StandIn:
                 else "grant_type must be client_credentials, authorization_code or refresh_token"
             )
             return web.json_response({"error": "unsupported_grant_type", "error_description": description}, status=400)
+        self.stats["tokens issued"] += 1
+        return web.json_response(
+            {"access_token": self._issue_token(), "token_type": "Bearer", "expires_in": self.config.token_ttl_s}
+        )
+
+    def _issue_token(self) -> str:
+        """A new access token, valid for ``token_ttl_s``; expired ones are forgotten after a day."""
         now = time.time()
         self._tokens = {
             token: expiry for token, expiry in self._tokens.items() if expiry > now - _EXPIRED_TOKEN_MEMORY_S
         }
         token = "BQ" + secrets.token_urlsafe(64)
         self._tokens[token] = now + self.config.token_ttl_s
-        self.stats["tokens issued"] += 1
-        return web.json_response(
-            {"access_token": token, "token_type": "Bearer", "expires_in": self.config.token_ttl_s}
-        )
+        return token
+
+    @staticmethod
+    def _oauth_error(error: str, description: str) -> web.Response:
+        return web.json_response({"error": error, "error_description": description}, status=400)
+
+    async def _authorize(self, request: web.Request) -> web.Response:
+        """The listener's consent page, approved at once: a redirect to ``redirect_uri``
+        with a single-use code (or ``error=access_denied`` when the listener refuses).
+        A wrong client or redirect URI is an error page, as Spotify shows, not a redirect."""
+        query = request.query
+        if query.get("client_id") != self.config.client_id:
+            return web.Response(status=400, text="INVALID_CLIENT: Invalid client")
+        redirect_uri = query.get("redirect_uri", "")
+        if redirect_uri not in self.config.redirect_uris:
+            return web.Response(status=400, text="INVALID_CLIENT: Invalid redirect URI")
+        state = {"state": query["state"]} if "state" in query else {}
+
+        def back(**params: str) -> web.Response:
+            separator = "&" if "?" in redirect_uri else "?"
+            raise web.HTTPFound(f"{redirect_uri}{separator}{urlencode({**params, **state})}")
+
+        if query.get("response_type") != "code":
+            return back(error="unsupported_response_type")
+        if query.get("code_challenge_method") != "S256" or not query.get("code_challenge"):
+            return back(error="invalid_request")
+        if self.config.authorize_denies:
+            return back(error="access_denied")
+        code = secrets.token_urlsafe(48)
+        self._codes[code] = _Grant(redirect_uri, query["code_challenge"], query.get("scope", ""),
+                                   time.time() + _AUTHORIZATION_CODE_TTL_S)
+        self.stats["codes issued"] += 1
+        return back(code=code)
+
+    def _listener_token(self, form: Mapping[str, str]) -> web.Response:
+        """The token endpoint for a public client (PKCE, no secret): a code and
+        its verifier, or a refresh token, for an access token and a new refresh token."""
+        if form.get("client_id") != self.config.client_id:
+            return self._oauth_error("invalid_client", "Invalid client")
+        if form.get("grant_type") == "authorization_code":
+            grant = self._codes.pop(str(form.get("code", "")), None)  # once, whatever happens next
+            if grant is None or grant.expires < time.time():
+                return self._oauth_error("invalid_grant", "Invalid authorization code")
+            if form.get("redirect_uri") != grant.redirect_uri:
+                return self._oauth_error("invalid_grant", "Invalid redirect URI")
+            verifier = str(form.get("code_verifier", ""))
+            digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+            if not verifier or not hmac.compare_digest(digest, grant.code_challenge):
+                return self._oauth_error("invalid_grant", "code_verifier was incorrect")
+            scope = grant.scope
+            self.stats["user tokens issued"] += 1
+        else:
+            scope = self._refresh_tokens.pop(str(form.get("refresh_token", "")), None)
+            if scope is None:
+                return self._oauth_error("invalid_grant", "Invalid refresh token")
+            self.stats["tokens refreshed"] += 1
+        token = self._issue_token()
+        self._user_scopes[token] = frozenset(scope.split())
+        refresh = "AQ" + secrets.token_urlsafe(64)
+        self._refresh_tokens[refresh] = scope
+        return web.json_response({"access_token": token, "token_type": "Bearer", "scope": scope,
+                                  "expires_in": self.config.token_ttl_s, "refresh_token": refresh})
 
     # ------------------------------------------------------------------ Spotify Web API
 
@@ -879,6 +1006,10 @@ class StandIn:
         if not _BASE62_ID.match(playlist_id):
             return _spotify_error(400, "Invalid base62 id")
         playlist = self.playlists.get(playlist_id)
+        mine = self.user_playlists.get(playlist_id)
+        if mine is not None and self._listener(request) is None:  # the listener's own, read by the listener
+            playlist = _Playlist(mine.playlist_id, mine.name, self.config.user_id,
+                                 tuple(self._index.by_id[track_id] for track_id in mine.track_ids))
         if playlist is None:
             if playlist_id.startswith(_EDITORIAL_PLAYLIST_PREFIX):
                 return _spotify_error(403, "Forbidden")
@@ -927,6 +1058,136 @@ class StandIn:
         return web.json_response(
             self._paging(request, items, limit=limit, offset=offset, total=len(playlist.entries), params=params)
         )
+
+    # ------------------------------------------------------------------ the listener's account
+
+    def _listener(self, request: web.Request, write: bool = False) -> web.Response | None:
+        """None when the request's token is the listener's (with a playlist
+        write scope when ``write``), else the error Spotify answers."""
+        token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+        scopes = self._user_scopes.get(token)
+        if scopes is None:
+            return _spotify_error(401, "This request requires user authentication")
+        if write and not scopes & _PLAYLIST_WRITE_SCOPES:
+            return _spotify_error(403, "Insufficient client scope")
+        return None
+
+    def _user_json(self, origin: str) -> dict:
+        user_id = self.config.user_id
+        return {"display_name": "Sonufy Listener", "external_urls": {"spotify": f"https://open.spotify.com/user/{user_id}"},
+                "href": f"{origin}/v1/users/{user_id}", "id": user_id, "type": "user", "uri": f"spotify:user:{user_id}"}
+
+    def _user_playlist_json(self, origin: str, playlist: _UserPlaylist) -> dict:
+        """A playlist object as 2026 has it: its items' count under ``items`` (``tracks`` before February)."""
+        return {
+            "collaborative": False, "description": playlist.description,
+            "external_urls": {"spotify": f"https://open.spotify.com/playlist/{playlist.playlist_id}"},
+            "href": f"{origin}/v1/playlists/{playlist.playlist_id}", "id": playlist.playlist_id, "images": [],
+            "items": {"href": f"{origin}/v1/playlists/{playlist.playlist_id}/items", "total": len(playlist.track_ids)},
+            "name": playlist.name, "owner": self._user_json(origin), "public": playlist.public,
+            "snapshot_id": self._snapshot(playlist), "type": "playlist",
+            "uri": f"spotify:playlist:{playlist.playlist_id}",
+        }
+
+    @staticmethod
+    def _snapshot(playlist: _UserPlaylist) -> str:
+        return base64.urlsafe_b64encode(f"{playlist.playlist_id}:{playlist.snapshots}".encode()).decode()
+
+    async def _me(self, request: web.Request) -> web.Response:
+        return self._listener(request) or web.json_response(self._user_json(_origin(request)))
+
+    async def _my_playlists(self, request: web.Request) -> web.Response:
+        """The listener's playlists, newest first, at most 50 a page."""
+        refused = self._listener(request)
+        if refused is not None:
+            return refused
+        page = _page_params(request.query, _MY_PLAYLISTS_MAX_LIMIT)
+        if isinstance(page, web.Response):
+            return page
+        limit, offset = page
+        newest_first = list(reversed(self.user_playlists.values()))
+        items = [self._user_playlist_json(_origin(request), p) for p in newest_first[offset:offset + limit]]
+        return web.json_response(
+            self._paging(request, items, limit=limit, offset=offset, total=len(newest_first), params={}))
+
+    async def _create_playlist(self, request: web.Request) -> web.Response:
+        refused = self._listener(request, write=True)
+        if refused is not None:
+            return refused
+        body = await self._json_body(request)
+        if not isinstance(body, dict) or not str(body.get("name") or "").strip():
+            return _spotify_error(400, "Missing required field: name")
+        playlist_id = "".join(secrets.choice("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+                              for _ in range(22))
+        playlist = _UserPlaylist(playlist_id, str(body["name"]), str(body.get("description") or ""),
+                                 bool(body.get("public", True)))
+        self.user_playlists[playlist_id] = playlist
+        return web.json_response(self._user_playlist_json(_origin(request), playlist), status=201)
+
+    @staticmethod
+    async def _json_body(request: web.Request):
+        try:
+            return await request.json() if request.can_read_body else None
+        except json.JSONDecodeError:
+            return None
+
+    async def _uris_to_write(self, request: web.Request) -> tuple[_UserPlaylist, list[str]] | web.Response:
+        """The listener's playlist a write names, and the track ids of its uris
+        (a JSON list, ``{"uris": [...]}`` or ``?uris=a,b``), or the error Spotify answers."""
+        refused = self._listener(request, write=True)
+        if refused is not None:
+            return refused
+        playlist_id = request.match_info["playlist_id"]
+        if not _BASE62_ID.match(playlist_id):
+            return _spotify_error(400, "Invalid base62 id")
+        playlist = self.user_playlists.get(playlist_id)
+        if playlist is None:
+            if playlist_id in self.playlists:
+                return _spotify_error(403, "You cannot add tracks to a playlist you don't own.")
+            return _spotify_error(404, "Resource not found")
+        body = await self._json_body(request)
+        uris = body.get("uris") if isinstance(body, dict) else body
+        if uris is None and request.query.get("uris"):
+            uris = request.query["uris"].split(",")
+        if not isinstance(uris, list):
+            return _spotify_error(400, "No uris provided")
+        if len(uris) > _PLAYLIST_WRITE_MAX_ITEMS:
+            return _spotify_error(400, f"You can add a maximum of {_PLAYLIST_WRITE_MAX_ITEMS} tracks per request.")
+        track_ids = []
+        for uri in uris:
+            match = _TRACK_URI.match(str(uri))
+            if match is None:
+                return _spotify_error(400, f"Invalid track uri: {uri}")
+            if match[1] not in self._index.by_id:
+                return _spotify_error(400, "Payload contains a non-existing ID")
+            track_ids.append(match[1])
+        return playlist, track_ids
+
+    async def _add_items(self, request: web.Request) -> web.Response:
+        found = await self._uris_to_write(request)
+        if isinstance(found, web.Response):
+            return found
+        playlist, track_ids = found
+        position = _int_param(request.query, "position", len(playlist.track_ids))
+        body = await self._json_body(request)
+        if isinstance(body, dict) and isinstance(body.get("position"), int):
+            position = body["position"]
+        if position is None or not 0 <= position <= len(playlist.track_ids):
+            return _spotify_error(400, "Index out of bounds")
+        playlist.track_ids[position:position] = track_ids
+        playlist.snapshots += 1
+        return web.json_response({"snapshot_id": self._snapshot(playlist)}, status=201)
+
+    async def _replace_items(self, request: web.Request) -> web.Response:
+        found = await self._uris_to_write(request)
+        if isinstance(found, web.Response):
+            return found
+        playlist, track_ids = found
+        playlist.track_ids[:] = track_ids
+        playlist.snapshots += 1
+        return web.json_response({"snapshot_id": self._snapshot(playlist)})
+
+    # ------------------------------------------------------------------ refusals
 
     async def _removed(self, request: web.Request) -> web.Response:
         return _spotify_error(403, "Forbidden: this endpoint is not available to apps in development mode")

@@ -104,6 +104,12 @@ def spotify_client(settings: ServiceSettings) -> spotipy.Spotify:
     # spotipy reads the token URL from the instance, so the stand-in (or a
     # proxy) can take the accounts service's place.
     auth.OAUTH_TOKEN_URL = f"{settings.spotify_accounts_base}/api/token"
+    return api_client(settings, auth)
+
+
+def api_client(settings: ServiceSettings, auth) -> spotipy.Spotify:
+    """spotipy on ``settings``' Web API with the auth manager ``auth``, its
+    own retries off (ours are tenacity's: :class:`_CallRetries`)."""
     # A plain requests.Session: spotipy's default session mounts a urllib3
     # retry policy that, even with retries=0, turns a 429 or 5xx into
     # SpotifyException(429, "Max Retries") without the Retry-After header.

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Setting
 SPOTIFY_API_BASE = "https://api.spotify.com"
 SPOTIFY_ACCOUNTS_BASE = "https://accounts.spotify.com"
 DEEZER_API_BASE = "https://api.deezer.com"
+SPOTIFY_REDIRECT_URI = "http://127.0.0.1:8888/callback"
 
 #: Hosts that URLs from the services may point at in production. An entry is
 #: "host" (any port) or "host:port"; "*" stands for part of one DNS label.
@@ -48,6 +49,8 @@ ENVIRONMENT = {
     "spotify_max_wait_s": ("SONUFY_SPOTIFY_MAX_WAIT_S",),
     "deezer_rate_per_s": ("SONUFY_DEEZER_RATE_PER_S",),
     "allowed_hosts": ("SONUFY_ALLOWED_HOSTS",),
+    "spotify_redirect_uri": ("SONUFY_SPOTIFY_REDIRECT_URI", "SPOTIPY_REDIRECT_URI"),
+    "spotify_token_file": ("SONUFY_SPOTIFY_TOKEN_FILE",),
 }
 
 
@@ -81,6 +84,12 @@ class ServiceSettings(BaseSettings):
     spotify_api_base: str = Field(SPOTIFY_API_BASE, validation_alias=_from("spotify_api_base"))
     spotify_accounts_base: str = Field(SPOTIFY_ACCOUNTS_BASE, validation_alias=_from("spotify_accounts_base"))
     deezer_api_base: str = Field(DEEZER_API_BASE, validation_alias=_from("deezer_api_base"))
+    # --to-spotify: the listener's login (Authorization Code with PKCE, only
+    # the client id): the redirect URI registered for the app, and the file
+    # that keeps the listener's token, readable by its owner only (default:
+    # $XDG_CACHE_HOME/sonufy/spotify-token.json, else ~/.cache/...).
+    spotify_redirect_uri: str = Field(SPOTIFY_REDIRECT_URI, validation_alias=_from("spotify_redirect_uri"))
+    spotify_token_file: str | None = Field(None, validation_alias=_from("spotify_token_file"))
     # Preview sources in the order they are tried: "spotify" (the track's
     # preview_url), "deezer" (by ISRC, else artist + title), "folder" (a file
     # of the user's own under preview_folder, matched by ISRC tag, else by

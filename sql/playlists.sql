@@ -14,3 +14,11 @@ SELECT t.track_id, t.artist, t.title,
                 t.preview_url, t.path) AS link
 FROM tracks AS t
 WHERE list_contains($track_ids, t.track_id);
+
+-- name: playlist_spotify_uris
+-- Each track's Spotify URI for --to-spotify: a catalog track's (its stored
+-- uri, else made from its id); NULL for a folder track, which has none.
+SELECT t.track_id,
+       CASE WHEN t.source = 'spotify' THEN coalesce(t.uri, 'spotify:track:' || t.track_id) END AS uri
+FROM tracks AS t
+WHERE list_contains($track_ids, t.track_id);

@@ -128,6 +128,103 @@ def test_spotipy_refreshes_short_lived_tokens_and_expired_ones_are_refused(make_
     assert expired.json()["error"]["message"] == "The access token expired"
 
 
+# --------------------------------------------------------------------------- the listener's account (PKCE)
+
+REDIRECT = "http://127.0.0.1:8888/callback"
+
+
+def _pkce_pair() -> tuple[str, str]:
+    import base64
+    import hashlib
+    import secrets
+
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    return verifier, challenge
+
+
+def _code(server: StandIn, challenge: str, **params: str) -> requests.Response:
+    query = {"client_id": CLIENT_ID, "response_type": "code", "redirect_uri": REDIRECT, "state": "s1",
+             "code_challenge_method": "S256", "code_challenge": challenge, "scope": "playlist-modify-private",
+             **params}
+    return requests.get(f"{server.spotify_accounts_base}/authorize", params=query, allow_redirects=False,
+                        timeout=5)
+
+
+def _exchange(server: StandIn, code: str, verifier: str) -> requests.Response:
+    return requests.post(f"{server.spotify_accounts_base}/api/token", timeout=5, data={
+        "grant_type": "authorization_code", "client_id": CLIENT_ID, "code": code, "redirect_uri": REDIRECT,
+        "code_verifier": verifier})
+
+
+def _listener_token(server: StandIn) -> dict:
+    verifier, challenge = _pkce_pair()
+    code = parse_qs(urlsplit(_code(server, challenge).headers["Location"]).query)["code"][0]
+    return _exchange(server, code, verifier).json()
+
+
+def test_authorize_redirects_with_a_code_checked_against_its_challenge_once(server):
+    verifier, challenge = _pkce_pair()
+    answer = _code(server, challenge)
+    assert answer.status_code == 302
+    back = urlsplit(answer.headers["Location"])
+    assert f"{back.scheme}://{back.netloc}{back.path}" == REDIRECT
+    query = parse_qs(back.query)
+    assert query["state"] == ["s1"]
+    code = query["code"][0]
+    wrong = _exchange(server, code, _pkce_pair()[0])
+    assert (wrong.status_code, wrong.json()["error"]) == (400, "invalid_grant")
+    assert wrong.json()["error_description"] == "code_verifier was incorrect"
+    again = _exchange(server, code, verifier)  # a code is good for one try, even a failed one
+    assert again.json()["error_description"] == "Invalid authorization code"
+
+    token = _listener_token(server)
+    assert token["expires_in"] == 3600 and token["scope"] == "playlist-modify-private"
+    refreshed = requests.post(f"{server.spotify_accounts_base}/api/token", timeout=5, data={
+        "grant_type": "refresh_token", "client_id": CLIENT_ID, "refresh_token": token["refresh_token"]}).json()
+    assert refreshed["access_token"] != token["access_token"]
+    reused = requests.post(f"{server.spotify_accounts_base}/api/token", timeout=5, data={
+        "grant_type": "refresh_token", "client_id": CLIENT_ID, "refresh_token": token["refresh_token"]})
+    assert reused.json()["error"] == "invalid_grant"  # rotated: the old refresh token is spent
+
+
+def test_authorize_refuses_an_unregistered_redirect_and_reports_a_refusal(server, make_server):
+    unregistered = _code(server, "c", redirect_uri="http://127.0.0.1:9999/elsewhere")
+    assert unregistered.status_code == 400 and "Invalid redirect URI" in unregistered.text
+    plain = _code(server, "c", code_challenge_method="plain")
+    assert parse_qs(urlsplit(plain.headers["Location"]).query)["error"] == ["invalid_request"]
+    denied = _code(make_server(authorize_denies=True), "c")
+    assert parse_qs(urlsplit(denied.headers["Location"]).query) == {"error": ["access_denied"], "state": ["s1"]}
+
+
+def test_the_listeners_endpoints_need_the_listeners_token_and_keep_2026s_limits(make_server):
+    server = make_server(n_tracks=120)
+    app = bearer(server)
+    assert requests.get(f"{server.spotify_api_base}/v1/me", headers=app, timeout=5).status_code == 401
+    user = {"Authorization": f"Bearer {_listener_token(server)['access_token']}"}
+    me = requests.get(f"{server.spotify_api_base}/v1/me", headers=user, timeout=5).json()
+    assert me["id"] == server.config.user_id
+    made = requests.post(f"{server.spotify_api_base}/v1/me/playlists", headers=user, timeout=5,
+                         json={"name": "Mix", "public": False, "description": "d"})
+    assert made.status_code == 201 and made.json()["owner"]["id"] == me["id"] and made.json()["public"] is False
+    items = f"{server.spotify_api_base}/v1/playlists/{made.json()['id']}/items"
+    uris = [f"spotify:track:{track.track_id}" for track in server.catalog]
+    too_many = requests.post(items, headers=user, json={"uris": uris[:101]}, timeout=5)
+    assert too_many.status_code == 400 and "maximum of 100" in too_many.json()["error"]["message"]
+    assert requests.post(items, headers=user, json={"uris": uris[:100]}, timeout=5).status_code == 201
+    assert requests.post(items, headers=user, json=uris[100:110], timeout=5).status_code == 201  # spotipy's body
+    assert requests.put(items, headers=user, json={"uris": uris[5:8]}, timeout=5).status_code == 200
+    read = requests.get(items, headers=user, timeout=5).json()
+    assert [entry["item"]["id"] for entry in read["items"]] == [track.track_id for track in server.catalog[5:8]]
+    assert requests.get(items, headers=app, timeout=5).status_code == 404  # private: the app's token sees nothing
+    assert requests.post(items, headers=app, json={"uris": uris[:1]}, timeout=5).status_code == 401
+    mine = requests.get(f"{server.spotify_api_base}/v1/me/playlists", headers=user, timeout=5).json()
+    assert [p["name"] for p in mine["items"]][:1] == ["Mix"] and mine["items"][0]["items"]["total"] == 3
+    removed = requests.post(f"{server.spotify_api_base}/v1/users/{me['id']}/playlists", headers=user,
+                            json={"name": "old way"}, timeout=5)
+    assert removed.status_code == 403  # February 2026: POST /me/playlists instead
+
+
 # --------------------------------------------------------------------------- search
 
 

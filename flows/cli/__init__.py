@@ -3,7 +3,8 @@
 One module per command group registers its commands' options and the
 function that runs each (``set_defaults(handler=...)``): ``build`` (build,
 demo), ``query`` (recommend, path, radio, sql), ``model`` (train, evaluate,
-retrain) and ``operate`` (landscape, nightly, gc, standin); ``common`` holds
+retrain), ``playlists`` (playlist) and ``operate`` (landscape, nightly, gc,
+standin); ``common`` holds
 what they share. A command's heavy imports happen in its handler, so that
 ``sonufy recommend`` and ``sonufy sql`` start in a moment.
 """
@@ -14,7 +15,7 @@ import argparse
 import os
 import sys
 
-from flows.cli import build, model, operate, query
+from flows.cli import build, model, operate, playlists, query
 from flows.cli.common import DEFAULT_DB, CommandError
 
 # Offline by design: no telemetry from Prefect or Great Expectations (none of
@@ -29,7 +30,7 @@ __all__ = ["DEFAULT_DB", "CommandError", "main"]
 _COMMANDS = (
     build.add_build, query.add_recommend, query.add_path, query.add_radio, build.add_demo,
     model.add_train, model.add_evaluate, operate.add_landscape, operate.add_nightly, model.add_retrain,
-    operate.add_gc, query.add_sql, operate.add_standin,
+    operate.add_gc, query.add_sql, playlists.add_playlist, operate.add_standin,
 )
 
 # Commands that run flows with batch loops: they draw progress bars in a terminal.

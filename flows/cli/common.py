@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 DEFAULT_DB = "sonufy.duckdb"
@@ -33,6 +34,20 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
     return value
+
+
+def paste_redirect(url: str) -> str:
+    """The Spotify login's one interactive step: the address to approve Sonufy
+    at (on stderr, alone on its line), and the address the browser was sent
+    back to, read from stdin (pasted, or written by a script that drives it)."""
+    print("Log in to Spotify: open this address, approve Sonufy, then paste here the address your "
+          "browser is sent to (its page may not load: copy the address all the same):", file=sys.stderr)
+    print(url, file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip()
+    if not answer:
+        raise CommandError("no address pasted: the Spotify login needs the address your browser was sent "
+                           "back to (run `sonufy playlist login` in a terminal)")
+    return answer
 
 
 def add_db(sub: argparse.ArgumentParser) -> None:

@@ -10,7 +10,15 @@ import json
 import sys
 from dataclasses import replace
 
-from flows.cli.common import CommandError, add_db, open_store, positive_int, print_recommendations, print_tracks
+from flows.cli.common import (
+    CommandError,
+    add_db,
+    open_store,
+    paste_redirect,
+    positive_int,
+    print_recommendations,
+    print_tracks,
+)
 
 
 def add_recommend(commands) -> None:
@@ -139,6 +147,39 @@ def _add_playlist(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--playlist", metavar="PATH",
                      help="also write the list as a playlist file: M3U8 (.m3u8, .m3u) or XSPF (.xspf); "
                      "an existing file is replaced")
+    sub.add_argument("--to-spotify", metavar="NAME",
+                     help="also send the list to a private playlist NAME in your Spotify account (made, or "
+                     "its items replaced when Sonufy made it); logs in the first time (SPOTIFY_CLIENT_ID)")
+
+
+def _spotify_target(args: argparse.Namespace):
+    """--to-spotify's settings, logged in before any work (asking for the
+    login on the terminal the first time), or None."""
+    if args.to_spotify is None:
+        return None
+    if not args.to_spotify.strip():
+        raise CommandError("--to-spotify '': give the playlist a name")
+    from sonufy_model.config import ServiceSettings
+    from sonufy_model.spotify_user import ensure_login
+
+    settings = ServiceSettings.from_env()
+    ensure_login(settings, ask=paste_redirect)
+    return settings
+
+
+def _push_to_spotify(settings, store, rows: list[dict], title: str, command: str, name: str) -> None:
+    """The list in ``rows`` sent to the listener's Spotify playlist ``name`` (when asked)."""
+    if settings is None:
+        return
+    from sonufy_model import spotify_user
+
+    uris, skipped = spotify_user.spotify_uris(store, [row["track_id"] for row in rows])
+    if not uris:
+        print(f"sonufy {command}: none of the {len(rows)} tracks has a Spotify id (your own files): "
+              "nothing sent to Spotify", file=sys.stderr)
+        return
+    pushed = spotify_user.push_playlist(settings, name, uris, skipped, description=title)
+    print(f"sonufy {command}: {pushed.summary()}", file=sys.stderr)
 
 
 def _playlist_target(args: argparse.Namespace):
@@ -205,6 +246,7 @@ def _recommend(args: argparse.Namespace) -> None:
     filters = _search_filters(args)
     target = _playlist_target(args)
     store = open_store(args.db)
+    spotify = _spotify_target(args)
     seed = _seed(args, store)
     rows = query_audio.recommend(
         store, seed, args.k, filters=filters, hub_reduction=args.hub_reduction,
@@ -216,6 +258,7 @@ def _recommend(args: argparse.Namespace) -> None:
                           {"seed_kind": seed.kind, "seed_track_id": seed.track_id, "seed_warning": seed.warning,
                            "hub_reduction": args.hub_reduction})
     _write_playlist(target, store, rows, f"Sounds like: {seed.label}", "recommend")
+    _push_to_spotify(spotify, store, rows, f"Sounds like: {seed.label}", "recommend", args.to_spotify)
 
 
 def _search_filters(args: argparse.Namespace):
@@ -237,6 +280,7 @@ def _path(args: argparse.Namespace) -> None:
     filters = _search_filters(args)
     target = _playlist_target(args)
     store = open_store(args.db)
+    spotify = _spotify_target(args)
     rows = path(store, args.a, args.b, args.steps, filters=filters).to_dicts()
     title = f"From {rows[0]['artist']} - {rows[0]['title']} to {rows[-1]['artist']} - {rows[-1]['title']}"
     if args.json:
@@ -246,6 +290,7 @@ def _path(args: argparse.Namespace) -> None:
         print_tracks(rows, title, first="step",
                      notes=("scores: against each step's point on the way from A to B",))
     _write_playlist(target, store, rows, title, "path")
+    _push_to_spotify(spotify, store, rows, title, "path", args.to_spotify)
 
 
 def _radio(args: argparse.Namespace) -> None:
@@ -255,6 +300,7 @@ def _radio(args: argparse.Namespace) -> None:
     filters = replace(_search_filters(args), max_per_artist=None)
     target = _playlist_target(args)
     store = open_store(args.db)
+    spotify = _spotify_target(args)
     rows = radio(store, args.seeds, args.n, args.max_per_artist, filters=filters).to_dicts()
     notes = () if len(rows) == args.n else (
         f"only {len(rows)} tracks: the seeds' neighbourhoods ran out"
@@ -264,7 +310,9 @@ def _radio(args: argparse.Namespace) -> None:
                           "radio": rows}, indent=2, default=str))
     else:
         print_tracks(rows, f"Radio from {len(args.seeds)} seed(s)", notes=notes)
-    _write_playlist(target, store, rows, f"Radio from {', '.join(args.seeds)}", "radio")
+    title = f"Radio from {', '.join(args.seeds)}"
+    _write_playlist(target, store, rows, title, "radio")
+    _push_to_spotify(spotify, store, rows, title, "radio", args.to_spotify)
 
 
 def _sql(args: argparse.Namespace) -> int:
