@@ -2,10 +2,11 @@
 
 discover (tag:new and the configured queries, or a folder's new and changed
 files) → fetch → spectrograms → check → encode with the current model → search
-index and landscape of the new tracks → report. No retraining. Every stage
-works on what is missing (tracks without a preview, previews without a
-spectrogram, spectrograms without a vector), so work and time grow with the
-new tracks only, and a run killed at any point is finished by the next one.
+index and landscape of the new tracks → saved lists made again → report. No
+retraining. Every stage works on what is missing (tracks without a preview,
+previews without a spectrogram, spectrograms without a vector), so work and
+time grow with the new tracks only, and a run killed at any point is finished
+by the next one.
 
 One writer at a time per database: the store's writer lock
 ``<db>.writer.lock`` (held by the operating system, so kill -9 never leaves
@@ -37,6 +38,7 @@ from sonufy_model.scrape_config import ScrapeConfig
 from sonufy_model.store import Store
 from tasks.catalog import check_tracks, parse_tracks, scan_folder, scrape_catalog, upsert_tracks
 from tasks.landscape import render_landscape, update_landscape
+from tasks.playlists import refresh_saved_lists
 from tasks.reporting import Stopwatch, build_data_docs, publish_run_report
 from tasks.search import update_search_index
 
@@ -162,8 +164,14 @@ def nightly_refresh(
                     if placed.get("landscape_fitted") or placed.get("landscape_placed"):
                         # redrawn and republished only when it changed
                         render_landscape(store, paths.data_dir / "landscape")
+            # 7. saved lists: each made again (new tracks can join), its file
+            # and Spotify playlist replaced, what changed published
+            with clock.stage("saved lists"):
+                lists = refresh_saved_lists(store, FLOW) if model is not None else []
+                if lists:
+                    counts["saved_lists"] = len(lists)
             current = store.current_model()
-            # 7. report: artifacts in the UI, Data Docs on disk
+            # 8. report: artifacts in the UI, Data Docs on disk
             with clock.stage("report"):
                 docs = (build_data_docs(reports, paths.data_dir / "great_expectations", run_id, FLOW)
                         if data_docs else None)
@@ -173,7 +181,8 @@ def nightly_refresh(
             counts.update(changed)
         logger.info("nightly refresh: %d tracks added in %.1f s: %s", changed["added"], clock.total, counts)
         return {"db": str(paths.db), "counts": counts, "added": changed["added"],
-                "model_version": current and current.model_version, "timings": clock.seconds, "data_docs": docs}
+                "model_version": current and current.model_version, "timings": clock.seconds, "data_docs": docs,
+                "saved_lists": lists}
 
 
 def _spectrogram_params(store: Store, model) -> MelParams:

@@ -448,8 +448,9 @@ class StandIn:
     requests per route (``"GET /v1/search"``), injected faults (``"fault 429"``,
     ``"fault 5xx"``, ``"fault deezer quota"``, ``"fault truncated"``, ``"fault reset"``,
     ``"fault garbage"``, ``"fault expired url"``) and issued
-    tokens (``"tokens issued"``) and requests refused for an expired token
-    (``"expired token"``); it is written on the server thread only, so
+    tokens (``"tokens issued"``; the listener's: ``"codes issued"``, ``"user
+    tokens issued"``, ``"tokens refreshed"``) and requests refused for an
+    expired token (``"expired token"``); it is written on the server thread only, so
     reading it afterwards from another thread is safe enough.
     """
 

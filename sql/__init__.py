@@ -49,7 +49,10 @@ SCHEMA_FILES = ("schema.sql", "migrations.sql", "search.sql", "landscape.sql")
 #: 4: the exclusion list, duration bounds and gaps of similar_to and
 #: similar_to_vector (readers of an older store define them for themselves:
 #: sonufy_model.search.reading_connection).
-SCHEMA_VERSION = 4
+#: 5: saved_playlists, the recipes of `sonufy playlist save` (a new table:
+#: schema.sql's CREATE TABLE IF NOT EXISTS makes it in an older store at its
+#: first write; readers of an older store find no saved list).
+SCHEMA_VERSION = 5
 #: The first version whose stored file paths are relative (see Store._migrate).
 RELATIVE_PATHS_VERSION = 3
 

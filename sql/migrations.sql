@@ -1,5 +1,7 @@
 -- Changes to the baseline tables of schema.sql, each idempotent, applied in
 -- order after it on every run. Never edit a released migration: add one.
+-- A new table needs none: schema.sql creates it IF NOT EXISTS, in older stores
+-- too (version 5: saved_playlists).
 
 -- name: models_add_promotion_requested_at
 -- A version asked to become current: it is encoded for every track first,

@@ -189,3 +189,29 @@ CREATE TABLE IF NOT EXISTS baseline_features (
     computed_at     TIMESTAMP NOT NULL DEFAULT current_timestamp,
     PRIMARY KEY (track_id, set_id, kind)
 );
+
+-- name: create_saved_playlists
+-- `sonufy playlist save`: a radio's recipe, made again by every nightly
+-- (schema version 5). seeds are track ids; exclude_file is read again at each
+-- refresh (edit it, and the next list follows); playlist_path is the file
+-- written (absolute) and spotify_name the listener's playlist, each NULL when
+-- not asked for. track_ids is the list as last made, what the next refresh
+-- compares with; problem is why the last refresh could not make or deliver
+-- it (NULL: it did).
+CREATE TABLE IF NOT EXISTS saved_playlists (
+    name           VARCHAR PRIMARY KEY,
+    seeds          VARCHAR[] NOT NULL,
+    n              INTEGER NOT NULL,
+    max_per_artist INTEGER,
+    exclude_file   VARCHAR,
+    min_seconds    DOUBLE,
+    max_seconds    DOUBLE,
+    artist_gap     INTEGER NOT NULL DEFAULT 0,
+    album_gap      INTEGER NOT NULL DEFAULT 0,
+    playlist_path  VARCHAR,
+    spotify_name   VARCHAR,
+    track_ids      VARCHAR[] NOT NULL,
+    saved_at       TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    refreshed_at   TIMESTAMP,
+    problem        VARCHAR
+);

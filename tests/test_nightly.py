@@ -231,6 +231,69 @@ def test_a_nightly_killed_midway_is_finished_by_the_next(built_copy):
     assert ("crashed",) in _sql(db, "SELECT status FROM runs WHERE flow = 'nightly'")
 
 
+@pytest.mark.slow
+def test_a_nightly_remakes_saved_lists_with_new_tracks_and_reports_what_changed(built_copy, tmp_path, monkeypatch,
+                                                                               capsys):
+    import requests
+
+    from flows.cli import main as cli
+    from sonufy_demo.standin import StandIn, StandInConfig
+    from sonufy_model.config import ServiceSettings
+    from sonufy_model.spotify_user import ensure_login
+
+    db, data_dir = built_copy
+    # Seeds no nightly finds again (released over a month ago: tag:new is two weeks).
+    gone, *seeds = [track_id for (track_id,) in _sql(
+        db, "SELECT track_id FROM latent JOIN tracks USING (track_id) "
+            "WHERE release_date < CAST(current_date - INTERVAL 30 DAY AS VARCHAR) ORDER BY track_id LIMIT 3")]
+    # The listener's Spotify account: a stand-in serving the same catalog, new releases included.
+    with StandIn(StandInConfig(n_tracks=N_TRACKS, compilation_share=0.1, new_tracks=12)) as spotify:
+        token = tmp_path / "spotify-token.json"
+        for name, value in {"SPOTIFY_CLIENT_ID": spotify.config.client_id, "SONUFY_SPOTIFY_TOKEN_FILE": str(token),
+                            "SONUFY_SPOTIFY_API_BASE": spotify.spotify_api_base,
+                            "SONUFY_SPOTIFY_ACCOUNTS_BASE": spotify.spotify_accounts_base}.items():
+            monkeypatch.setenv(name, value)
+        # Logged in once, the browser's part driven over HTTP: /authorize approves and redirects.
+        ensure_login(ServiceSettings.from_env(),
+                     ask=lambda url: requests.get(url, allow_redirects=False, timeout=10).headers["Location"])
+        playlist = tmp_path / "mix.m3u8"
+        assert cli(["playlist", "save", "Nightly mix", "--db", str(db), "--radio", *seeds, "-n", "60",
+                    "--max-per-artist", "60", "--playlist", str(playlist), "--to-spotify", "Nightly mix"]) == 0
+        assert cli(["playlist", "save", "Orphan", "--db", str(db), "--radio", gone, "-n", "3"]) == 0
+        capsys.readouterr()
+        before = {t for (t,) in _sql(db, "SELECT unnest(track_ids) FROM saved_playlists WHERE name = 'Nightly mix'")}
+        with Store(db).transaction() as con:  # the orphan's seed leaves the store (its file was deleted, say)
+            for table in ("embeddings", "spectrograms", "previews", "tracks"):
+                con.execute(f"DELETE FROM {table} WHERE track_id = ?", [gone])
+
+        space = {track_id for (track_id,) in _sql(db, "SELECT track_id FROM latent")}
+        # The catalog has gained 12 new releases since the build (some of them
+        # may be in this copy already, added by an earlier test's nightly).
+        result = _nightly(db, new_tracks=12, data_dir=data_dir)
+
+        joined = {track_id for (track_id,) in _sql(db, "SELECT track_id FROM latent")} - space
+        assert len(joined) >= 8 and result["added"] == len(joined)
+        lists = {one["name"]: one for one in result["saved_lists"]}
+        mix = lists["Nightly mix"]
+        now = [track_id for (track_id,) in _sql(
+            db, "SELECT unnest(track_ids) FROM saved_playlists WHERE name = 'Nightly mix'")]
+        added_ids = set(now) - before
+        assert mix["problem"] is None and added_ids == joined and len(mix["added"]) == len(joined)
+        assert before - set(now) == {gone} and mix["removed"] == [f"{gone} (no longer in the store)"]
+        assert not set(seeds) & set(now) and len(now) == len(set(now))
+        assert len([line for line in playlist.read_text().splitlines() if line.startswith("#EXTINF")]) == len(now)
+        [pushed] = [p for p in spotify.user_playlists.values() if p.name == "Nightly mix"]
+        assert pushed.track_ids == now and not pushed.public
+        assert lists["Orphan"]["problem"].startswith(f"seed {gone} is no longer in the latent space")
+
+        report = _latest_artifact("nightly-saved-lists")
+        assert "# Saved lists: 2 made again, 1 with a problem" in report.data
+        assert "| Nightly mix | " in report.data and all(name in report.data for name in mix["added"])
+        secret = json.loads(token.read_text())
+        assert secret["access_token"] not in report.data and secret["refresh_token"] not in report.data
+        assert secret["access_token"] not in json.dumps(result, default=str)
+
+
 def _score_current_as_candidate_plus(monkeypatch, current_version: str, offset: float) -> None:
     """The retrain flow's evaluations really run and are recorded, but the
     current version is then scored as the candidate plus ``offset`` on every

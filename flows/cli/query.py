@@ -87,13 +87,19 @@ def add_radio(commands) -> None:
     )
     add_db(radio)
     radio.add_argument("seeds", metavar="SEED", nargs="+", help="a track id, or 'artist - title'")
-    radio.add_argument("-n", type=positive_int, default=30, help="how many tracks (default: 30)")
-    radio.add_argument("--max-per-artist", type=positive_int, default=2,
-                       help="most tracks of one artist (default: 2)")
-    _add_list_filters(radio, "along the radio: a seed's track that would repeat one waits for a later turn")
-    radio.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_playlist(radio)
+    add_radio_options(radio)
     radio.set_defaults(handler=_radio)
+
+
+def add_radio_options(sub: argparse.ArgumentParser, refreshed: bool = False) -> None:
+    """A radio's options (``radio``'s, and ``playlist save``'s, whose
+    exclusion file is read again at each nightly when ``refreshed``)."""
+    sub.add_argument("-n", type=positive_int, default=30, help="how many tracks (default: 30)")
+    sub.add_argument("--max-per-artist", type=positive_int, default=2, help="most tracks of one artist (default: 2)")
+    _add_list_filters(sub, "along the radio: a seed's track that would repeat one waits for a later turn"
+                      + ("; the exclusion file is read again at each refresh" if refreshed else ""))
+    sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_playlist(sub)
 
 
 def _add_list_filters(sub: argparse.ArgumentParser, where: str) -> None:
