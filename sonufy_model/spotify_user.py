@@ -47,6 +47,8 @@ MARKER = "[made by Sonufy]"
 #: Items per add or replace request (Spotify's limit).
 ITEMS_PER_REQUEST = 100
 MY_PLAYLISTS_PAGE = 50
+#: A new playlist's description, the marker left out (Spotify keeps 300 characters).
+DESCRIPTION_CHARS = 280
 SQL_FILE = "playlists.sql"
 LOGIN_HINT = "run `sonufy playlist login`"
 
@@ -249,8 +251,10 @@ async def _push(spotify: _Spotify, name: str, uris: list[str], description: str)
     playlist_id = await _sonufys_playlist(spotify, name, me)
     created = playlist_id is None
     if created:
+        # Spotify keeps 300 characters of a description: the marker must be among them.
+        text = description if len(description) <= DESCRIPTION_CHARS else description[:DESCRIPTION_CHARS - 1] + "…"
         made = await spotify.call("current_user_playlist_create", name, public=False,
-                                  description=f"{description} {MARKER}".strip())
+                                  description=f"{text} {MARKER}".strip())
         playlist_id = made["id"]
     batches = [uris[i:i + ITEMS_PER_REQUEST] for i in range(0, len(uris), ITEMS_PER_REQUEST)] or [[]]
     await spotify.call("playlist_replace_items", playlist_id, batches[0])

@@ -275,3 +275,15 @@ def test_errors_say_what_to_check_with_their_exit_status(case, server, store, li
         assert not playlist.exists()  # refused before any work
     assert code == expected[0], err
     assert expected[1] in err and len(err.strip().splitlines()[-1]) < 400, err
+
+
+def test_a_long_description_keeps_the_marker_within_spotifys_300_characters(server, store, listener, capsys):
+    from sonufy_model.config import ServiceSettings
+    from sonufy_model.spotify_user import push_playlist
+
+    _login_in_a_subprocess(store, server, "Long", "-n", "3")
+    uris = [f"spotify:track:{server.catalog[i].track_id}" for i in range(3)]
+    pushed = push_playlist(ServiceSettings.from_env(), "Many seeds", uris, description="Radio from " + "A - B, " * 80)
+    made = server.user_playlists[pushed.playlist_id]
+    assert len(made.description) <= 300 and made.description.endswith(MARKER)
+    assert made.track_ids == [server.catalog[i].track_id for i in range(3)]

@@ -75,8 +75,8 @@ def _save(args: argparse.Namespace) -> None:
     filters = _list_filters(args)  # checked before any work
     target = _playlist_target(args)
     reader = open_store(args.db)
-    spotify = _spotify_target(args)
     seeds = tuple(dict.fromkeys(reader.find_track(seed)["track_id"] for seed in args.seeds))
+    spotify = _spotify_target(args)  # a login asked for once the rest is known to be good
     recipe = saved_lists.Recipe(
         name=args.name, seeds=seeds, n=args.n, max_per_artist=args.max_per_artist,
         exclude_file=str(Path(args.exclude_file).expanduser().resolve()) if args.exclude_file else None,
