@@ -191,3 +191,24 @@ def _rows(store: Store, track_ids: list[str]) -> list[dict]:
         frame = con.execute("SELECT track_id, artist, title, duration_ms FROM tracks").pl()
     by_id = {row["track_id"]: row for row in frame.iter_rows(named=True)}
     return [by_id[track_id] for track_id in track_ids]
+
+
+def test_a_list_for_spotify_without_a_login_is_still_written_and_says_why_not_sent(library, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPOTIFY_CLIENT_ID", "an-app")
+    monkeypatch.setenv("SONUFY_SPOTIFY_TOKEN_FILE", str(tmp_path / "none.json"))  # never logged in
+    # The library's tracks are a catalog's here: Spotify can hold them.
+    library.upsert_tracks(pl.DataFrame([
+        {**_track(f"t{a}_{j}", f"Artist {a}", j, DURATIONS_MS[j]), "source": "spotify", "path": None,
+         "uri": f"spotify:track:t{a}_{j}"} for a in range(ARTISTS) for j in range(PER_ARTIST)], schema=TRACK_SCHEMA))
+    playlist = tmp_path / "late.xspf"
+    recipe = saved_lists.Recipe("Late", ("t3_0",), n=6, playlist_path=str(playlist), spotify_name="Late")
+    saved_lists.save(library, recipe, [])
+
+    from sonufy_model.config import ServiceSettings
+
+    with library.writer("test refresh", publish=True):
+        [late] = saved_lists.refresh_all(library, spotify_settings=ServiceSettings.from_env)
+    assert late.problem == (f"not delivered: no Spotify login saved in {tmp_path / 'none.json'}: "
+                            "run `sonufy playlist login`")
+    assert late.delivered == [f"6 tracks written to {playlist}"] and playlist.exists()
+    assert len(saved_lists.saved(library, "Late")[0].track_ids) == 6  # the list is made all the same
