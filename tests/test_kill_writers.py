@@ -1,0 +1,91 @@
+"""kill -9 of every writing command, at many points: the store stays whole.
+
+Each command runs as a real process (forked by the zygote of
+tests/killing.py, which paid the imports and UMAP's compilation once) on a
+real store built from the stand-in, and is killed with SIGKILL right before
+or right after a chosen statement or file removal (``NAME#N``: the N-th
+statement NAME of the run; ``+``: after it). After each kill the store
+opens, keeps every invariant (no half-written batch, no group map without
+its points, counts between those before and after a whole run), and its
+published snapshot is the one readers had; the kills follow one another,
+each run starting where the last was killed; then one more run finishes and
+leaves exactly what an uninterrupted run of the command leaves.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+import killing
+from conftest import SMALL_TRAINING
+
+pytestmark = pytest.mark.slow
+
+N_TRACKS = 24
+SCHEMA = ("create_", "models_add_", "evaluations_", "record_schema_version")
+
+
+@pytest.fixture(scope="module")
+def zygote(prefect_api, tmp_path_factory):
+    from prefect.settings import PREFECT_API_URL
+
+    zygote = killing.Zygote(tmp_path_factory.mktemp("runs"), {"PREFECT_API_URL": PREFECT_API_URL.value()})
+    yield zygote
+    zygote.close()
+
+
+def _build(db) -> dict:
+    return {"call": "flows.build:build", "kwargs": {
+        "source": "standin", "db": str(db), "demo_tracks": N_TRACKS, "batch_size": 8, "workers": 1,
+        "training": SMALL_TRAINING}}
+
+
+@pytest.fixture(scope="module")
+def built(zygote, tmp_path_factory):
+    """A store built by one uninterrupted `build`, and that run."""
+    db = tmp_path_factory.mktemp("built") / "sonufy.duckdb"
+    run = zygote.run(**_build(db))
+    assert run.returncode == 0, str(run)
+    assert killing.store_problems(db, at_rest=True) == []
+    return db, run
+
+
+def _writes(run: killing.Run) -> list[str]:
+    """The run's writes but the schema's (a store already at this code's schema skips them)."""
+    return [event for event in run.writes if not event.startswith(SCHEMA)]
+
+
+def test_a_landscape_refit_killed_at_each_of_its_writes(zygote, built, tmp_path):
+    base, _ = built
+    whole = killing.copy_store(base, tmp_path / "whole")
+    command = ["landscape", "--db", str(whole), "--refit"]
+    reference = zygote.run(argv=command)
+    assert reference.returncode == 0, str(reference)
+    writes = _writes(reference)
+    # Every write of the refit, in turn: its statements, its commit, the
+    # pictures' files, the publication.
+    assert {"delete_landscape#1", "delete_group_landscape#1", "COMMIT#1", "CHECKPOINT#1"} <= set(writes)
+    db = killing.copy_store(base, tmp_path / "killed")
+    specs = killing.kill_points(writes, len(writes))
+    killing.kill_chain(zygote, db, specs, {"argv": ["landscape", "--db", str(db), "--refit"]}, before=base,
+                       whole=whole)
+    assert killing.fingerprint(db) == killing.fingerprint(whole)
+
+
+def test_gc_killed_between_its_removals(zygote, built, tmp_path):
+    base, _ = built
+    db = killing.copy_store(base, tmp_path)
+    data = db.with_suffix(".data")
+    shard = next((data / "spectrograms").rglob("*.npy"))
+    orphans = [shard.with_name(f"orphan-{i}.npy") for i in range(3)] + [shard.with_name("half.npy.tmp")]
+    for orphan in orphans:
+        shutil.copy(shard, orphan)
+    before = killing.fingerprint(db)
+    command = {"argv": ["gc", "--db", str(db), "--keep-reports", "0"]}
+    # After the first removal of each run, twice; then a whole run.
+    killing.kill_chain(zygote, db, ["remove#1+", "remove#1+"], command)
+    assert killing.fingerprint(db) == before  # gc writes no row
+    assert not any(orphan.exists() for orphan in orphans)
+    assert shard.exists()
