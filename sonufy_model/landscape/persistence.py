@@ -4,8 +4,11 @@ points back."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import polars as pl
 
@@ -37,8 +40,26 @@ def _vectors(frame: pl.DataFrame) -> np.ndarray:
     return frame["vector"].to_numpy().astype(np.float32, copy=False).reshape(frame.height, -1)
 
 
+@dataclass(frozen=True)
+class _GroupMap:
+    """One group level's new map: its points (None: too few groups for a
+    map, which goes with its fit row), and its fit row when refitted."""
+
+    level: str
+    batch: pl.DataFrame | None
+    fit_row: dict | None = None
+
+    @property
+    def points(self) -> int:
+        return 0 if self.batch is None else self.batch.height
+
+
 def _write_points(store: Store, model_version: str, track_ids: pl.Series, points: np.ndarray,
-                  placed_by: str, replace_all: bool, fit_row: dict | None = None) -> None:
+                  placed_by: str, replace_all: bool, fit_row: dict | None = None,
+                  group_maps: Sequence[_GroupMap] = ()) -> None:
+    """The tracks' points (with the fit row when fitted) and the group maps
+    made from them, in one transaction: a crash leaves the previous landscape
+    whole, never new points beside group maps that lack their new artists."""
     batch = pl.DataFrame({"track_id": track_ids, "x": points[:, 0], "y": points[:, 1]})
     with store.transaction() as con:
         if replace_all:
@@ -53,6 +74,8 @@ def _write_points(store: Store, model_version: str, track_ids: pl.Series, points
             con.unregister("landscape_batch")
         if fit_row is not None:
             con.execute(sql.statement("upsert_landscape_fit", SQL_FILE), fit_row)
+        for group_map in group_maps:
+            _replace_group_map(con, model_version, group_map)
 
 
 def _fit_row(model_version: str, level: str, points: int, used: UmapParams,
@@ -118,20 +141,23 @@ def update_landscape(
         if frame.height < MIN_POINTS:
             return {"landscape_skipped": frame.height}
         fitted, points = fit_umap(_vectors(frame), fit_params, version)
-        # Points first, then the model: a crash between the two leaves points
-        # without a model, and the next run refits.
+        group_maps = _fitted_group_maps(frame, version, group_params, cluster_k_range)
+        # Points and group maps first (one transaction), then the model: a
+        # crash between the two leaves points without a model, and the next
+        # run refits.
         _write_points(store, version, frame["track_id"], points, "fit", replace_all=True,
-                      fit_row=_fit_row(version, "tracks", frame.height, fitted.used))
+                      fit_row=_fit_row(version, "tracks", frame.height, fitted.used), group_maps=group_maps)
         fitted.save(path)
         counts["landscape_fitted"] = frame.height
-        counts.update(update_group_landscapes(store, group_params, cluster_k_range))
+        counts.update(_group_counts(group_maps))
         return counts
     frame = _query(store, "landscape_unplaced")
     reference = _query(store, "landscape_fitted_points")
     points = place_by_neighbours(_vectors(reference), reference.select("x", "y").to_numpy(), _vectors(frame))
-    _write_points(store, version, frame["track_id"], points, "neighbours", replace_all=False)
+    group_maps = _placed_group_maps(store, _query(store, "landscape_vectors"), group_params, cluster_k_range)
+    _write_points(store, version, frame["track_id"], points, "neighbours", replace_all=False, group_maps=group_maps)
     counts["landscape_placed"] = frame.height
-    counts.update(place_group_landscapes(store, group_params, cluster_k_range))
+    counts.update(_group_counts(group_maps))
     return counts
 
 
@@ -187,35 +213,62 @@ def update_group_landscapes(
     store: Store, params: UmapParams = GROUP_PARAMS, cluster_k_range: tuple[int, int] | None = CLUSTER_K_RANGE
 ) -> dict:
     """Refit the artist and genre landscapes of the current model version
-    (with clusters unless ``cluster_k_range`` is None). Counts of points."""
+    (with clusters unless ``cluster_k_range`` is None), both in one
+    transaction. Counts of points."""
     frame = _query(store, "landscape_vectors")
     if frame.is_empty():
         return {}
     version = frame["model_version"][0]
-    return {f"{level}_points": _fit_group_level(store, version, level, groups, params, cluster_k_range)
-            for level, groups in group_means(frame).items()}
+    group_maps = _fitted_group_maps(frame, version, params, cluster_k_range)
+    _write_group_maps(store, version, group_maps)
+    return _group_counts(group_maps)
 
 
 def place_group_landscapes(
     store: Store, params: UmapParams = GROUP_PARAMS, cluster_k_range: tuple[int, int] | None = CLUSTER_K_RANGE
 ) -> dict:
     """The artist and genre landscapes after tracks were placed, without
-    refitting: each group already on a level's map keeps its point and
-    cluster (its mean moved by a few tracks at most: the track landscape's
-    refit rule refits the groups with it), a new artist or genre is placed
-    among the groups nearest its mean vector like a new track
-    (:func:`.placement.place_by_neighbours`) and takes the cluster of the
-    nearest. A level with too few points to place among is fitted (UMAP).
+    refitting (see :func:`_placed_group_maps`), both in one transaction.
     Counts of points."""
     frame = _query(store, "landscape_vectors")
     if frame.is_empty():
         return {}
+    group_maps = _placed_group_maps(store, frame, params, cluster_k_range)
+    _write_group_maps(store, frame["model_version"][0], group_maps)
+    return _group_counts(group_maps)
+
+
+def _group_counts(group_maps: Sequence[_GroupMap]) -> dict:
+    return {f"{group_map.level}_points": group_map.points for group_map in group_maps}
+
+
+def _fitted_group_maps(frame: pl.DataFrame, version: str, params: UmapParams,
+                       cluster_k_range: tuple[int, int] | None) -> list[_GroupMap]:
+    """Each level's map refitted from ``frame`` (landscape_vectors); written by the caller."""
+    if frame.is_empty():
+        return []
+    return [_fit_group_level(version, level, groups, params, cluster_k_range)
+            for level, groups in group_means(frame).items()]
+
+
+def _placed_group_maps(store: Store, frame: pl.DataFrame, params: UmapParams,
+                       cluster_k_range: tuple[int, int] | None) -> list[_GroupMap]:
+    """Each level's map after tracks were placed, without refitting: each
+    group already on a level's map keeps its point and cluster (its mean
+    moved by a few tracks at most: the track landscape's refit rule refits
+    the groups with it), a new artist or genre is placed among the groups
+    nearest its mean vector like a new track
+    (:func:`.placement.place_by_neighbours`) and takes the cluster of the
+    nearest. A level with too few points to place among is fitted (UMAP).
+    Written by the caller."""
+    if frame.is_empty():
+        return []
     version = frame["model_version"][0]
-    counts = {}
+    group_maps = []
     for level, groups in group_means(frame).items():
         known = _query(store, "group_level_points", {"model_version": version, "level": level})
         if groups.height < MIN_POINTS or known.height < MIN_POINTS:
-            counts[f"{level}_points"] = _fit_group_level(store, version, level, groups, params, cluster_k_range)
+            group_maps.append(_fit_group_level(version, level, groups, params, cluster_k_range))
             continue
         batch = groups.drop("vector").join(known, on="name", how="left", maintain_order="left")
         old = batch["x"].is_not_null().to_numpy()
@@ -232,36 +285,39 @@ def place_group_landscapes(
             batch = batch.with_columns(pl.Series("x", xy[:, 0], dtype=pl.Float32),
                                        pl.Series("y", xy[:, 1], dtype=pl.Float32),
                                        pl.Series("cluster", clusters, dtype=pl.Int32))
-        _write_group_level(store, version, level, batch)
-        counts[f"{level}_points"] = groups.height
-    return counts
+        group_maps.append(_GroupMap(level, batch))
+    return group_maps
 
 
-def _write_group_level(store: Store, version: str, level: str, batch: pl.DataFrame,
-                       fit_row: dict | None = None) -> None:
-    # Each level's map is replaced in one transaction (its fit row with it
-    # when refitted): a crash at any point leaves the previous map whole.
-    where = {"model_version": version, "level": level}
+def _write_group_maps(store: Store, version: str, group_maps: Sequence[_GroupMap]) -> None:
+    # Every level's map in one transaction (its fit row with it when
+    # refitted): a crash at any point leaves the previous maps whole.
     with store.transaction() as con:
-        con.execute(sql.statement("delete_group_landscape", SQL_FILE), where)
-        con.register("group_batch", batch.to_arrow())
-        try:
-            con.execute(sql.statement("insert_group_landscape", SQL_FILE), where)
-        finally:
-            con.unregister("group_batch")
-        if fit_row is not None:
-            con.execute(sql.statement("upsert_landscape_fit", SQL_FILE), fit_row)
+        for group_map in group_maps:
+            _replace_group_map(con, version, group_map)
 
 
-def _fit_group_level(store: Store, version: str, level: str, groups: pl.DataFrame, params: UmapParams,
-                     cluster_k_range: tuple[int, int] | None) -> int:
-    """Refit one level's map (none below MIN_POINTS groups); its points."""
+def _replace_group_map(con: duckdb.DuckDBPyConnection, version: str, group_map: _GroupMap) -> None:
+    """Inside the caller's transaction: one level's map replaced, or removed with its fit row."""
+    where = {"model_version": version, "level": group_map.level}
+    con.execute(sql.statement("delete_group_landscape", SQL_FILE), where)
+    if group_map.batch is None:
+        con.execute(sql.statement("delete_landscape_fit", SQL_FILE), where)
+        return
+    con.register("group_batch", group_map.batch.to_arrow())
+    try:
+        con.execute(sql.statement("insert_group_landscape", SQL_FILE), where)
+    finally:
+        con.unregister("group_batch")
+    if group_map.fit_row is not None:
+        con.execute(sql.statement("upsert_landscape_fit", SQL_FILE), group_map.fit_row)
+
+
+def _fit_group_level(version: str, level: str, groups: pl.DataFrame, params: UmapParams,
+                     cluster_k_range: tuple[int, int] | None) -> _GroupMap:
+    """One level's map refitted (none below MIN_POINTS groups), not yet written."""
     if groups.height < MIN_POINTS:
-        where = {"model_version": version, "level": level}
-        with store.transaction() as con:
-            con.execute(sql.statement("delete_group_landscape", SQL_FILE), where)
-            con.execute(sql.statement("delete_landscape_fit", SQL_FILE), where)
-        return 0
+        return _GroupMap(level, None)
     vectors = _vectors(groups)
     fitted, points = fit_umap(vectors, params, version)
     clustering = choose_clusters(vectors, cluster_k_range) if cluster_k_range else None
@@ -269,8 +325,7 @@ def _fit_group_level(store: Store, version: str, level: str, groups: pl.DataFram
         pl.Series("x", points[:, 0]), pl.Series("y", points[:, 1]),
         pl.Series("cluster", clustering.labels if clustering else [None] * groups.height, dtype=pl.Int32),
     )
-    _write_group_level(store, version, level, batch, _fit_row(version, level, groups.height, fitted.used, clustering))
-    return groups.height
+    return _GroupMap(level, batch, _fit_row(version, level, groups.height, fitted.used, clustering))
 
 
 def landscape_points(store: Store) -> pl.DataFrame:
