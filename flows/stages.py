@@ -65,9 +65,13 @@ def recorded_run(store: Store, run_id: str, flow: str, parameters: dict) -> Iter
     """Record the block as a run in the store's ``runs`` table: "running" with
     its ``parameters`` on entry; on exit "completed", or "failed" when the
     block raised anything (an interrupt too; the exception goes on), with the
-    counts the block gathered in the dict it is given."""
+    counts the block gathered in the dict it is given. The flow's other runs
+    still "running" are marked "crashed": the caller holds the store's writer
+    lock, so their process died (kill -9, a lost machine) and this run
+    finishes their work."""
     counts: dict = {}
     store.start_run(run_id, flow, parameters)
+    store.crash_stale_runs(flow, run_id)
     try:
         yield counts
     except BaseException:

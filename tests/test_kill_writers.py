@@ -63,6 +63,22 @@ def _writes(run: killing.Run) -> list[str]:
     return [event for event in run.writes if not event.startswith(SCHEMA)]
 
 
+def test_a_build_killed_again_and_again_is_finished_by_the_next(zygote, built, tmp_path):
+    reference, whole = built
+    db = tmp_path / "sonufy.duckdb"
+    # A shard written and not yet indexed; the model registered, not
+    # committed; every vector written, the version not yet current; the
+    # search index half written. (The scrape, the previews and the landscape
+    # are the nightly's and the landscape's, killed below.)
+    specs = ["insert_spectrograms#2", "request_promotion#1+", "switch_to_pending#1", "insert_cells#1+"]
+    assert all(spec.rstrip("+") in whole.writes for spec in specs)
+    runs = killing.kill_chain(zygote, db, specs, _build(db), whole=reference)
+    # The same tracks, spectrograms, vectors, index, maps and fits as an
+    # uninterrupted build (the numbers aside: the model learnt on other batches).
+    assert killing.fingerprint(db, values=False) == killing.fingerprint(reference, values=False)
+    assert sum("insert_model#1" in run.writes for run in runs) == 2  # trained again after the kill before its commit
+
+
 def test_a_nightly_killed_again_and_again_is_finished_by_the_next(zygote, built, tmp_path):
     """6 new tracks on 24 fitted: the landscape is refitted. Killed between
     its track points and its group maps, the next nightly found nothing left
