@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from sonufy_model.yaml_files import read_yaml
 
 SPOTIFY_ID = re.compile(r"^[0-9A-Za-z]{22}$")
 _URI = re.compile(r"^spotify:(?P<kind>album|playlist):(?P<id>[^:?#/]+)$")
@@ -86,19 +86,7 @@ class ScrapeConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ScrapeConfig":
         path = Path(path).expanduser()
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ScrapeConfigError(f"{path}: no such scrape configuration file") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise ScrapeConfigError(f"{path}: cannot be read: {error}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or str(error)
-            raise ScrapeConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+        data = read_yaml(path, "scrape configuration", ScrapeConfigError)
         return cls.from_mapping(data, source=str(path))
 
     def merged(self, queries: Iterable[str] = ()) -> "ScrapeConfig":

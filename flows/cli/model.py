@@ -99,12 +99,12 @@ def _train(args: argparse.Namespace) -> str:
     """The train flow's config from --config and the options that override it."""
     config: dict = {}
     if args.config is not None:
-        import yaml
+        from sonufy_model.yaml_files import read_yaml
 
         path = Path(args.config)
         if not path.is_file():
             raise CommandError(f"--config {args.config}: no such file")
-        config = yaml.safe_load(path.read_text()) or {}
+        config = read_yaml(path, "training configuration") or {}
         if not isinstance(config, dict):
             raise CommandError(f"--config {args.config}: expected a YAML mapping of training settings")
     if args.max_epochs is not None:
