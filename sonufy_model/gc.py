@@ -5,7 +5,9 @@
   written by a run killed before it recorded it), and ``.npy.tmp`` leftovers;
 - rejected candidates' checkpoints: the folders under ``models/`` of versions
   that are neither current nor pending and have no vectors (a retrain's
-  candidate that was not promoted); their rows and evaluations stay;
+  candidate that was not promoted); their rows and evaluations stay; and the
+  folders no version names (a training killed before its version was
+  registered);
 - old reports: Great Expectations validation results and their Data Docs
   pages beyond the ``keep_reports`` most recent runs.
 
@@ -70,6 +72,7 @@ def collect(store: Store, paths: Paths, keep_reports: int = KEEP_REPORTS, dry_ru
                 found.checkpoints.append(folder)
             elif checkpoint and Path(checkpoint).is_file() and models in Path(checkpoint).resolve().parents:
                 found.checkpoints.append(Path(checkpoint))
+        found.checkpoints += _unregistered(store, models)
         found.reports = _old_reports(paths.data_dir / "great_expectations", keep_reports)
         for path in found.shards + found.checkpoints + found.reports:
             found.freed_bytes += _size(path)
@@ -78,6 +81,22 @@ def collect(store: Store, paths: Paths, keep_reports: int = KEEP_REPORTS, dry_ru
     if found.reports and not dry_run:
         _rebuild_data_docs(paths.data_dir / "great_expectations")
     return found
+
+
+def _unregistered(store: Store, models: Path) -> list[Path]:
+    """The folders under ``models`` that no model version names: a training
+    killed (or failed) before its version was registered. No training is
+    writing one: trainings run under the writer lock the caller holds."""
+    if not models.is_dir():
+        return []
+    unknown = []
+    for folder in sorted(models.iterdir()):
+        if folder.is_dir():
+            try:
+                store.model(folder.name)
+            except LookupError:
+                unknown.append(folder)
+    return unknown
 
 
 def _old_reports(root: Path, keep: int) -> list[Path]:

@@ -125,6 +125,10 @@ def test_gc_killed_between_its_removals(zygote, built, tmp_path):
     orphans = [shard.with_name(f"orphan-{i}.npy") for i in range(3)] + [shard.with_name("half.npy.tmp")]
     for orphan in orphans:
         shutil.copy(shard, orphan)
+    # A training killed before its version was registered leaves its folder.
+    killed_training = next(folder for folder in (data / "models").iterdir() if folder.is_dir())
+    orphans.append(killed_training.with_name("never-registered"))
+    shutil.copytree(killed_training, orphans[-1])
     before = killing.fingerprint(db)
     command = {"argv": ["gc", "--db", str(db), "--keep-reports", "0"]}
     # After the first removal of each run, twice; then a whole run.

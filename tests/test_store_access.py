@@ -323,7 +323,7 @@ def test_gc_removes_orphan_shards_rejected_checkpoints_and_old_reports(tmp_path,
                      schema={"track_id": pl.String, "set_id": pl.String, "excerpt": pl.Int32, "shard": pl.String,
                              "row": pl.Int32}),
         pl.DataFrame(schema={"track_id": pl.String, "stage": pl.String, "reason": pl.String, "run_id": pl.String}))
-    for version in ("m1", "rejected"):  # m1 is current
+    for version in ("m1", "rejected", "never-registered"):  # m1 is current; the last, a killed training's
         (data / "models" / version).mkdir(parents=True)
         (data / "models" / version / "best.ckpt").write_bytes(b"x" * 1000)
     store.register_model(
@@ -343,9 +343,10 @@ def test_gc_removes_orphan_shards_rejected_checkpoints_and_old_reports(tmp_path,
     assert "would free" in capsys.readouterr().out and orphan.exists()
     assert main(["gc", "--db", str(store.path), "--keep-reports", "2"]) == 0
     out = capsys.readouterr().out
-    assert "2 orphan shards, 1 rejected model folders, 1 old report folders" in out and "freed" in out
+    assert "2 orphan shards, 2 rejected model folders, 1 old report folders" in out and "freed" in out
     assert kept.exists() and not orphan.exists() and not partial.exists()
     assert (data / "models" / "m1" / "best.ckpt").exists() and not (data / "models" / "rejected").exists()
+    assert not (data / "models" / "never-registered").exists()
     assert sorted(p.name for p in validations.iterdir()) == ["nightly-1", "nightly-2"]
     assert Store(store.path, reader=True).model("rejected").model_version == "rejected"  # its row stays
     assert main(["gc", "--db", str(store.path)]) == 0

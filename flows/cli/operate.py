@@ -61,7 +61,8 @@ def add_gc(commands) -> None:
         "gc",
         help="remove orphan spectrogram shards, rejected candidates' checkpoints and old reports",
         description="Delete what the store no longer points at: shards no row names (a killed run's), "
-        "the model folders of versions neither current nor pending and without vectors, and Great "
+        "the model folders of versions neither current nor pending and without vectors (and of trainings "
+        "killed before registering theirs), and Great "
         "Expectations reports beyond the most recent runs; print how much was freed.",
     )
     add_db(gc)
