@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from sonufy_model.fusion import Fusion
 from sonufy_model.spectrograms import read_spectrograms
 from sonufy_model.standardise import Standardiser
 from sonufy_model.store import LATENT_DIM
+from sonufy_model.texture import block_level_features
 from sonufy_model.tiles import fixed_tiles
 
 if TYPE_CHECKING:  # torch and Lightning load where a model is, not where this module is imported
@@ -183,12 +185,31 @@ def standardiser_sample(manifest: pl.DataFrame, n_tracks: int = STANDARDISER_SAM
     return manifest.filter(pl.col("track_id").is_in(sampled.implode()))
 
 
-def fit_standardiser(
-    model: TimeFreqAutoencoder, manifest: pl.DataFrame, n_tracks: int = STANDARDISER_SAMPLE
-) -> Standardiser:
-    """The latent standardisation of a model version: fitted on the vectors of
-    a sample of ``manifest``'s tracks (:func:`standardiser_sample`), each the
-    mean of its excerpts' vectors, as tracks' vectors are stored."""
+def track_features(
+    encoder: TimeFreqAutoencoder, clip_track_ids: pl.Series, spectrograms_uint8: np.ndarray, texture: str
+) -> tuple[pl.Series, np.ndarray, np.ndarray | None]:
+    """Per track, in first-seen order of ``clip_track_ids`` (one per
+    spectrogram): its raw encoder vector and, where ``texture`` is "blocks",
+    its texture patterns (:mod:`sonufy_model.texture`; else None), each the
+    mean over the track's clips."""
+    track_ids, raw = mean_per_track(clip_track_ids, encode_spectrograms(encoder, spectrograms_uint8))
+    if texture == "none":
+        return track_ids, raw, None
+    return track_ids, raw, mean_per_track(clip_track_ids, block_level_features(spectrograms_uint8))[1]
+
+
+def fit_vector_space(
+    encoder: TimeFreqAutoencoder, manifest: pl.DataFrame, texture: str, n_tracks: int = STANDARDISER_SAMPLE
+) -> tuple[Standardiser, Fusion | None]:
+    """What turns a model version's raw vectors into the ones cosine compares,
+    fitted on a sample of ``manifest``'s tracks (:func:`standardiser_sample`),
+    each described as tracks are stored (the mean over its excerpts): the
+    latent standardisation and, where ``texture`` is "blocks", the fusion with
+    texture patterns (:mod:`sonufy_model.fusion`; else None)."""
     sample = standardiser_sample(manifest, n_tracks)
-    per_clip = encode_spectrograms(model, read_spectrograms(sample))
-    return Standardiser.fit(mean_per_track(sample["track_id"], per_clip)[1])
+    spectrograms = read_spectrograms(sample)
+    _, raw, patterns = track_features(encoder, sample["track_id"], spectrograms, texture)
+    standardiser = Standardiser.fit(raw)
+    if patterns is None:
+        return standardiser, None
+    return standardiser, Fusion.fit(standardiser.transform(raw), patterns, spectrograms.shape[2])

@@ -11,7 +11,9 @@ Each branch ends in its own linear projection to ``latent_dim // 2``
 features and the two are concatenated. Downstream code relies on that layout:
 ``latent[:, :latent_dim // 2]`` is the time half and
 ``latent[:, latent_dim // 2:]`` the frequency half, from which "time" and
-"frequency" similarities are computed separately.
+"frequency" similarities are computed separately (for a model fusing texture
+patterns, the stored vector's halves are the encoder's and the texture's
+instead: :mod:`sonufy_model.fusion`).
 
 The decoder only exists to train the encoder (reconstruction loss); inference
 uses :meth:`TimeFreqAutoencoder.encode`.

@@ -52,6 +52,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # A volume knob's worth: the spectrograms keep the level, and two
         # crops of one track must not match by its exact value.
         "gain_db": 3.0,
+        # The vector fuses the encoder's with block-level texture patterns:
+        # same-soundtrack precision@10 +0.03 to +0.055 on the development
+        # corpus in each of three seeds (docs/model.md).
+        "texture": "blocks",
     },
 }
 DEFAULT_PRESET = "invariance"

@@ -90,7 +90,7 @@ def _encode_checked(store, path: str | Path) -> tuple[np.ndarray, str | None]:
     a clip that fails (silent, corrupt) is left out, and a file none of whose
     clips pass is refused, with the reasons. A noise-like file is encoded but
     comes with a warning."""
-    from sonufy_model.encoding import encode_spectrograms, load_encoder
+    from sonufy_model.encoding import load_encoder, track_features
     from sonufy_model.quality import spectrogram_problems
 
     file = Path(path).expanduser()
@@ -121,9 +121,10 @@ def _encode_checked(store, path: str | Path) -> tuple[np.ndarray, str | None]:
     checkpoint = Path(model.checkpoint)
     if not checkpoint.is_file():
         raise QueryError(f"model {model.model_version}: checkpoint {checkpoint} is missing")
-    encoder = load_encoder(checkpoint)
-    per_clip = encode_spectrograms(encoder, np.stack([to_uint8(spectrogram) for spectrogram, _ in clips]))
-    return model.standardiser.transform(per_clip.mean(axis=0, keepdims=True))[0], warning
+    spectrograms = np.stack([to_uint8(spectrogram) for spectrogram, _ in clips])
+    _, raw, texture = track_features(load_encoder(checkpoint), pl.Series([str(file)] * len(clips)), spectrograms,
+                                     model.texture)
+    return model.vectors(raw, texture)[0], warning
 
 
 def seed_from_track(store, query: str) -> Seed:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 import duckdb
@@ -26,6 +27,7 @@ import numpy as np
 import polars as pl
 
 import sql
+from sonufy_model.fusion import Fusion, fusion_path
 from sonufy_model.schemas import QUARANTINE_SCHEMA, TRACK_SCHEMA
 from sonufy_model.standardise import Standardiser
 
@@ -119,6 +121,8 @@ class ModelRecord:
     set_id: str
     latent_mean: list[float]
     latent_scale: list[float]
+    # TrainConfig.texture: "blocks" fuses texture patterns into the vector (sonufy_model.fusion).
+    texture: str = "none"
 
     @property
     def standardiser(self) -> Standardiser:
@@ -126,6 +130,30 @@ class ModelRecord:
             mean=np.asarray(self.latent_mean, dtype=np.float32),
             scale=np.asarray(self.latent_scale, dtype=np.float32),
         )
+
+    @property
+    def fusion(self) -> Fusion | None:
+        """The fitted fusion of a version that fuses texture patterns, None for one that does not."""
+        if self.texture == "none":
+            return None
+        path = fusion_path(self.checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"model {self.model_version}: its fitted fusion {path} is missing "
+                                    "(the model folder was moved or deleted: `sonufy train` makes a new one)")
+        return _loaded_fusion(str(path), path.stat().st_mtime_ns)
+
+    def vectors(self, raw: np.ndarray, texture: np.ndarray | None) -> np.ndarray:
+        """The vectors cosine compares, from tracks' ``raw`` encoder vectors
+        and (for a version that fuses them) their texture patterns."""
+        standardised = self.standardiser.transform(raw)
+        fusion = self.fusion
+        return standardised if fusion is None else fusion.transform(standardised, texture)
+
+
+@lru_cache(maxsize=4)
+def _loaded_fusion(path: str, mtime_ns: int) -> Fusion:
+    # Read once per process per file (every batch of a build asks for it).
+    return Fusion.load(path)
 
 
 class Store:

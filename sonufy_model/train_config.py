@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from sonufy_model.fusion import TEXTURES
 from sonufy_model.presets import DEFAULT_PRESET, PRESETS
 
 
@@ -85,8 +86,13 @@ class TrainConfig:
     # (the seed's) on the demo catalog's evaluation, at a quarter of the
     # encoding work (docs/performance.md, "How fast is search?").
     encode_tiles: int = 8
+    # "blocks": a track's vector fuses the encoder's with block-level texture
+    # patterns (sonufy_model.fusion); "none": the encoder's alone.
+    texture: str = "none"
 
     def __post_init__(self) -> None:
+        if self.texture not in TEXTURES:
+            raise ConfigError(f"texture {self.texture!r}: expected one of {list(TEXTURES)}")
         # YAML and JSON give lists; the model's hyperparameters use a tuple.
         self.filters = tuple(int(f) for f in self.filters)
         self.manifest = str(self.manifest)

@@ -130,15 +130,18 @@ UPDATE models SET promotion_requested_at = CASE WHEN model_version = $model_vers
 
 -- name: pending_model
 -- The version waiting to become current, if any.
-SELECT model_version, checkpoint, set_id, latent_mean, latent_scale FROM models
+SELECT model_version, checkpoint, set_id, latent_mean, latent_scale,
+       coalesce(json_extract_string(config, '$.texture'), 'none') AS texture FROM models
 WHERE promotion_requested_at IS NOT NULL AND NOT is_current
 ORDER BY promotion_requested_at DESC LIMIT 1;
 
 -- name: current_model
-SELECT model_version, checkpoint, set_id, latent_mean, latent_scale FROM models WHERE is_current;
+SELECT model_version, checkpoint, set_id, latent_mean, latent_scale,
+       coalesce(json_extract_string(config, '$.texture'), 'none') AS texture FROM models WHERE is_current;
 
 -- name: model_by_version
-SELECT model_version, checkpoint, set_id, latent_mean, latent_scale FROM models WHERE model_version = $model_version;
+SELECT model_version, checkpoint, set_id, latent_mean, latent_scale,
+       coalesce(json_extract_string(config, '$.texture'), 'none') AS texture FROM models WHERE model_version = $model_version;
 
 -- name: insert_embeddings
 INSERT OR REPLACE INTO embeddings (track_id, model_version, raw, vector, created_at)

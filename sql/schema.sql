@@ -105,10 +105,13 @@ CREATE TABLE IF NOT EXISTS models (
 
 -- name: create_embeddings
 -- The latent space: one 256-d vector per track and model version. raw is the
--- mean of the encoder's outputs over fixed tiles; vector is raw standardised
--- with the model's latent_mean and latent_scale, the space cosine runs in.
--- The first 128 numbers come from the encoder's time branch, the last 128
--- from its frequency branch.
+-- mean of the encoder's outputs over fixed tiles; vector, the space cosine
+-- runs in, is raw standardised with the model's latent_mean and latent_scale
+-- (its first 128 numbers from the encoder's time branch, the last 128 from its
+-- frequency branch), or, for a model whose config has "texture": "blocks"
+-- (the default), raw standardised fused with the track's texture patterns
+-- (sonufy_model/fusion.py): the first 128 numbers the encoder's, the last 128
+-- the texture's.
 CREATE TABLE IF NOT EXISTS embeddings (
     track_id      VARCHAR NOT NULL,
     model_version VARCHAR NOT NULL,

@@ -27,7 +27,8 @@
 --   nprobe := 32                       cells the index probes (default 16; similar() passes the index's own)
 --   use_index := false                 exact scan even where the current version has an index
 -- Output columns: track_id, artist, title, album, cosine, time_similarity,
--- frequency_similarity (the two 128-d halves: time and frequency branches);
+-- frequency_similarity (the two 128-d halves: the time and frequency branches,
+-- or, for a model fusing texture, the encoder and the texture patterns);
 -- similar_to_vector adds preview_url after album.
 
 -- name: create_search_title_key_macro

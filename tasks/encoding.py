@@ -13,10 +13,9 @@ from sonufy_model.encoding import (
     audio_digests,
     embedding_rows,
     embedding_stats,
-    encode_spectrograms,
     identical_vector_clashes,
     load_encoder,
-    mean_per_track,
+    track_features,
 )
 from sonufy_model.schemas import quarantine_rows
 from sonufy_model.spectrograms import read_spectrograms
@@ -40,12 +39,12 @@ def encode_batch(
 ) -> dict:
     """Encode, run the embedding suite, write the passing vectors, quarantine the rest.
 
-    A track with several excerpts gets the mean of their vectors.
+    A track with several excerpts gets the mean of their vectors (and texture patterns).
     """
     spectrograms = read_spectrograms(manifest)
-    per_clip = encode_spectrograms(_encoder(model.checkpoint), spectrograms)
-    track_ids, raw = mean_per_track(manifest["track_id"], per_clip)
-    vectors = model.standardiser.transform(raw)
+    track_ids, raw, texture = track_features(_encoder(model.checkpoint), manifest["track_id"], spectrograms,
+                                             model.texture)
+    vectors = model.vectors(raw, texture)
     clashes = _identical_vector_clashes(store, model, manifest, spectrograms, track_ids, raw)
     report = quality.check_embeddings(embedding_stats(track_ids, vectors, clashes), LATENT_DIM)
     failed = set(report.failures["track_id"].to_list())

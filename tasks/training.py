@@ -24,7 +24,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from sonufy_model.config import Paths
-from sonufy_model.encoding import fit_standardiser, load_encoder
+from sonufy_model.encoding import fit_vector_space, load_encoder
+from sonufy_model.fusion import fusion_path
 from sonufy_model.store import Store
 from sonufy_model.training import (
     PROGRESS_PREFIX,
@@ -86,7 +87,9 @@ def train_model(store: Store, paths: Paths, set_id: str, options: dict, promote:
                 f"training process exited with {process.returncode}; last output:\n" + "\n".join(tail)
             )
     result = json.loads(result_path.read_text())
-    standardiser = fit_standardiser(load_encoder(result["checkpoint_path"]), manifest)
+    standardiser, fusion = fit_vector_space(load_encoder(result["checkpoint_path"]), manifest, config["texture"])
+    if fusion is not None:  # beside the checkpoint, before the version that needs it is registered
+        fusion.save(fusion_path(result["checkpoint_path"]))
     store.register_model(model_registration(version, set_id, config, result, standardiser), promote=promote)
     logger.info(
         "model %s (%s): %d epochs in %.0f s, validation %s %.4f",

@@ -113,7 +113,7 @@ def test_embedding_stats_feed_the_suite_and_only_passing_tracks_become_rows():
 def test_the_standardiser_is_fitted_on_a_sample_of_tracks_each_the_mean_of_its_excerpts(tmp_path):
     import torch
 
-    from sonufy_model.encoding import encode_spectrograms, fit_standardiser, standardiser_sample
+    from sonufy_model.encoding import encode_spectrograms, fit_vector_space, standardiser_sample
     from sonufy_model.model import TimeFreqAutoencoder
 
     # Two excerpts a track: a sample keeps both, every k-th track.
@@ -132,7 +132,8 @@ def test_the_standardiser_is_fitted_on_a_sample_of_tracks_each_the_mean_of_its_e
                              "row": list(range(8))})
     torch.manual_seed(0)
     model = TimeFreqAutoencoder(n_mels=16, tile_frames=32, filters=(4, 8), encode_tiles=2).eval()
-    fitted = fit_standardiser(model, manifest, n_tracks=2)
+    fitted, fusion = fit_vector_space(model, manifest, "none", n_tracks=2)
+    assert fusion is None
     per_clip = encode_spectrograms(model, spectrograms)
     sampled = np.stack([per_clip[0:2].mean(axis=0), per_clip[4:6].mean(axis=0)])  # tracks t0 and t2
     assert fitted.mean == pytest.approx(sampled.mean(axis=0), abs=1e-6)

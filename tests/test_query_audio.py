@@ -24,9 +24,11 @@ from sonufy_demo.synth import PreviewCache
 from sonufy_model import catalog, previews, query_audio
 from sonufy_model.audio import AudioDecodeError, MelParams, analyse, to_uint8
 from sonufy_model.encoding import encode_spectrograms
+from sonufy_model.fusion import Fusion, fusion_path
 from sonufy_model.model import TimeFreqAutoencoder
 from sonufy_model.standardise import Standardiser
 from sonufy_model.store import LATENT_DIM, Store
+from sonufy_model.texture import block_level_features
 
 N_CATALOG, N_SPACE = 12, 8  # the stand-in's tracks; the first N_SPACE are in the latent space
 
@@ -60,18 +62,24 @@ def space(standin, tmp_path_factory) -> dict:
     spectrograms = np.stack([to_uint8(analyse(path, params)[0][0]) for path in fetched["path"]])
     raw = encode_spectrograms(model, spectrograms)
     standardiser = Standardiser.fit(raw)
+    # Fused with texture patterns, as the default model is (sonufy_model.fusion).
+    texture = block_level_features(spectrograms)
+    fusion = Fusion.fit(standardiser.transform(raw), texture, params.n_frames)
+    fusion.save(fusion_path(checkpoint))
+    vectors = fusion.transform(standardiser.transform(raw), texture)
     store.register_model({
-        "model_version": "tiny", "set_id": params.set_id, "config": {}, "checkpoint": str(checkpoint),
+        "model_version": "tiny", "set_id": params.set_id, "config": {"texture": "blocks"},
+        "checkpoint": str(checkpoint),
         "epochs": 0, "train_mse": 0.0, "val_mse": 0.0, "n_train_tracks": N_SPACE, "n_val_tracks": 0,
         "train_seconds": 0.0, "latent_mean": standardiser.mean, "latent_scale": standardiser.scale,
     })
     store.record_embeddings(pl.DataFrame({"track_id": fetched["track_id"], "model_version": "tiny"}).with_columns(
         pl.Series("raw", raw, dtype=pl.Array(pl.Float32, LATENT_DIM)),
-        pl.Series("vector", standardiser.transform(raw), dtype=pl.Array(pl.Float32, LATENT_DIM)),
+        pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, LATENT_DIM)),
     ))
     store.promote("tiny")
     return {"store": store, "settings": settings, "previews": dict(zip(fetched["track_id"], fetched["path"])),
-            "vectors": dict(zip(fetched["track_id"], standardiser.transform(raw)))}
+            "vectors": dict(zip(fetched["track_id"], vectors))}
 
 
 def _written(store: Store) -> dict:
@@ -181,6 +189,9 @@ def test_recommend_command_from_a_file_or_a_search(space, standin, capsys, tmp_p
                  "-k", "3"]) == 0
     table = capsys.readouterr().out
     assert f"Sounds like: {first.artist} - {first.title}" in table and "rank" in table and "preview" in table
+    # The model fuses texture: its two half-similarities are the encoder's and the texture's.
+    header = next(line for line in table.splitlines() if "cosine" in line)
+    assert "encoder" in header and "texture" in header and "frequency" not in header
     assert main(["recommend", "--db", db, "--file", str(tmp_path / "nope.flac")]) == 2
     assert "nope.flac: no such audio file" in capsys.readouterr().err
     assert main(["recommend", "--db", db, "--search", "isrc:ZZ0000000000", "--tracks", str(N_CATALOG)]) == 2

@@ -7,7 +7,15 @@ import os
 import sys
 from pathlib import Path
 
-from flows.cli.common import CommandError, add_db, positive_float, positive_int, print_recommendations
+from flows.cli.common import (
+    CommandError,
+    add_db,
+    half_names,
+    open_store,
+    positive_float,
+    positive_int,
+    print_recommendations,
+)
 from sonufy_model.presets import PRESET_NAMES
 
 
@@ -91,13 +99,13 @@ def _run_build(args: argparse.Namespace) -> None:
         print(note, file=sys.stderr)
     rows = result["recommendations"]
     seed = rows[0]["seed"] if rows else "?"
-    print_recommendations(rows, seed, args.json)
+    print_recommendations(rows, seed, args.json, halves=half_names(open_store(result["db"])))
 
 
 def _run_demo(args: argparse.Namespace) -> None:
     result = _build(args, "standin")
     rows = result["recommendations"]
-    print_recommendations(rows, rows[0]["seed"], False)
+    print_recommendations(rows, rows[0]["seed"], False, halves=half_names(open_store(result["db"])))
     seed_id = rows[0]["seed_track_id"]
     print(f"\nDuckDB file: {result['db']}")
     print("Ask it yourself in the DuckDB shell:")

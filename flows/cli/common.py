@@ -62,23 +62,34 @@ def open_store(db: str):
     return Store(db, reader=True)  # read-only: never migrates, never waits for the writer lock
 
 
-def print_recommendations(rows: list[dict], seed: str, as_json: bool, extra: dict | None = None) -> None:
+def half_names(store) -> tuple[str, str]:
+    """What the two half-similarities of the current model compare: its
+    encoder's time and frequency branches, or, for a model fusing texture
+    patterns (sonufy_model.fusion), the encoder and the texture."""
+    model = store.current_model()
+    return ("encoder", "texture") if model is not None and model.texture != "none" else ("time", "frequency")
+
+
+def print_recommendations(rows: list[dict], seed: str, as_json: bool, extra: dict | None = None,
+                          halves: tuple[str, str] = ("time", "frequency")) -> None:
     if as_json:
         print(json.dumps({"seed": seed, **(extra or {}), "recommendations": rows}, indent=2, default=str))
         return
     seed_style = rows[0].get("seed_style") if rows else None
-    print_tracks(rows, f"Sounds like: {seed}" + (f" ({seed_style})" if seed_style else ""))
+    print_tracks(rows, f"Sounds like: {seed}" + (f" ({seed_style})" if seed_style else ""), halves=halves)
 
 
-def print_tracks(rows: list[dict], title: str, first: str = "rank", notes: tuple[str, ...] = ()) -> None:
+def print_tracks(rows: list[dict], title: str, first: str = "rank", notes: tuple[str, ...] = (),
+                 halves: tuple[str, str] = ("time", "frequency")) -> None:
     """A table of tracks: rank (or step), artist, style when rows have one (the
-    demo's), title, the three scores, the mutual proximity when ranked by it,
+    demo's), title, the three scores (cosine, then the two halves' named
+    ``halves``: :func:`half_names`), the mutual proximity when ranked by it,
     the seed when rows come from several, the preview link."""
     from rich.console import Console
     from rich.table import Table
 
     styled = any(row.get("style") for row in rows)
-    columns = [first, "artist", *(["style"] if styled else []), "title", "cosine", "time", "frequency"]
+    columns = [first, "artist", *(["style"] if styled else []), "title", "cosine", *halves]
     columns += ["mp"] if rows and rows[0].get("mutual_proximity") is not None else []
     seeds = {seed: number for number, seed in enumerate(dict.fromkeys(r["seed"] for r in rows if "seed" in r), 1)}
     # A column of 1s would only take room: one seed is named below, or in the title.
@@ -86,7 +97,7 @@ def print_tracks(rows: list[dict], title: str, first: str = "rank", notes: tuple
     columns += ["preview"]
     table = Table(title=title)
     for column in columns:
-        table.add_column(column, justify="right" if column in (first, "cosine", "time", "frequency", "mp", "seed")
+        table.add_column(column, justify="right" if column in (first, "cosine", *halves, "mp", "seed")
                          else "left")
     for rank, row in enumerate(rows, start=1):
         cells = [str(row.get("step", rank - 1) if first == "step" else rank), row["artist"],

@@ -66,7 +66,7 @@ def add_playlist(commands) -> None:
 
 
 def _save(args: argparse.Namespace) -> None:
-    from flows.cli.common import print_tracks
+    from flows.cli.common import half_names, print_tracks
     from flows.cli.query import _list_filters, _playlist_target, _spotify_target
     from sonufy_model import saved_lists
 
@@ -89,7 +89,7 @@ def _save(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"name": args.name, "seeds": list(seeds), "radio": rows}, indent=2, default=str))
     else:
-        print_tracks(rows, recipe.title)
+        print_tracks(rows, recipe.title, halves=half_names(reader))
     for line in saved_lists.deliver(reader, recipe, track_ids, spotify):
         print(f"sonufy playlist save: {line}", file=sys.stderr)
     with _writer(args.db, "playlist save") as store:

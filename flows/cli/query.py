@@ -13,6 +13,7 @@ from dataclasses import replace
 from flows.cli.common import (
     CommandError,
     add_db,
+    half_names,
     open_store,
     paste_redirect,
     positive_int,
@@ -262,7 +263,7 @@ def _recommend(args: argparse.Namespace) -> None:
         print(f"sonufy recommend: warning: {seed.warning}", file=sys.stderr)
     print_recommendations(rows, seed.label, args.json,
                           {"seed_kind": seed.kind, "seed_track_id": seed.track_id, "seed_warning": seed.warning,
-                           "hub_reduction": args.hub_reduction})
+                           "hub_reduction": args.hub_reduction}, half_names(store))
     _write_playlist(target, store, rows, f"Sounds like: {seed.label}", "recommend")
     _push_to_spotify(spotify, store, rows, f"Sounds like: {seed.label}", "recommend", args.to_spotify)
 
@@ -293,7 +294,7 @@ def _path(args: argparse.Namespace) -> None:
         print(json.dumps({"a": rows[0]["track_id"], "b": rows[-1]["track_id"], "steps": args.steps,
                           "path": rows}, indent=2, default=str))
     else:
-        print_tracks(rows, title, first="step",
+        print_tracks(rows, title, first="step", halves=half_names(store),
                      notes=("scores: against each step's point on the way from A to B",))
     _write_playlist(target, store, rows, title, "path")
     _push_to_spotify(spotify, store, rows, title, "path", args.to_spotify)
@@ -315,7 +316,7 @@ def _radio(args: argparse.Namespace) -> None:
         print(json.dumps({"seeds": args.seeds, "n": args.n, "max_per_artist": args.max_per_artist,
                           "radio": rows}, indent=2, default=str))
     else:
-        print_tracks(rows, f"Radio from {len(args.seeds)} seed(s)", notes=notes)
+        print_tracks(rows, f"Radio from {len(args.seeds)} seed(s)", notes=notes, halves=half_names(store))
     title = f"Radio from {', '.join(args.seeds)}"
     _write_playlist(target, store, rows, title, "radio")
     _push_to_spotify(spotify, store, rows, title, "radio", args.to_spotify)
