@@ -19,7 +19,7 @@ import shutil
 import pytest
 
 import killing
-from conftest import SMALL_TRAINING
+from conftest import SMALL_TRAINING, sql_rows
 
 pytestmark = pytest.mark.slow
 
@@ -136,3 +136,19 @@ def test_gc_killed_between_its_removals(zygote, built, tmp_path):
     assert killing.fingerprint(db) == before  # gc writes no row
     assert not any(orphan.exists() for orphan in orphans)
     assert shard.exists()
+
+
+def test_a_train_killed_while_encoding_leaves_the_current_version_answering(zygote, built, tmp_path):
+    """Every train trains a new version, so the run after the kill is a new
+    training, not the same one finished: what must hold is that the killed
+    version never became current, and the next run's does, whole."""
+    base, _ = built
+    db = killing.copy_store(base, tmp_path)
+    job = {"call": "flows.train:train", "kwargs": {"db": str(db), "config": SMALL_TRAINING}}
+    current = "SELECT model_version FROM models WHERE is_current"
+    [before] = sql_rows(db, current)
+    runs = killing.kill_chain(zygote, db, ["insert_embeddings#1+"], job, before=base)
+    assert "insert_model#1" in runs[0].writes  # killed with its version registered, its vectors not committed
+    versions = [row[0] for row in sql_rows(db, "SELECT model_version FROM models ORDER BY created_at")]
+    assert len(versions) == 3 and sql_rows(db, current) == [(versions[-1],)] != [before]
+    assert sql_rows(db, f"SELECT count(*) FROM embeddings WHERE model_version = '{versions[1]}'") == [(0,)]
