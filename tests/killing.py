@@ -16,11 +16,15 @@ before the N-th event called NAME (``NAME#N+``: right after it), so a kill
 lands at the same point of the run every time: between two statements of a
 transaction, or between two transactions, wherever the code puts them.
 
-Nothing of the command is replaced: its statements run as they would, and
-the kill is the kernel's. Afterwards :func:`store_problems` lists the
-invariants the store breaks (none: no half-written batch), and
+Nothing of the command is replaced: the watch wraps the store's opening of
+a read-write connection and the removal of files only to count them, every
+statement runs as it would, and the kill is the kernel's. (One setting
+differs from a plain run: numba's threads are its workqueue, not OpenMP,
+whose threads a fork cannot take along.) Afterwards :func:`store_problems`
+lists the invariants the store breaks (none: no half-written batch),
 :func:`fingerprint` says what a whole run left, to compare with an
-uninterrupted run's.
+uninterrupted run's, and :func:`kill_chain` does it all for a list of kill
+points.
 """
 
 from __future__ import annotations
