@@ -724,9 +724,7 @@ class Store:
         with self.transaction() as con:
             con.execute(sql.statement("insert_model"), params)
             if promote:
-                con.execute(
-                    sql.statement("request_promotion"), {"model_version": record["model_version"]}
-                )
+                self._request_promotion(con, record["model_version"])
 
     def model(self, model_version: str) -> ModelRecord:
         with self.connect() as con:
@@ -744,10 +742,16 @@ class Store:
     def request_promotion(self, model_version: str) -> None:
         """Ask for ``model_version`` to become current once every track has a
         vector in it (:meth:`switch_if_encoded`); until then queries answer
-        from the current version."""
+        from the current version. The vectors of a version this request
+        replaces, which never became current, are deleted with it."""
         self.model(model_version)
         with self.transaction() as con:
-            con.execute(sql.statement("request_promotion"), {"model_version": model_version})
+            self._request_promotion(con, model_version)
+
+    @staticmethod
+    def _request_promotion(con: duckdb.DuckDBPyConnection, model_version: str) -> None:
+        con.execute(sql.statement("forget_superseded_embeddings"), {"model_version": model_version})
+        con.execute(sql.statement("request_promotion"), {"model_version": model_version})
 
     def pending_model(self) -> ModelRecord | None:
         """The version waiting to become current, if any."""

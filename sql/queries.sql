@@ -122,6 +122,15 @@ UPDATE models SET is_current = (model_version = (SELECT model_version FROM ready
 WHERE EXISTS (SELECT 1 FROM ready)
 RETURNING model_version, is_current;
 
+-- name: forget_superseded_embeddings
+-- The vectors of a version that was waiting to become current, never became
+-- it, and is now replaced by another request ($model_version): a run killed
+-- while encoding it left them, and nothing will finish or read them. Runs in
+-- the request's transaction, before it.
+DELETE FROM embeddings WHERE model_version IN (
+    SELECT model_version FROM models
+    WHERE promotion_requested_at IS NOT NULL AND NOT is_current AND model_version <> $model_version);
+
 -- name: request_promotion
 -- The version to become current once every track has a vector in it; a newer
 -- request replaces an older one.

@@ -155,6 +155,32 @@ def test_a_promoted_version_becomes_current_only_once_every_track_is_encoded(tmp
         assert con.execute("SELECT count(*) FROM latent").fetchone()[0] == 3
 
 
+def test_a_new_request_deletes_the_vectors_of_the_pending_version_it_replaces(tmp_path, register_model,
+                                                                            embed_vectors):
+    """A train killed while encoding its version leaves part of its vectors;
+    the next train's request replaces it, and nothing would read them again."""
+    store = Store(tmp_path / "s.duckdb")
+    rng = np.random.default_rng(2)
+    register_model(store, "current", "set1")
+    embed_vectors(store, "current", {i: rng.standard_normal(LATENT_DIM) for i in "ab"})
+    store.promote("current")
+    register_model(store, "killed", "set1")  # pending, half encoded when its run died
+    embed_vectors(store, "killed", {"a": rng.standard_normal(LATENT_DIM)})
+    register_model(store, "unpromoted", "set1", promote=False)  # a retrain's candidate, being judged
+    embed_vectors(store, "unpromoted", {"a": rng.standard_normal(LATENT_DIM)})
+
+    register_model(store, "rerun", "set1")
+    assert store.pending_model().model_version == "rerun"
+    with store.connect() as con:
+        left = con.execute("SELECT model_version, count(*) FROM embeddings GROUP BY ALL ORDER BY 1").fetchall()
+    assert left == [("current", 2), ("unpromoted", 1)]  # the current version's and the candidate's stay
+    embed_vectors(store, "rerun", {"a": rng.standard_normal(LATENT_DIM)})
+    store.request_promotion("unpromoted")  # a request through the store's method replaces the pending one alike
+    with store.connect() as con:
+        assert con.execute("SELECT DISTINCT model_version FROM embeddings ORDER BY 1").fetchall() == [
+            ("current",), ("unpromoted",)]
+
+
 def test_an_unpromoted_version_is_neither_pending_nor_current(tmp_path, register_model):
     store = Store(tmp_path / "s.duckdb")
     register_model(store, "m", "set1", promote=False)
