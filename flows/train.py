@@ -12,11 +12,13 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.parameters import TrainingOptions
-from flows.stages import ENCODE_BATCH, encode_pending, flow_run_id, recorded_run, training_options
+from flows.stages import ENCODE_BATCH, add_counts, encode_pending, flow_run_id, recorded_run, training_options
 from flows.writer import holds_writer_lock
 from sonufy_model.audio import MelParams
 from sonufy_model.config import Paths
 from sonufy_model.store import Store
+from tasks.landscape import render_landscape, update_landscape
+from tasks.search import update_search_index
 from tasks.training import train_model
 
 
@@ -39,7 +41,8 @@ def train(
             as in deployments/train.yaml); the time box is 300 s unless set here.
         promote: Encode every track with the new version, then make it
             current (recommendations switch at once, never to a half-encoded
-            space); False only registers it.
+            space), and give it its search index and landscape, as a build
+            does; False only registers it.
         data_dir: Where spectrograms and models are (default: the db's name
             with .data).
     """
@@ -60,5 +63,11 @@ def train(
         counts["model_version"] = version
         if promote:
             counts.update(encode_pending(store, run_id, tracks_per_batch=ENCODE_BATCH))
+            # The new version answers as the build's does: through its own
+            # search index, and on its own map (the old version's serve
+            # neither it nor its vectors).
+            update_search_index(store)
+            add_counts(counts, update_landscape(store, paths))
+            render_landscape(store, paths.data_dir / "landscape")
     logger.info("model %s trained on set %s%s", version, set_id, " and made current" if promote else "")
     return version

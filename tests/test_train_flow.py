@@ -42,6 +42,9 @@ def test_train_flow_adds_a_current_version_and_the_cli_one_that_is_not(prefect_a
     assert sql_rows(db, f"SELECT count(DISTINCT track_id) FROM embeddings WHERE model_version = '{version}'")[0][0] \
         == N_TRACKS
     assert ("train", "completed") in sql_rows(db, "SELECT flow, status FROM runs")
+    # ... and its own search index and map, as the build gave the first one.
+    assert sql_rows(db, f"SELECT vectors FROM search_index WHERE model_version = '{version}'") == [(N_TRACKS,)]
+    assert sql_rows(db, f"SELECT count(*) FROM landscape WHERE model_version = '{version}'") == [(N_TRACKS,)]
     assert cli(["recommend", "--db", str(db), "-k", "3", "--json", built["recommendations"][0]["seed_track_id"]]) == 0
 
     # The command: YAML config, options over it, --no-promote keeps the current version.
