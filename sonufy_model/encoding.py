@@ -25,6 +25,7 @@ from sonufy_model.tiles import fixed_tiles
 if TYPE_CHECKING:  # torch and Lightning load where a model is, not where this module is imported
     import torch
 
+    from sonufy_model.encoder_net import TileEncoder
     from sonufy_model.model import TimeFreqAutoencoder
 
 # Tracks the latent standardisation is fitted on: enough for 256 means and
@@ -32,16 +33,17 @@ if TYPE_CHECKING:  # torch and Lightning load where a model is, not where this m
 STANDARDISER_SAMPLE = 2000
 
 
-def load_encoder(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> TimeFreqAutoencoder:
-    """Load a trained autoencoder onto ``device``, in eval mode (BatchNorm uses running statistics)."""
-    from sonufy_model.model import TimeFreqAutoencoder
+def load_encoder(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> TileEncoder:
+    """The encoder of a trained version, on ``device``, in eval mode
+    (BatchNorm uses running statistics): torch alone, without Lightning
+    (:mod:`sonufy_model.encoder_net`)."""
+    from sonufy_model.encoder_net import TileEncoder
 
-    model = TimeFreqAutoencoder.load_from_checkpoint(checkpoint_path, map_location=device)
-    return model.eval()
+    return TileEncoder.from_checkpoint(checkpoint_path, device)
 
 
 def encode_spectrograms(
-    model: TimeFreqAutoencoder,
+    model: TileEncoder | TimeFreqAutoencoder,
     spectrograms_uint8: np.ndarray,
     n_tiles: int | None = None,
     batch_size: int = 512,
@@ -186,7 +188,7 @@ def standardiser_sample(manifest: pl.DataFrame, n_tracks: int = STANDARDISER_SAM
 
 
 def track_features(
-    encoder: TimeFreqAutoencoder, clip_track_ids: pl.Series, spectrograms_uint8: np.ndarray, texture: str
+    encoder: TileEncoder | TimeFreqAutoencoder, clip_track_ids: pl.Series, spectrograms_uint8: np.ndarray, texture: str
 ) -> tuple[pl.Series, np.ndarray, np.ndarray | None]:
     """Per track, in first-seen order of ``clip_track_ids`` (one per
     spectrogram): its raw encoder vector and, where ``texture`` is "blocks",
@@ -199,7 +201,8 @@ def track_features(
 
 
 def fit_vector_space(
-    encoder: TimeFreqAutoencoder, manifest: pl.DataFrame, texture: str, n_tracks: int = STANDARDISER_SAMPLE
+    encoder: TileEncoder | TimeFreqAutoencoder, manifest: pl.DataFrame, texture: str,
+    n_tracks: int = STANDARDISER_SAMPLE,
 ) -> tuple[Standardiser, Fusion | None]:
     """What turns a model version's raw vectors into the ones cosine compares,
     fitted on a sample of ``manifest``'s tracks (:func:`standardiser_sample`),

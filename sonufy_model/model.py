@@ -49,47 +49,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from sonufy_model.augment import AugmentSettings, augment
+from sonufy_model.encoder_net import KERNEL_SIZE, PADDING, STRIDE, as_tiles, encode_tiles, encoder_branch
 from sonufy_model.tiles import UINT8_SCALE
 
 OBJECTIVES = ("reconstruction", "invariance")
-
-# Every encoder and decoder stage halves or doubles the resolution with the
-# same kernel, so the tile shapes stay exact (see ``_conv1d_block``).
-_KERNEL_SIZE = 5
-_PADDING = 2
-_STRIDE = 2
-
-
-def _conv1d_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Conv1d that halves the length (kernel 5, stride 2, padding 2), ReLU, BatchNorm."""
-    return nn.Sequential(
-        nn.Conv1d(in_channels, out_channels, _KERNEL_SIZE, stride=_STRIDE, padding=_PADDING),
-        nn.ReLU(),
-        nn.BatchNorm1d(out_channels),
-    )
-
 
 def _deconv2d_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """ConvTranspose2d that doubles height and width exactly, ReLU, BatchNorm."""
     return nn.Sequential(
         nn.ConvTranspose2d(
-            in_channels, out_channels, _KERNEL_SIZE, stride=_STRIDE, padding=_PADDING, output_padding=1
+            in_channels, out_channels, KERNEL_SIZE, stride=STRIDE, padding=PADDING, output_padding=1
         ),
         nn.ReLU(),
         nn.BatchNorm2d(out_channels),
     )
-
-
-def _encoder_branch(
-    in_channels: int, length: int, filters: tuple[int, ...], out_features: int, pooling: str = "flatten"
-) -> nn.Sequential:
-    """One 1-D convolutional branch: conv blocks, then flatten (or mean over positions), linear projection."""
-    channels = (in_channels, *filters)
-    blocks = [_conv1d_block(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:])]
-    if pooling == "mean":
-        return nn.Sequential(*blocks, nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(filters[-1], out_features))
-    reduced_length = length // _STRIDE ** len(filters)
-    return nn.Sequential(*blocks, nn.Flatten(), nn.Linear(filters[-1] * reduced_length, out_features))
 
 
 def as_unit_range(batch: torch.Tensor) -> torch.Tensor:
@@ -169,7 +142,7 @@ class TimeFreqAutoencoder(L.LightningModule):
             raise ValueError("filters must name at least one conv stage")
         if latent_dim % 2:
             raise ValueError(f"latent_dim must be even (half per branch), got {latent_dim}")
-        scale = _STRIDE ** len(filters)
+        scale = STRIDE ** len(filters)
         if n_mels % scale or tile_frames % scale:
             raise ValueError(
                 f"n_mels ({n_mels}) and tile_frames ({tile_frames}) must be divisible by {scale} "
@@ -200,9 +173,9 @@ class TimeFreqAutoencoder(L.LightningModule):
 
         half = latent_dim // 2
         # Time branch: mel bands are channels, convolve along time.
-        self.time_encoder = _encoder_branch(n_mels, tile_frames, filters, half, time_pooling)
+        self.time_encoder = encoder_branch(n_mels, tile_frames, filters, half, time_pooling)
         # Frequency branch: time frames are channels, convolve along frequency.
-        self.frequency_encoder = _encoder_branch(tile_frames, n_mels, filters, half)
+        self.frequency_encoder = encoder_branch(tile_frames, n_mels, filters, half)
 
         if objective == "invariance":
             # SimCLR's head: the loss acts on its output, the latent keeps
@@ -221,7 +194,7 @@ class TimeFreqAutoencoder(L.LightningModule):
         decoder_channels = (filters[-1], *reversed(filters))
         self.decoder = nn.Sequential(
             *[_deconv2d_block(c_in, c_out) for c_in, c_out in zip(decoder_channels[:-1], decoder_channels[1:])],
-            nn.ConvTranspose2d(filters[0], 1, _KERNEL_SIZE, stride=1, padding=_PADDING),
+            nn.ConvTranspose2d(filters[0], 1, KERNEL_SIZE, stride=1, padding=PADDING),
             nn.Sigmoid(),
         )
         # The decoder's 2-D convolutions hold nearly all of the reference's
@@ -234,21 +207,11 @@ class TimeFreqAutoencoder(L.LightningModule):
 
     def _as_tiles(self, x: torch.Tensor) -> torch.Tensor:
         """Validate a batch of tiles and return it as ``(B, n_mels, tile_frames)``."""
-        if x.ndim == 4 and x.shape[1] == 1:
-            x = x.squeeze(1)
-        if x.ndim != 3 or tuple(x.shape[1:]) != (self.n_mels, self.tile_frames):
-            raise ValueError(
-                f"expected tiles of shape (B, {self.n_mels}, {self.tile_frames}) "
-                f"or (B, 1, {self.n_mels}, {self.tile_frames}), got {tuple(x.shape)}"
-            )
-        return x
+        return as_tiles(x, self.n_mels, self.tile_frames)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Embed tiles: ``(B, latent_dim)`` = [time half | frequency half]."""
-        tiles = self._as_tiles(x)
-        time_features = self.time_encoder(tiles)
-        frequency_features = self.frequency_encoder(tiles.transpose(1, 2))
-        return torch.cat([time_features, frequency_features], dim=1)
+        return encode_tiles(self, x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Reconstruct tiles ``(B, 1, n_mels, tile_frames)`` in (0, 1) from latents."""
