@@ -259,6 +259,55 @@ def _ffmpeg_excerpts(path: Path, params: MelParams) -> list[np.ndarray]:
     return clips
 
 
+# librosa's Slaney mel scale (librosa.hz_to_mel / mel_to_hz, htk=False):
+# linear to 1 kHz, logarithmic above. Written out here, operation for
+# operation, so that the spectrogram workers need not import librosa and
+# scipy.signal (about 1.3 s a process, more than converting a nightly's new
+# tracks takes); tests/test_audio.py holds them equal to librosa's, bit for bit.
+_MEL_F_SP = 200.0 / 3
+_MEL_MIN_LOG_HZ = 1000.0
+_MEL_MIN_LOG_MEL = _MEL_MIN_LOG_HZ / _MEL_F_SP
+_MEL_LOGSTEP = np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz: float) -> float:
+    if hz >= _MEL_MIN_LOG_HZ:
+        return _MEL_MIN_LOG_MEL + np.log(hz / _MEL_MIN_LOG_HZ) / _MEL_LOGSTEP
+    return hz / _MEL_F_SP
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    hz = _MEL_F_SP * mels
+    log_region = mels >= _MEL_MIN_LOG_MEL
+    hz[log_region] = _MEL_MIN_LOG_HZ * np.exp(_MEL_LOGSTEP * (mels[log_region] - _MEL_MIN_LOG_MEL))
+    return hz
+
+
+def slaney_mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmax: float) -> np.ndarray:
+    """float32 (n_mels, 1 + n_fft // 2): ``librosa.filters.mel(sr=..., n_fft=...,
+    n_mels=..., fmax=...)`` (fmin 0, Slaney scale and area normalisation)."""
+    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
+    fft_hz = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
+    mel_hz = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(fmax), n_mels + 2))
+    widths = np.diff(mel_hz)
+    ramps = np.subtract.outer(mel_hz, fft_hz)
+    for band in range(n_mels):
+        lower = -ramps[band] / widths[band]
+        upper = ramps[band + 2] / widths[band + 1]
+        weights[band] = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_hz[2:n_mels + 2] - mel_hz[:n_mels]))[:, np.newaxis]
+    return weights
+
+
+def power_to_db(power: np.ndarray, ref, top_db: float, amin: float = 1e-10) -> np.ndarray:
+    """``librosa.power_to_db(power, ref=ref, top_db=top_db)``: ref a number or
+    a function of the array (np.max)."""
+    reference = ref(power) if callable(ref) else np.abs(ref)
+    db = 10.0 * np.log10(np.maximum(amin, power))
+    db -= 10.0 * np.log10(np.maximum(amin, reference))
+    return np.maximum(db, db.max() - top_db)
+
+
 @lru_cache(maxsize=8)
 def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmax: float) -> tuple[np.ndarray, int]:
     """librosa's Slaney mel filterbank, and how many FFT bins it uses at all.
@@ -266,18 +315,15 @@ def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmax: float) -> tuple[
     Bins above fmax have zero weight in every band (744 of 1025 are used at
     8 kHz), so only those below are squared and multiplied.
     """
-    import librosa
-
-    basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=fmax).astype(np.float32)
+    basis = slaney_mel_basis(sample_rate, n_fft, n_mels, fmax)
     used = int(np.nonzero(basis.any(axis=0))[0].max()) + 1
     return np.ascontiguousarray(basis[:, :used]), used
 
 
 @lru_cache(maxsize=8)
 def _window(n_fft: int) -> np.ndarray:
-    import scipy.signal
-
-    return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+    """The periodic Hann window (scipy.signal.get_window("hann", n_fft, fftbins=True))."""
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
 
 
 @lru_cache(maxsize=8)
@@ -354,14 +400,12 @@ def scaled_mel(clip: np.ndarray, params: MelParams) -> np.ndarray:
     [0, 1]. "absolute": dB relative to a full-scale sine, ABSOLUTE_RANGE_DBFS
     mapped to [0, 1], so that a clip played 6 dB softer sits 6 dB lower.
     """
-    import librosa
-
     power = mel_power(clip, params)
     if params.level == "peak":
-        db = librosa.power_to_db(power, ref=np.max, top_db=params.top_db)
+        db = power_to_db(power, np.max, params.top_db)
         low, high = -params.top_db, 0.0
     else:
-        db = librosa.power_to_db(power, ref=full_scale_power(params), top_db=params.top_db)
+        db = power_to_db(power, full_scale_power(params), params.top_db)
         low, high = ABSOLUTE_RANGE_DBFS
     # A fixed map to [0, 1] keeps spectrograms of different clips on one scale.
     scaled = (db - low) / (high - low)

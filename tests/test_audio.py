@@ -12,13 +12,16 @@ from sonufy_model.audio import (
     ABSOLUTE_RANGE_DBFS,
     AudioDecodeError,
     MelParams,
+    _window,
     analyse,
     excerpt_starts,
     full_scale_power,
     load_excerpt,
     load_excerpts,
     native_stderr_captured,
+    power_to_db,
     scaled_mel,
+    slaney_mel_basis,
 )
 from sonufy_model.evaluate import precision_at_k
 
@@ -74,6 +77,35 @@ def test_matches_librosa_melspectrogram(clips):
     )
     low, high = ABSOLUTE_RANGE_DBFS
     assert np.abs(absolute - np.clip((db_re_full_scale - low) / (high - low), 0, 1)).max() < 0.02
+
+
+@pytest.mark.parametrize("sample_rate, n_fft, n_mels, fmax", [(22050, 2048, 128, 8000.0), (22050, 2048, 128, 11025.0),
+                                                              (16000, 1024, 64, 8000.0), (44100, 4096, 96, 16000.0)])
+def test_the_mel_basis_window_and_db_are_librosas_bit_for_bit(sample_rate, n_fft, n_mels, fmax):
+    """Written out so that the spectrogram workers need not import librosa:
+    a difference in the last bit would change stored spectrograms without a
+    new set id."""
+    import librosa
+    import scipy.signal
+
+    assert np.array_equal(slaney_mel_basis(sample_rate, n_fft, n_mels, fmax),
+                          librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=fmax))
+    assert np.array_equal(_window(n_fft), scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32))
+    power = (np.random.default_rng(n_mels).random((n_mels, 300)) ** 4 * 10).astype(np.float32)
+    power[:, :5] = 0.0  # silence: the amin floor and the top_db clip both act
+    for ref in (np.max, 3.7):
+        assert np.array_equal(power_to_db(power, ref, 80.0), librosa.power_to_db(power, ref=ref, top_db=80.0))
+
+
+def test_a_spectrogram_worker_imports_neither_librosa_nor_scipy_signal(clips):
+    import subprocess
+    import sys
+
+    probe = (f"import sys; from sonufy_model.audio import analyse, MelParams; analyse({str(clips['high'])!r}, "
+             "MelParams()); print(sorted(m for m in ('librosa', 'scipy.signal') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_stereo_is_the_mean_of_its_channels(tmp_path):
