@@ -18,9 +18,14 @@ their order:
 - correlation: the correlation between bands within 256-frame blocks (which
   registers move together: orchestration).
 
-They are computed on the stored uint8 spectrograms, pooled to 32 bands, in
-dB up to an offset (:data:`TOP_DB` / 255 per step): the offset is removed by
-the standardisation the fusion fits (:mod:`sonufy_model.fusion`). On the
+They are computed on the stored uint8 spectrograms, pooled to 32 bands,
+each step counted as :data:`DB_PER_STEP`: the peak-level scale's 80/255 dB.
+On the default absolute-level sets a step is 120/255 dB (ABSOLUTE_RANGE_DBFS),
+so the patterns see levels at two thirds of their dB, up to an offset; the
+standardisation the fusion fits (:mod:`sonufy_model.fusion`) removes the
+offset and the factor from every pattern but the fluctuation, whose log
+compresses them a little differently. That is the scale the figures below
+were measured on, kept as it is. On the
 development corpus of game soundtracks the five together rank
 same-soundtrack tracks better than log-mel statistics (0.299 against 0.258
 precision@10, docs/model.md).
@@ -37,7 +42,7 @@ DELTA_BLOCK = 25
 DELTA_LAG = 3
 LONG_BLOCK = 256
 MODULATION_BANDS = 24
-TOP_DB = 80.0
+DB_PER_STEP = 80.0 / 255.0
 
 
 def _band_pooling(n_mels: int, bands: int = BANDS) -> np.ndarray:
@@ -84,7 +89,7 @@ def block_level_features(spectrograms_uint8: np.ndarray, chunk: int = 32) -> np.
     pooling = _band_pooling(n_mels)
     out = np.empty((n_clips, sum(pattern_sizes(n_frames))), dtype=np.float32)
     for start in range(0, n_clips, chunk):
-        db = spectrograms_uint8[start:start + chunk].astype(np.float32) * np.float32(TOP_DB / 255.0)
+        db = spectrograms_uint8[start:start + chunk].astype(np.float32) * np.float32(DB_PER_STEP)
         pooled = np.einsum("bm,cmt->cbt", pooling, db)
         out[start:start + chunk] = np.concatenate(_patterns(pooled), axis=1)
     return out
