@@ -56,7 +56,6 @@ def open_source(
         return
 
     from sonufy_demo.standin import StandIn, StandInConfig
-    from sonufy_demo.synth import STYLES
 
     # Some tracks re-released on compilations (same ISRC, new id), as in real
     # catalogs: the genre searches find both, and the scrape keeps one.
@@ -69,6 +68,6 @@ def open_source(
         yield Source(
             name=kind,
             settings=settings,
-            queries=[f'genre:"{style}"' for style in STYLES],
+            queries=standin.genre_queries(),
             demo_query=f"{first.artist} - {first.title}",
         )

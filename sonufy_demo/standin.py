@@ -489,6 +489,33 @@ class StandIn:
         self._port: int | None = None
         self._startup_error: BaseException | None = None
 
+    def genre_queries(self, cap: int = _SEARCH_MAX_OFFSET) -> list[str]:
+        """One ``genre:"..."`` search per style, split into ``year:A-B`` ranges
+        where a style has more than ``cap`` searchable tracks (re-releases
+        included), so that a scrape reaches every track under the search's
+        offset cap: what a user of the real API does with a large genre.
+        A catalog small enough keeps one query per style."""
+        years_by_genre: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
+        for record in self._index.track_records.values():
+            years_by_genre[record.genre][record.year] += 1
+        queries: list[str] = []
+        for genre in sorted(years_by_genre, key=lambda g: min(t.index for t in self.catalog if t.style == g)):
+            years = years_by_genre[genre]
+            if sum(years.values()) <= cap:
+                queries.append(f'genre:"{genre}"')
+                continue
+            first, previous, count = None, 0, 0
+            for year in sorted(years):
+                if first is not None and count + years[year] > cap:
+                    queries.append(f'genre:"{genre}" year:{first}-{previous}')
+                    first, count = None, 0
+                if first is None:
+                    first = year
+                count += years[year]
+                previous = year
+            queries.append(f'genre:"{genre}" year:{first}-{previous}')
+        return queries
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> "StandIn":

@@ -257,6 +257,26 @@ def test_genre_filter_finds_exactly_the_style(server, style):
     assert page["total"] == len(expected) and set(found) == expected
 
 
+def test_genre_queries_split_a_large_style_by_year_under_the_cap(server):
+    """A style with more searchable tracks than the cap gets year ranges, each
+    under the cap, together finding every track of the style (re-releases
+    included) and nothing else; a style under the cap keeps one query."""
+    cap = 4
+    client = spotify_client(server)
+    queries = server.genre_queries(cap=cap)
+    assert server.genre_queries() == [f'genre:"{style}"' for style in STYLES], "a small catalog: one query per style"
+    searchable = [*server.catalog, *server.compilations]
+    found_by_style: dict[str, set[str]] = {}
+    for query in queries:
+        style = query.split('"')[1]
+        page = client.search(query, limit=10)["tracks"]
+        assert 0 < page["total"] <= cap, query
+        found_by_style.setdefault(style, set()).update(item["id"] for item in page["items"])
+    assert any(" year:" in query for query in queries)
+    for style in STYLES:
+        assert found_by_style[style] == {t.track_id for t in searchable if t.style == style}, style
+
+
 def test_field_filters(server):
     client = spotify_client(server)
     track = server.catalog[7]
