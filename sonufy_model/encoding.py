@@ -191,13 +191,13 @@ def track_features(
     encoder: TileEncoder | TimeFreqAutoencoder, clip_track_ids: pl.Series, spectrograms_uint8: np.ndarray, texture: str
 ) -> tuple[pl.Series, np.ndarray, np.ndarray | None]:
     """Per track, in first-seen order of ``clip_track_ids`` (one per
-    spectrogram): its raw encoder vector and, where ``texture`` is "blocks",
-    its texture patterns (:mod:`sonufy_model.texture`; else None), each the
+    spectrogram): its raw encoder vector and, where ``texture`` names a
+    pattern set ("blocks", "blocks6"), its texture patterns (:mod:`sonufy_model.texture`; else None), each the
     mean over the track's clips."""
     track_ids, raw = mean_per_track(clip_track_ids, encode_spectrograms(encoder, spectrograms_uint8))
     if texture == "none":
         return track_ids, raw, None
-    return track_ids, raw, mean_per_track(clip_track_ids, block_level_features(spectrograms_uint8))[1]
+    return track_ids, raw, mean_per_track(clip_track_ids, block_level_features(spectrograms_uint8, texture=texture))[1]
 
 
 def fit_vector_space(
@@ -207,7 +207,7 @@ def fit_vector_space(
     """What turns a model version's raw vectors into the ones cosine compares,
     fitted on a sample of ``manifest``'s tracks (:func:`standardiser_sample`),
     each described as tracks are stored (the mean over its excerpts): the
-    latent standardisation and, where ``texture`` is "blocks", the fusion with
+    latent standardisation and, where ``texture`` names a pattern set, the fusion with
     texture patterns (:mod:`sonufy_model.fusion`; else None)."""
     sample = standardiser_sample(manifest, n_tracks)
     spectrograms = read_spectrograms(sample)
@@ -215,4 +215,4 @@ def fit_vector_space(
     standardiser = Standardiser.fit(raw)
     if patterns is None:
         return standardiser, None
-    return standardiser, Fusion.fit(standardiser.transform(raw), patterns, spectrograms.shape[2])
+    return standardiser, Fusion.fit(standardiser.transform(raw), patterns, spectrograms.shape[2], pattern_set=texture)

@@ -14,8 +14,9 @@ texture's, so that the SQL's two half-similarities (``time_similarity`` and
 ``frequency_similarity`` for the reference model) say how alike two tracks
 are to the encoder and in texture. The encoder's standardised vector is
 scaled to unit length; each texture pattern, standardised per column, is
-scaled to unit length and weighted 1/√5, so the five make one unit vector and
-weigh together what the encoder weighs. Each half is centred and projected on
+scaled to unit length and weighted 1/√n (n patterns: 5 in the ``blocks``
+set, 6 in ``blocks6``), so together they make one unit vector and weigh
+what the encoder weighs. Each half is centred and projected on
 its first 128 principal axes, fitted once per model version on the same
 sample of tracks as the standardisation (a projection keeps every dot
 product below 129 tracks, and the largest share of them above). Everything
@@ -32,11 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from sonufy_model.standardise import Standardiser
-from sonufy_model.texture import pattern_sizes
+from sonufy_model.texture import PATTERN_SETS, pattern_sizes
 from sonufy_model.vectors import unit_rows
 
-#: TrainConfig.texture values: "blocks" fuses the texture patterns, "none" keeps the encoder's vector alone.
-TEXTURES = ("none", "blocks")
+#: TrainConfig.texture values: a pattern set of sonufy_model.texture.PATTERN_SETS
+#: ("blocks", "blocks6") fuses those patterns, "none" keeps the encoder's vector alone.
+TEXTURES = ("none", *PATTERN_SETS)
 
 
 def fusion_path(checkpoint: str | Path) -> Path:
@@ -64,11 +66,13 @@ class Fusion:
         return np.concatenate(parts, axis=1)
 
     @classmethod
-    def fit(cls, latent: np.ndarray, texture: np.ndarray, n_frames: int, dim: int = 256) -> Fusion:
+    def fit(cls, latent: np.ndarray, texture: np.ndarray, n_frames: int, dim: int = 256,
+            pattern_set: str = "blocks") -> Fusion:
         """latent: the sample's standardised encoder vectors; texture: their
-        raw texture patterns (:func:`sonufy_model.texture.block_level_features`,
-        per track); n_frames: the spectrograms' frames."""
-        sizes = pattern_sizes(n_frames)
+        raw texture patterns of the set ``pattern_set``
+        (:func:`sonufy_model.texture.block_level_features`, per track);
+        n_frames: the spectrograms' frames."""
+        sizes = pattern_sizes(n_frames, texture=pattern_set)
         standardiser = Standardiser.fit(texture)
         joined = cls.halves(latent, standardiser.transform(texture), sizes).astype(np.float64)
         centre = joined.mean(axis=0)

@@ -121,7 +121,8 @@ class ModelRecord:
     set_id: str
     latent_mean: list[float]
     latent_scale: list[float]
-    # TrainConfig.texture: "blocks" fuses texture patterns into the vector (sonufy_model.fusion).
+    # TrainConfig.texture: a pattern set ("blocks", "blocks6") fuses texture patterns into the vector
+    # (sonufy_model.fusion); "none" does not.
     texture: str = "none"
 
     @property

@@ -16,7 +16,12 @@ their order:
 - fluctuation: per band, the modulation spectrum of 256-frame blocks on a
   logarithmic modulation axis (rhythm and tremolo);
 - correlation: the correlation between bands within 256-frame blocks (which
-  registers move together: orchestration).
+  registers move together: orchestration);
+- spectral contrast (the paper's sixth, in the ``blocks6`` set only): per
+  frame and each of 20 groups of mel bands, the loudest band's level less the
+  quietest's (Jiang et al. 2002's peak less valley: how tonal or noisy each
+  register is), sorted within 40-frame blocks, the 10th percentile over
+  blocks.
 
 They are computed on the stored uint8 spectrograms, pooled to 32 bands,
 each step counted as :data:`DB_PER_STEP`: the peak-level scale's 80/255 dB.
@@ -37,12 +42,18 @@ import numpy as np
 
 BANDS = 32
 PATTERNS = ("spectral", "delta_spectral", "variance_delta_spectral", "fluctuation", "correlation")
+#: The pattern sets a model version's ``texture`` names: "blocks", the five
+#: the hybrid shipped with; "blocks6", the paper's six, spectral contrast added.
+PATTERN_SETS = {"blocks": PATTERNS, "blocks6": (*PATTERNS, "spectral_contrast")}
 SPECTRAL_BLOCK = 10
 DELTA_BLOCK = 25
 DELTA_LAG = 3
 LONG_BLOCK = 256
 MODULATION_BANDS = 24
 DB_PER_STEP = 80.0 / 255.0
+CONTRAST_GROUPS = 20
+CONTRAST_BLOCK = 40
+CONTRAST_PERCENTILE = 0.1
 
 
 def _band_pooling(n_mels: int, bands: int = BANDS) -> np.ndarray:
@@ -68,31 +79,63 @@ def _modulation_edges(width: int) -> np.ndarray:
     return np.unique(np.geomspace(1, width // 2, MODULATION_BANDS + 1).astype(int))
 
 
-def pattern_sizes(n_frames: int, bands: int = BANDS) -> tuple[int, ...]:
-    """How many numbers each of :data:`PATTERNS` has, in order."""
+def _pattern_names(texture: str) -> tuple[str, ...]:
+    if texture not in PATTERN_SETS:
+        raise ValueError(f"texture {texture!r}: expected one of {list(PATTERN_SETS)}")
+    return PATTERN_SETS[texture]
+
+
+def pattern_sizes(n_frames: int, bands: int = BANDS, texture: str = "blocks") -> tuple[int, ...]:
+    """How many numbers each pattern of the set ``texture`` has, in order."""
     long_block = min(LONG_BLOCK, n_frames)
     modulation = len(_modulation_edges(long_block)) - 1
-    return (bands * SPECTRAL_BLOCK, bands * DELTA_BLOCK, bands * DELTA_BLOCK, bands * modulation,
-            bands * (bands - 1) // 2)
+    sizes = (bands * SPECTRAL_BLOCK, bands * DELTA_BLOCK, bands * DELTA_BLOCK, bands * modulation,
+             bands * (bands - 1) // 2, CONTRAST_GROUPS * CONTRAST_BLOCK)
+    return sizes[:len(_pattern_names(texture))]
 
 
-def block_level_features(spectrograms_uint8: np.ndarray, chunk: int = 32) -> np.ndarray:
-    """(clips, sum(pattern_sizes)) float32: the five patterns of each stored
-    uint8 spectrogram (clips × n_mels × n_frames), side by side in the order of
-    :data:`PATTERNS`. Clips are processed ``chunk`` at a time to bound memory."""
+def block_level_features(spectrograms_uint8: np.ndarray, chunk: int = 32, texture: str = "blocks") -> np.ndarray:
+    """(clips, sum(pattern_sizes)) float32: the patterns of the set ``texture``
+    (:data:`PATTERN_SETS`) of each stored uint8 spectrogram (clips × n_mels ×
+    n_frames), side by side in order. Clips are processed ``chunk`` at a time
+    to bound memory."""
+    names = _pattern_names(texture)
     spectrograms_uint8 = np.asarray(spectrograms_uint8)
     if spectrograms_uint8.ndim != 3:
         raise ValueError(f"expected clips × mels × frames, got shape {spectrograms_uint8.shape}")
     n_clips, n_mels, n_frames = spectrograms_uint8.shape
-    if n_frames < DELTA_BLOCK + DELTA_LAG:
-        raise ValueError(f"texture features need at least {DELTA_BLOCK + DELTA_LAG} frames, got {n_frames}")
+    least_frames = max(DELTA_BLOCK + DELTA_LAG, CONTRAST_BLOCK if "spectral_contrast" in names else 0)
+    if n_frames < least_frames:
+        raise ValueError(f"texture features need at least {least_frames} frames, got {n_frames}")
     pooling = _band_pooling(n_mels)
-    out = np.empty((n_clips, sum(pattern_sizes(n_frames))), dtype=np.float32)
+    if "spectral_contrast" in names and n_mels < CONTRAST_GROUPS * 2:
+        raise ValueError(f"the spectral contrast pattern needs at least {CONTRAST_GROUPS * 2} mel bands, got {n_mels}")
+    out = np.empty((n_clips, sum(pattern_sizes(n_frames, texture=texture))), dtype=np.float32)
     for start in range(0, n_clips, chunk):
         db = spectrograms_uint8[start:start + chunk].astype(np.float32) * np.float32(DB_PER_STEP)
         pooled = np.einsum("bm,cmt->cbt", pooling, db)
-        out[start:start + chunk] = np.concatenate(_patterns(pooled), axis=1)
+        patterns = _patterns(pooled)
+        if "spectral_contrast" in names:
+            patterns.append(_spectral_contrast(db))
+        out[start:start + chunk] = np.concatenate(patterns, axis=1)
     return out
+
+
+def _spectral_contrast(db: np.ndarray) -> np.ndarray:
+    """(clips, CONTRAST_GROUPS * CONTRAST_BLOCK): the spectral contrast
+    pattern of (clips, mels, frames) dB. On the mel bands themselves, not the
+    pooled ones: pooling would average away the peaks and valleys it
+    measures. A group of about 6 bands has its single loudest and quietest
+    band as peak and valley (Jiang et al.'s 20 % of a group's bins, at least
+    one)."""
+    clips = len(db)
+    contrast = []
+    for group in np.array_split(np.arange(db.shape[1]), CONTRAST_GROUPS):
+        levels = np.sort(db[:, group, :], axis=1)
+        edge = max(1, round(0.2 * len(group)))
+        contrast.append(levels[:, -edge:, :].mean(axis=1) - levels[:, :edge, :].mean(axis=1))
+    blocks = np.sort(_blocks(np.stack(contrast, axis=1), CONTRAST_BLOCK, CONTRAST_BLOCK // 2), axis=-1)
+    return np.quantile(blocks, CONTRAST_PERCENTILE, axis=1).reshape(clips, -1)
 
 
 def _patterns(pooled: np.ndarray) -> list[np.ndarray]:

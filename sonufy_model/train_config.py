@@ -86,8 +86,9 @@ class TrainConfig:
     # (the seed's) on the demo catalog's evaluation, at a quarter of the
     # encoding work (docs/performance.md, "How fast is search?").
     encode_tiles: int = 8
-    # "blocks": a track's vector fuses the encoder's with block-level texture
-    # patterns (sonufy_model.fusion); "none": the encoder's alone.
+    # "blocks6" (the paper's six) or "blocks" (five, spectral contrast left
+    # out): a track's vector fuses the encoder's with those block-level
+    # texture patterns (sonufy_model.fusion); "none": the encoder's alone.
     texture: str = "none"
 
     def __post_init__(self) -> None:

@@ -63,12 +63,12 @@ def space(standin, tmp_path_factory) -> dict:
     raw = encode_spectrograms(model, spectrograms)
     standardiser = Standardiser.fit(raw)
     # Fused with texture patterns, as the default model is (sonufy_model.fusion).
-    texture = block_level_features(spectrograms)
-    fusion = Fusion.fit(standardiser.transform(raw), texture, params.n_frames)
+    texture = block_level_features(spectrograms, texture="blocks6")
+    fusion = Fusion.fit(standardiser.transform(raw), texture, params.n_frames, pattern_set="blocks6")
     fusion.save(fusion_path(checkpoint))
     vectors = fusion.transform(standardiser.transform(raw), texture)
     store.register_model({
-        "model_version": "tiny", "set_id": params.set_id, "config": {"texture": "blocks"},
+        "model_version": "tiny", "set_id": params.set_id, "config": {"texture": "blocks6"},
         "checkpoint": str(checkpoint),
         "epochs": 0, "train_mse": 0.0, "val_mse": 0.0, "n_train_tracks": N_SPACE, "n_val_tracks": 0,
         "train_seconds": 0.0, "latent_mean": standardiser.mean, "latent_scale": standardiser.scale,

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from sonufy_model.fusion import Fusion, fusion_path
-from sonufy_model.texture import PATTERNS, _modulation_edges, block_level_features, pattern_sizes
+from sonufy_model.texture import (
+    CONTRAST_BLOCK,
+    CONTRAST_GROUPS,
+    PATTERN_SETS,
+    PATTERNS,
+    _modulation_edges,
+    block_level_features,
+    pattern_sizes,
+)
 from sonufy_model.vectors import unit_rows
 
 N_MELS, N_FRAMES = 64, 512
@@ -66,6 +74,40 @@ def test_sharp_onsets_raise_the_delta_pattern_and_the_spectral_pattern_is_sorted
     assert np.all(np.diff(spectral, axis=1) >= 0)  # the 0.9 percentile of sorted blocks stays sorted
 
 
+def test_the_six_pattern_set_adds_spectral_contrast_after_the_five():
+    rng = np.random.default_rng(3)
+    clips = np.stack([_clip(rng) for _ in range(3)])
+    five, six = block_level_features(clips), block_level_features(clips, chunk=2, texture="blocks6")
+    assert PATTERN_SETS["blocks6"] == (*PATTERNS, "spectral_contrast")
+    assert pattern_sizes(N_FRAMES, texture="blocks6") == (*pattern_sizes(N_FRAMES), CONTRAST_GROUPS * CONTRAST_BLOCK)
+    assert six.shape == (3, sum(pattern_sizes(N_FRAMES, texture="blocks6")))
+    assert np.array_equal(six[:, :five.shape[1]], five)  # the five are the same numbers in both sets
+
+
+def test_a_tonal_register_has_more_spectral_contrast_than_noise():
+    """One band in each group of the lowest register kept 50 steps above its
+    neighbours (a tone over noise): those groups' contrast rises by about that,
+    in dB; the other groups' does not."""
+    rng = np.random.default_rng(4)
+    noise = _clip(rng)
+    tonal = noise.astype(np.float32)
+    groups = np.array_split(np.arange(N_MELS), CONTRAST_GROUPS)
+    for group in groups[:5]:
+        tonal[group[0]] += 50
+    tonal = np.clip(tonal, 0, 255).astype(np.uint8)
+    features = block_level_features(np.stack([noise, tonal]), texture="blocks6")
+    contrast = features[:, -CONTRAST_GROUPS * CONTRAST_BLOCK:].reshape(2, CONTRAST_GROUPS, CONTRAST_BLOCK)
+    rise = contrast[1] - contrast[0]
+    assert np.all(rise[:5] > 50 * 80 / 255 * 0.6)  # 50 steps of 80/255 dB, less the noise's own spread
+    assert np.all(np.abs(rise[5:]) < 1e-4)
+    assert np.all(np.diff(contrast[0], axis=1) >= 0)  # each group's sorted block stays sorted
+
+
+def test_an_unknown_pattern_set_is_refused_by_name():
+    with pytest.raises(ValueError, match="texture 'blocks7'"):
+        block_level_features(np.zeros((1, 64, 512), dtype=np.uint8), texture="blocks7")
+
+
 def test_too_few_bands_or_frames_are_refused_by_name():
     with pytest.raises(ValueError, match="at least 32 mel bands"):
         block_level_features(np.zeros((1, 16, 512), dtype=np.uint8))
@@ -89,6 +131,24 @@ def test_the_fused_halves_weigh_encoder_and_texture_equally():
     assert np.allclose(np.linalg.norm(joined[:, 256:], axis=1), 1, atol=1e-5)
     first = joined[:, 256:256 + fusion.sizes[0]]
     assert np.allclose(np.linalg.norm(first, axis=1) ** 2, 1 / len(PATTERNS), atol=1e-5)
+
+
+def test_a_fusion_of_six_patterns_weighs_each_a_sixth_and_a_saved_five_pattern_fusion_still_loads(tmp_path):
+    rng = np.random.default_rng(5)
+    latent = rng.normal(size=(30, 256)).astype(np.float32)
+    six = rng.normal(size=(30, sum(pattern_sizes(N_FRAMES, texture="blocks6")))).astype(np.float32)
+    fusion = Fusion.fit(latent, six, N_FRAMES, pattern_set="blocks6")
+    assert len(fusion.sizes) == 6
+    joined = Fusion.halves(latent, fusion.texture.transform(six), fusion.sizes)
+    last = joined[:, -fusion.sizes[-1]:]
+    assert np.allclose(np.linalg.norm(last, axis=1) ** 2, 1 / 6, atol=1e-5)
+    # A version fitted on the five (made before "blocks6") keeps its own sizes.
+    five = six[:, :sum(pattern_sizes(N_FRAMES))]
+    Fusion.fit(latent, five, N_FRAMES).save(tmp_path / "old.fusion.npz")
+    loaded = Fusion.load(tmp_path / "old.fusion.npz")
+    assert loaded.sizes == pattern_sizes(N_FRAMES) and loaded.transform(latent, five).shape == (30, 256)
+    with pytest.raises(ValueError, match="texture numbers per track"):
+        loaded.transform(latent, six)
 
 
 def test_below_129_tracks_the_projection_keeps_every_dot_product_of_each_half():
@@ -138,7 +198,7 @@ def test_the_default_preset_fuses_texture_and_the_reference_does_not():
     from sonufy_model.train_config import ConfigError, TrainConfig
 
     paths = {"manifest": "m.parquet", "output_dir": "out"}
-    assert TrainConfig.from_dict(paths).texture == "blocks"
+    assert TrainConfig.from_dict(paths).texture == "blocks6"
     assert TrainConfig.from_dict({**paths, "preset": "reference"}).texture == "none"
     with pytest.raises(ConfigError, match="texture 'bands'"):
         TrainConfig.from_dict({**paths, "texture": "bands"})
