@@ -8,7 +8,10 @@ current one's lies entirely below zero (below ``-tolerance``) → the switch. Qu
 version until
 the switch, one UPDATE once every track has a vector in the new one. A
 candidate that is not promoted stays registered (table ``models``, its
-evaluation in ``evaluations``) and its vectors are deleted.
+evaluation in ``evaluations``) and its vectors are deleted. A candidate whose
+retrain was killed before the decision keeps its partial vectors until the
+next retrain's start (or ``sonufy gc``) deletes them: a rerun trains a new
+version rather than finishing it.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ def retrain(
         if busy:
             logger.warning("another writer is running on this store (%s): this retrain does nothing", busy)
             return {"skipped": busy}
+        # A retrain killed before deciding on its candidate left its vectors
+        # (a rerun trains a new version; nothing finishes the old one): no
+        # other writer is encoding a candidate while this one holds the lock.
+        for abandoned, vectors in store.forget_abandoned_candidates().items():
+            logger.info("deleted the %d vectors of %s, a candidate whose retrain was killed", vectors, abandoned)
         run_id = flow_run_id()
         current = store.current_model()
         set_id = current.set_id if current is not None else MelParams().set_id

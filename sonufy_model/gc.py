@@ -3,9 +3,14 @@
 - orphan spectrogram shards: ``.npy`` files under the data folder's
   ``spectrograms/`` that no row of the ``spectrograms`` table names (a batch
   written by a run killed before it recorded it), and ``.npy.tmp`` leftovers;
+- abandoned candidates' vectors: those of versions that are neither current
+  nor pending and have never been current (a retrain killed while encoding
+  its candidate, or before deciding on it, left them; a version that was
+  current once keeps its vectors);
 - rejected candidates' checkpoints: the folders under ``models/`` of versions
   that are neither current nor pending and have no vectors (a retrain's
-  candidate that was not promoted); their rows and evaluations stay; and the
+  candidate that was not promoted, and the abandoned candidates above once
+  their vectors are gone); their rows and evaluations stay; and the
   folders no version names (a training killed before its version was
   registered);
 - old reports: Great Expectations validation results and their Data Docs
@@ -34,12 +39,15 @@ class Collected:
     shards: list[Path] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
     reports: list[Path] = field(default_factory=list)
+    #: Abandoned candidates (version: how many vectors) whose vectors go.
+    candidates: dict[str, int] = field(default_factory=dict)
     freed_bytes: int = 0
 
     def summary(self, dry_run: bool) -> str:
         verb = "would free" if dry_run else "freed"
         return (f"{verb} {self.freed_bytes / 2**20:,.1f} MiB: {len(self.shards)} orphan shards, "
-                f"{len(self.checkpoints)} rejected model folders, {len(self.reports)} old report folders")
+                f"{len(self.checkpoints)} rejected model folders, {len(self.reports)} old report folders, "
+                f"{sum(self.candidates.values())} vectors of {len(self.candidates)} abandoned candidates")
 
 
 def _size(path: Path) -> int:
@@ -54,6 +62,9 @@ def collect(store: Store, paths: Paths, keep_reports: int = KEEP_REPORTS, dry_ru
     with store.writer("gc", store.lock_wait_s) as busy:
         if busy:
             raise DatabaseLocked(f"gc: {busy} for more than {store.lock_wait_s:g} s (SONUFY_DB_LOCK_WAIT_S)")
+        # The vectors first, in their own transaction: killed after it, the
+        # next gc finds the version without vectors and frees its folder.
+        found.candidates = store.abandoned_candidates() if dry_run else store.forget_abandoned_candidates()
         with store.connect() as con:
             # Recorded relative to the database file's folder: made absolute before comparing.
             in_use = {Path(store.absolute_path(row[0])).resolve()

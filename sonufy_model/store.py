@@ -774,6 +774,27 @@ class Store:
         with self.transaction() as con:
             con.execute(sql.statement("forget_model_embeddings"), {"model_version": model_version})
 
+    def abandoned_candidates(self) -> dict[str, int]:
+        """Versions with vectors that are not current, not waiting to become
+        current and never were current, with how many vectors each has: a
+        retrain's candidate whose run was killed before it decided (a finished
+        retrain deletes a rejected candidate's vectors itself). Meaningful
+        only under the writer lock (:meth:`writer`): the retrain encoding a
+        candidate holds it for its whole run."""
+        with self.connect() as con:
+            return dict(con.execute(sql.statement("abandoned_candidates")).fetchall())
+
+    def forget_abandoned_candidates(self) -> dict[str, int]:
+        """Delete the vectors of :meth:`abandoned_candidates`, in one
+        transaction; what was deleted (version: vectors). Call it holding the
+        writer lock for a whole run (``sonufy gc``, a retrain's start), never
+        from inside a retrain that is encoding its candidate."""
+        with self.transaction() as con:
+            found = dict(con.execute(sql.statement("abandoned_candidates")).fetchall())
+            if found:
+                con.execute(sql.statement("forget_abandoned_candidates"))
+        return found
+
     def target_model(self) -> ModelRecord | None:
         """The version new work is for: the pending one, else the current one."""
         return self.pending_model() or self.current_model()

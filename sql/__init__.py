@@ -52,7 +52,11 @@ SCHEMA_FILES = ("schema.sql", "migrations.sql", "search.sql", "landscape.sql")
 #: 5: saved_playlists, the recipes of `sonufy playlist save` (a new table:
 #: schema.sql's CREATE TABLE IF NOT EXISTS makes it in an older store at its
 #: first write; readers of an older store find no saved list).
-SCHEMA_VERSION = 5
+#: 6: models.ever_current, whether a version has been current (migrations.sql:
+#: backfilled as true for the current version and any other with vectors);
+#: `sonufy gc` and a retrain's start delete the vectors of versions never
+#: current, not current and not pending (a killed retrain's candidate).
+SCHEMA_VERSION = 6
 #: The first version whose stored file paths are relative (see Store._migrate).
 RELATIVE_PATHS_VERSION = 3
 

@@ -36,3 +36,23 @@ UPDATE evaluations SET exclude_same = 'artist' WHERE artist_filter AND exclude_s
 -- on held-out tracks (val_mse stays the reconstruction MSE, NULL for models
 -- without a decoder).
 ALTER TABLE models ADD COLUMN IF NOT EXISTS val_loss DOUBLE;
+
+-- name: models_add_ever_current
+-- Whether a version has ever been current (version 6): set where a version
+-- becomes current (promote_model, switch_to_pending), false for a new one
+-- (insert_model). A version not current, not pending and never current is a
+-- retrain's candidate or a train --no-promote version, whose vectors nothing
+-- reads once its run has ended: `sonufy gc` and the next retrain delete them
+-- (a retrain killed while encoding its candidate left them). A version that
+-- was current once keeps its vectors: it can be made current again.
+ALTER TABLE models ADD COLUMN IF NOT EXISTS ever_current BOOLEAN;
+
+-- name: models_backfill_ever_current
+-- Versions from before the column (NULL), once: the current one, and any
+-- other with vectors, count as having been current (whether a version with
+-- vectors was once current or a killed candidate is not recorded: keep what
+-- might be one to go back to); one without vectors has nothing to keep. Rows
+-- written since are never NULL, so applying it again changes nothing.
+UPDATE models SET ever_current = is_current OR EXISTS (
+    SELECT 1 FROM embeddings AS e WHERE e.model_version = models.model_version)
+WHERE ever_current IS NULL;

@@ -87,15 +87,17 @@ ORDER BY s.shard, s."row";
 -- name: insert_model
 INSERT OR REPLACE INTO models (model_version, set_id, config, checkpoint, epochs, train_mse,
                                val_mse, val_loss, n_train_tracks, n_val_tracks, train_seconds,
-                               latent_mean, latent_scale, is_current)
+                               latent_mean, latent_scale, is_current, ever_current)
 VALUES ($model_version, $set_id, $config, $checkpoint, $epochs, $train_mse, $val_mse, $val_loss,
         $n_train_tracks, $n_val_tracks, $train_seconds,
-        $latent_mean::FLOAT[256], $latent_scale::FLOAT[256], false);
+        $latent_mean::FLOAT[256], $latent_scale::FLOAT[256], false, false);
 
 -- name: promote_model
 -- Exactly one current model, in one statement: readers see the old version
--- or the new one, never none or both. The promotion request is settled.
+-- or the new one, never none or both. The promotion request is settled; the
+-- version is marked as having been current (its vectors are kept from then on).
 UPDATE models SET is_current = (model_version = $model_version),
+                  ever_current = CASE WHEN model_version = $model_version THEN true ELSE ever_current END,
                   promotion_requested_at = CASE WHEN model_version = $model_version THEN NULL
                                                 ELSE promotion_requested_at END;
 
@@ -104,7 +106,7 @@ UPDATE models SET is_current = (model_version = $model_version),
 -- that every spectrogram of its set (but those quarantined) has a vector in
 -- it: no write landing between a check and the switch can leave a track out
 -- of `latent`. Returns the rows changed (none: nothing pending, or not yet
--- encoded).
+-- encoded). The new version is marked as having been current.
 WITH ready AS (
     SELECT m.model_version FROM models AS m
     WHERE m.promotion_requested_at IS NOT NULL AND NOT m.is_current
@@ -117,6 +119,8 @@ WITH ready AS (
       AND m.promotion_requested_at = (SELECT max(promotion_requested_at) FROM models WHERE NOT is_current)
 )
 UPDATE models SET is_current = (model_version = (SELECT model_version FROM ready)),
+                  ever_current = CASE WHEN model_version = (SELECT model_version FROM ready) THEN true
+                                      ELSE ever_current END,
                   promotion_requested_at = CASE WHEN model_version = (SELECT model_version FROM ready) THEN NULL
                                                 ELSE promotion_requested_at END
 WHERE EXISTS (SELECT 1 FROM ready)
@@ -351,8 +355,30 @@ SELECT DISTINCT shard FROM spectrograms;
 -- name: gc_rejected_models
 -- `sonufy gc`: versions that are neither current nor waiting to become
 -- current and have no vectors left (a retrain's candidate that was not
--- promoted): their checkpoints can go; their rows and evaluations stay.
+-- promoted), or only vectors gc deletes (abandoned_candidates: a candidate
+-- whose retrain was killed): their checkpoints can go; their rows and
+-- evaluations stay.
 SELECT m.model_version, m.checkpoint FROM models AS m
 WHERE NOT m.is_current AND m.promotion_requested_at IS NULL
-  AND NOT EXISTS (SELECT 1 FROM embeddings AS e WHERE e.model_version = m.model_version)
+  AND (m.ever_current IS NOT DISTINCT FROM false
+       OR NOT EXISTS (SELECT 1 FROM embeddings AS e WHERE e.model_version = m.model_version))
 ORDER BY m.model_version;
+
+-- name: abandoned_candidates
+-- Versions with vectors that are not current, not waiting to become current
+-- and have never been current, and how many vectors each has: a retrain's
+-- candidate whose run was killed while encoding it or before deciding (a
+-- finished retrain deletes a rejected candidate's vectors itself). Nothing
+-- reads or finishes them. Only while holding the writer lock: a retrain
+-- encoding its candidate holds it. Unknown (NULL ever_current) counts as
+-- having been current.
+SELECT e.model_version, count(*) AS vectors FROM embeddings AS e
+JOIN models AS m ON m.model_version = e.model_version
+WHERE NOT m.is_current AND m.promotion_requested_at IS NULL AND m.ever_current IS NOT DISTINCT FROM false
+GROUP BY e.model_version ORDER BY e.model_version;
+
+-- name: forget_abandoned_candidates
+-- The vectors of abandoned_candidates' versions.
+DELETE FROM embeddings WHERE model_version IN (
+    SELECT model_version FROM models
+    WHERE NOT is_current AND promotion_requested_at IS NULL AND ever_current IS NOT DISTINCT FROM false);

@@ -360,6 +360,9 @@ AT_REST = {
         "JOIN landscape_fits f ON f.model_version = l.model_version AND f.level = 'artist' "
         "WHERE l.model_version = (SELECT model_version FROM models WHERE is_current) AND t.artist NOT IN "
         "(SELECT name FROM group_landscape g WHERE g.model_version = l.model_version AND g.level = 'artist')",
+    "vectors of a version never current, neither current nor pending (a killed retrain's candidate)":
+        "SELECT DISTINCT model_version FROM embeddings JOIN models USING (model_version) "
+        "WHERE NOT is_current AND promotion_requested_at IS NULL AND ever_current IS NOT DISTINCT FROM false",
 }
 
 
@@ -384,7 +387,9 @@ def store_problems(db: Path, at_rest: bool = False) -> list[str]:
         for (path,) in con.execute("SELECT DISTINCT shard FROM spectrograms").fetchall():
             if not (db.parent / path).is_file():
                 problems.append(f"a spectrogram row whose shard is missing: {path}")
-        for (path,) in con.execute("SELECT checkpoint FROM models").fetchall():
+        # (gc frees the folders of versions neither current nor pending without vectors.)
+        for (path,) in con.execute("SELECT checkpoint FROM models WHERE is_current OR promotion_requested_at "
+                                   "IS NOT NULL OR model_version IN (SELECT model_version FROM embeddings)").fetchall():
             if not (db.parent / path).exists():
                 problems.append(f"a model whose checkpoint is missing: {path}")
     finally:

@@ -24,7 +24,7 @@ from conftest import SMALL_TRAINING, sql_rows
 pytestmark = pytest.mark.slow
 
 N_TRACKS = 24
-SCHEMA = ("create_", "models_add_", "evaluations_", "record_schema_version")
+SCHEMA = ("create_", "models_add_", "models_backfill_", "evaluations_", "record_schema_version")
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +152,54 @@ def test_a_train_killed_while_encoding_leaves_the_current_version_answering(zygo
     versions = [row[0] for row in sql_rows(db, "SELECT model_version FROM models ORDER BY created_at")]
     assert len(versions) == 3 and sql_rows(db, current) == [(versions[-1],)] != [before]
     assert sql_rows(db, f"SELECT count(*) FROM embeddings WHERE model_version = '{versions[1]}'") == [(0,)]
+
+
+def test_a_retrain_killed_before_deciding_on_its_candidate_leaves_no_vectors_for_good(zygote, built, tmp_path):
+    """Killed with every track encoded in its candidate, before recording the
+    candidate's evaluation (the decision comes after it): the candidate is
+    registered, neither current nor pending, never current, and has vectors,
+    as one killed partway through encoding would (here the 24 tracks are one
+    batch). A rerun trains a new version instead of finishing it, and
+    deletes the old candidate's vectors at its start; `sonufy gc`, on a copy
+    of the killed store and itself killed once between its two steps, deletes
+    them too and frees the candidate's folder. The version current before
+    keeps its vectors and folder either way."""
+    base, _ = built
+    db = killing.copy_store(base, tmp_path / "killed")
+    job = {"call": "flows.retrain:retrain",
+           "kwargs": {"db": str(db), "config": SMALL_TRAINING, "labels": ["genre"], "k": 3}}
+    vectors = "SELECT model_version, count(*) FROM embeddings GROUP BY ALL"
+    [(before,)] = sql_rows(db, "SELECT model_version FROM models WHERE is_current")
+    [(n,)] = sql_rows(db, f"SELECT count(*) FROM embeddings WHERE model_version = '{before}'")
+    killed = zygote.run(**job, kill="insert_evaluations#1")
+    assert killed.killed and "insert_embeddings#1" in killed.writes, str(killed)
+    assert killing.store_problems(db) == []
+    [(candidate, ever_current, pending)] = sql_rows(
+        db, f"SELECT model_version, ever_current, promotion_requested_at FROM models WHERE model_version <> '{before}'")
+    assert (ever_current, pending) == (False, None)
+    assert dict(sql_rows(db, vectors)) == {before: n, candidate: n}
+    # Left for good until now: nothing finished or forgot them.
+    assert any(problem.startswith("vectors of a version never current") and candidate in problem
+               for problem in killing.store_problems(db, at_rest=True))
+
+    collected = killing.copy_store(db, tmp_path / "collected")
+    models = collected.with_suffix(".data") / "models"
+    gc = {"argv": ["gc", "--db", str(collected)]}
+    run = zygote.run(**gc, kill="remove#1")  # the vectors deleted, the folder not yet removed
+    assert run.killed and "forget_abandoned_candidates#1" in run.writes, str(run)
+    assert dict(sql_rows(collected, vectors)) == {before: n} and (models / candidate).is_dir()
+    run = zygote.run(**gc)
+    assert run.returncode == 0, str(run)
+    assert not (models / candidate).exists() and (models / before).is_dir()
+    assert dict(sql_rows(collected, vectors)) == {before: n}
+    # At rest but for the killed retrain's run, which only a retrain's end records.
+    assert [problem for problem in killing.store_problems(collected, at_rest=True)
+            if not problem.startswith("a run still running")] == []
+
+    rerun = zygote.run(**job)
+    assert rerun.returncode == 0, str(rerun)
+    assert "forget_abandoned_candidates#1" in rerun.writes
+    assert killing.store_problems(db, at_rest=True) == []
+    left = dict(sql_rows(db, vectors))
+    assert candidate not in left and left[before] == n  # current or replaced, it keeps its vectors
+    assert len(sql_rows(db, "SELECT model_version FROM models")) == 3  # the rerun's own candidate

@@ -181,6 +181,74 @@ def test_a_new_request_deletes_the_vectors_of_the_pending_version_it_replaces(tm
             ("current",), ("unpromoted",)]
 
 
+
+def _ever_current(store: Store) -> dict[str, bool | None]:
+    with store.connect() as con:
+        return dict(con.execute("SELECT model_version, ever_current FROM models").fetchall())
+
+
+def test_a_killed_retrains_candidate_loses_its_vectors_a_version_once_current_keeps_them(
+        tmp_path, register_model, embed_vectors):
+    """A retrain killed while encoding its candidate leaves vectors of a
+    version that is neither current nor pending, like a version that was
+    current once and was replaced (a rollback target). models.ever_current
+    tells them apart: both ways of becoming current set it, and only the
+    candidate's vectors are forgotten."""
+    store = Store(tmp_path / "s.duckdb")
+    rng = np.random.default_rng(3)
+    register_model(store, "first", "set1", promote=False)
+    embed_vectors(store, "first", {i: rng.standard_normal(LATENT_DIM) for i in "ab"})
+    store.promote("first")  # made current directly
+    register_model(store, "second", "set1")  # pending, then current by the switch
+    embed_vectors(store, "second", {i: rng.standard_normal(LATENT_DIM) for i in "ab"})
+    assert store.switch_if_encoded() == "second"
+    register_model(store, "killed", "set1", promote=False)  # a retrain's candidate, its run killed mid-encoding
+    embed_vectors(store, "killed", {"a": rng.standard_normal(LATENT_DIM)})
+    register_model(store, "rejected", "set1", promote=False)  # a finished retrain's, its vectors deleted
+    assert _ever_current(store) == {"first": True, "second": True, "killed": False, "rejected": False}
+
+    assert store.abandoned_candidates() == {"killed": 1}
+    assert store.forget_abandoned_candidates() == {"killed": 1}
+    with store.connect() as con:
+        left = con.execute("SELECT model_version, count(*) FROM embeddings GROUP BY ALL ORDER BY 1").fetchall()
+        rejected = [row[0] for row in con.execute(sql.statement("gc_rejected_models")).fetchall()]
+    assert left == [("first", 2), ("second", 2)]  # the superseded version keeps its vectors
+    assert rejected == ["killed", "rejected"]  # their folders are gc's to free
+    assert store.forget_abandoned_candidates() == {}
+    store.promote("first")  # going back to a version once current
+    assert store.current_model().model_version == "first"
+
+
+def test_the_migration_to_version_6_counts_every_version_with_vectors_as_once_current(
+        tmp_path, register_model, embed_vectors):
+    """A store of schema version 5 has no ever_current: whether a version not
+    current that has vectors was current once or is a killed candidate is not
+    known, so it counts as once current (its vectors stay); one without
+    vectors does not. Versions registered later are never re-guessed when
+    the schema is applied again."""
+    path = tmp_path / "s.duckdb"
+    store = Store(path)
+    rng = np.random.default_rng(4)
+    for version in ("old", "current", "unknown", "rejected"):
+        register_model(store, version, "set1", promote=False)
+    for version in ("old", "current", "unknown"):
+        embed_vectors(store, version, {"a": rng.standard_normal(LATENT_DIM)})
+    store.promote("current")
+    with duckdb.connect(str(path)) as con:  # as version 5 left it
+        con.execute("ALTER TABLE models DROP COLUMN ever_current")
+        con.execute("UPDATE sonufy_schema SET version = 5, fingerprint = 'version 5'")
+    assert store.schema_version() == 5
+    assert _ever_current(store) == {"old": True, "current": True, "unknown": True, "rejected": False}
+    assert store.schema_version() == sql.SCHEMA_VERSION == 6
+    assert store.abandoned_candidates() == {}
+
+    register_model(store, "killed", "set1", promote=False)
+    embed_vectors(store, "killed", {"a": rng.standard_normal(LATENT_DIM)})
+    with duckdb.connect(str(path)) as con:  # a development change: the schema applied again
+        con.execute("UPDATE sonufy_schema SET fingerprint = 'changed'")
+    assert _ever_current(store)["killed"] is False
+    assert store.abandoned_candidates() == {"killed": 1}
+
 def test_an_unpromoted_version_is_neither_pending_nor_current(tmp_path, register_model):
     store = Store(tmp_path / "s.duckdb")
     register_model(store, "m", "set1", promote=False)

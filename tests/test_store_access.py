@@ -353,6 +353,50 @@ def test_gc_removes_orphan_shards_rejected_checkpoints_and_old_reports(tmp_path,
     assert "freed 0.0 MiB: 0 orphan shards, 0 rejected model folders, 0 old report folders" in capsys.readouterr().out
 
 
+
+def test_gc_deletes_a_killed_retrains_candidate_vectors_and_frees_its_folder(tmp_path, capsys):
+    """A retrain killed while encoding its candidate leaves the candidate's
+    vectors (a rerun trains a new version): gc deletes them and frees its
+    folder, while a version that was current once keeps both."""
+    store = _space(tmp_path / "s.duckdb")  # m1, current
+    models = tmp_path / "s.data" / "models"
+    for version in ("m1", "m2", "killed"):
+        (models / version).mkdir(parents=True)
+        (models / version / "best.ckpt").write_bytes(b"x" * 1000)
+    for version in ("m2", "killed"):
+        store.register_model(
+            {"model_version": version, "set_id": "s", "config": {},
+             "checkpoint": str(models / version / "best.ckpt"), "epochs": 1, "train_mse": None,
+             "val_mse": None, "n_train_tracks": 1, "n_val_tracks": 1, "train_seconds": 1.0,
+             "latent_mean": np.zeros(LATENT_DIM), "latent_scale": np.ones(LATENT_DIM)}, promote=False)
+    ids = [f"t{i:02d}" for i in range(12)]
+    vectors = np.random.default_rng(1).standard_normal((12, LATENT_DIM)).astype(np.float32)
+    for version, n in (("m2", 12), ("killed", 5)):  # the writes encode_model makes, batch by batch
+        store.record_embeddings(pl.DataFrame({"track_id": ids[:n], "model_version": [version] * n}).with_columns(
+            pl.Series("raw", vectors[:n], dtype=pl.Array(pl.Float32, LATENT_DIM)),
+            pl.Series("vector", vectors[:n], dtype=pl.Array(pl.Float32, LATENT_DIM))))
+    store.promote("m2")  # m1 was current: a version to go back to
+
+    def vectors_of() -> dict[str, int]:
+        with duckdb.connect(str(store.path), read_only=True) as con:
+            return dict(con.execute("SELECT model_version, count(*) FROM embeddings GROUP BY ALL").fetchall())
+
+    assert main(["gc", "--db", str(store.path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would delete the 5 vectors of killed" in out and f"would remove {models / 'killed'}" in out
+    assert "1 rejected model folders" in out and "5 vectors of 1 abandoned candidates" in out
+    assert vectors_of() == {"m1": 12, "m2": 12, "killed": 5} and (models / "killed").exists()
+    assert main(["gc", "--db", str(store.path)]) == 0
+    out = capsys.readouterr().out
+    assert "deleted the 5 vectors of killed" in out and "1 rejected model folders" in out
+    assert vectors_of() == {"m1": 12, "m2": 12}
+    assert not (models / "killed").exists() and (models / "m1" / "best.ckpt").exists()
+    assert (models / "m2" / "best.ckpt").exists()
+    assert Store(store.path, reader=True).model("killed").model_version == "killed"  # its row stays
+    assert main(["gc", "--db", str(store.path)]) == 0
+    assert "0 rejected model folders, 0 old report folders, 0 vectors of 0 abandoned candidates" \
+        in capsys.readouterr().out
+
 def test_readers_read_the_published_snapshot_and_keep_the_one_they_opened(tmp_path, capsys):
     store = _space(tmp_path / "s.duckdb")
     reader = Store(store.path, reader=True)

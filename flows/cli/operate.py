@@ -61,8 +61,9 @@ def add_gc(commands) -> None:
         "gc",
         help="remove orphan spectrogram shards, rejected candidates' checkpoints and old reports",
         description="Delete what the store no longer points at: shards no row names (a killed run's), "
-        "the model folders of versions neither current nor pending and without vectors (and of trainings "
-        "killed before registering theirs), and Great "
+        "the vectors of versions never current, not current and not pending (a retrain killed before "
+        "deciding on its candidate), the model folders of versions neither current nor pending and without "
+        "vectors (and of trainings killed before registering theirs), and Great "
         "Expectations reports beyond the most recent runs; print how much was freed.",
     )
     add_db(gc)
@@ -133,6 +134,9 @@ def _gc(args: argparse.Namespace) -> None:
     open_store(args.db)  # an existing file, or a clear error
     paths = Paths.for_db(args.db)
     found = gc.collect(Store(paths.db), paths, keep_reports=args.keep_reports, dry_run=args.dry_run)
+    for version, vectors in found.candidates.items():
+        print(f"{'would delete' if args.dry_run else 'deleted'} the {vectors} vectors of {version}, "
+              "a candidate never made current whose run was killed")
     for path in found.shards + found.checkpoints + found.reports:
         print(f"{'would remove' if args.dry_run else 'removed'} {path}")
     print(found.summary(args.dry_run))
