@@ -502,6 +502,39 @@ def test_nearest_neighbours_are_the_recommendations(fitted):
         assert [space["ids"][j] for j in neighbours[i]] == expected
 
 
+def test_above_the_exact_limit_neighbours_come_from_cells_with_high_recall_and_no_numba(monkeypatch):
+    """Many points: an inverted file of k-means cells instead of the exact
+    matrix product (cost about n^1.5). Against the exact neighbours of the
+    same clustered vectors (genres, artists within them, as a catalog's
+    latents), most are found; none is the point itself, and no numba code is
+    compiled for it (pynndescent, used before, compiled for about a minute in
+    each process above 20,000 points)."""
+    from sonufy_model.landscape import clusters
+
+    rng = np.random.default_rng(7)
+    genres = rng.normal(size=(12, 64)) * 3.0
+    artists = np.repeat(genres, 10, axis=0) + rng.normal(size=(120, 64)) * 0.8
+    vectors = (np.repeat(artists, 25, axis=0) + rng.normal(size=(3000, 64)) * 0.6).astype(np.float32)
+    exact = clusters.nearest_neighbours(vectors)
+    monkeypatch.setattr(clusters, "EXACT_NEIGHBOURS_LIMIT", 500)
+    approximate = clusters.nearest_neighbours(vectors)
+    assert approximate.shape == exact.shape == (3000, 10)
+    assert not np.any(approximate == np.arange(3000)[:, None])
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approximate.tolist(), exact.tolist())])
+    assert recall >= 0.95, recall
+    script = textwrap.dedent("""
+        import sys, numpy as np
+        from sonufy_model.landscape import clusters
+        clusters.EXACT_NEIGHBOURS_LIMIT = 100
+        clusters.nearest_neighbours(np.random.default_rng(0).normal(size=(400, 16)))
+        print(sorted(m for m in ("numba", "pynndescent", "umap") if m in sys.modules))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "[]"
+
+
 # -- pictures --------------------------------------------------------------------
 
 
