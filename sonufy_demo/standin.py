@@ -307,7 +307,27 @@ class _Album:
 class _CatalogIndex:
     """Look-ups and search records over a synthetic catalog, built once at start-up."""
 
+    def search_tracks(self, text: str, query: _Query) -> list[CatalogTrack]:
+        """Tracks matching a search, most popular first. Remembered per query
+        text: the catalog does not change while serving, and filtering 20,000
+        records on every page made each page of a large catalog cost the
+        stand-in about 0.4 s, time a benchmark would charge to the client."""
+        found = self._searched.get(("track", text))
+        if found is None:
+            found = self._searched[("track", text)] = [
+                t for t in self.tracks_by_rank if self.track_records[t.track_id].matches(query)]
+        return found
+
+    def search_albums(self, text: str, query: _Query) -> list[_Album]:
+        """Albums matching a search, as :meth:`search_tracks`."""
+        found = self._searched.get(("album", text))
+        if found is None:
+            found = self._searched[("album", text)] = [
+                a for a in self.albums_by_rank if self.album_records[a.album_id].matches(query)]
+        return found
+
     def __init__(self, catalog: list[CatalogTrack], today: datetime.date, compilations: list[CatalogTrack] = ()):
+        self._searched: dict[tuple[str, str], list] = {}
         # Deezer knows each recording once, as the original; Spotify serves re-releases too.
         self.by_deezer_id = {track.deezer_id: track for track in catalog}
         self.by_isrc = {track.isrc: track for track in catalog}
@@ -960,11 +980,11 @@ class StandIn:
         body = {}
         for kind in kinds:
             if kind == "track":
-                tracks = [t for t in self._index.tracks_by_rank if self._index.track_records[t.track_id].matches(query)]
+                tracks = self._index.search_tracks(text, query)
                 items = [self._track_json(origin, track) for track in tracks[offset:offset + limit]]
                 total = len(tracks)
             else:
-                albums = [a for a in self._index.albums_by_rank if self._index.album_records[a.album_id].matches(query)]
+                albums = self._index.search_albums(text, query)
                 items = [self._album_json(origin, album) for album in albums[offset:offset + limit]]
                 total = len(albums)
             body[kind + "s"] = self._paging(
