@@ -130,7 +130,9 @@ def nightly_refresh(
                     if origin.folder is not None:
                         add_counts(counts, scan_folder(store, str(origin.folder), run_id))
                     else:
-                        tracks = parse_tracks(scrape_catalog(origin.settings, scrape))
+                        scraped = scrape_catalog(origin.settings, scrape, store.known_album_ids())
+                        add_counts(counts, {"albums_known": scraped.known_albums})  # tag:new's, not read again
+                        tracks = parse_tracks(scraped)
                         report = check_tracks(tracks)
                         reports.append(report)
                         add_counts(counts, upsert_tracks(store, tracks, report, run_id))

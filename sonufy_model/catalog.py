@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -67,8 +68,8 @@ class SearchPage:
     """One raw page of items, as the API returned it.
 
     kind says where it came from: "search" (``query`` is the query), "album"
-    (``query`` is ``album:ID``; the items are full track objects fetched one
-    by one) or "playlist" (``query`` is ``playlist:ID``; the items are
+    (``query`` is ``album:ID``, or the album-only query such as ``tag:new``
+    that found the albums; the items are full track objects) or "playlist" (``query`` is ``playlist:ID``; the items are
     playlist entries that wrap a track).
     """
 
@@ -90,6 +91,8 @@ class ScrapeResult:
     # Requests let through the shared limiter, and pauses it made (429s).
     requests: int = 0
     pauses: int = 0
+    # Albums an album-only query (tag:new) found that the store already holds: not read again.
+    known_albums: int = 0
 
 
 def spotify_client(settings: ServiceSettings) -> spotipy.Spotify:
@@ -288,14 +291,27 @@ def _kind(error: BaseException) -> str | None:
 # --------------------------------------------------------------------------- fetching (network)
 
 
-async def _search_one(spotify: _Spotify, query: str, max_items: int | None, result: ScrapeResult) -> list[SearchPage]:
-    """Every page of one query, following ``next``, up to the offset cap or ``max_items``."""
-    wanted = max_items or float("inf")
-    cap = int(min(wanted, SEARCH_MAX_ITEMS))
+#: Search filters Spotify applies to album searches only: ``tag:new`` (albums
+#: of the last two weeks) and ``tag:hipster``. A query with one is searched for
+#: albums, and each album not already known is then read track by track.
+ALBUM_ONLY_FILTER = re.compile(r"(?<!\S)tag:(?:new|hipster)(?!\S)", re.IGNORECASE)
+_QUOTED = re.compile(r'"[^"]*"')
+
+
+def is_album_query(query: str) -> bool:
+    """Whether Spotify answers ``query`` with albums only (it has ``tag:new`` or ``tag:hipster``,
+    outside quotes)."""
+    return ALBUM_ONLY_FILTER.search(_QUOTED.sub(" ", query)) is not None
+
+
+async def _search_pages(
+    spotify: _Spotify, query: str, kind: str, cap: int, result: ScrapeResult
+) -> tuple[list[dict], int] | None:
+    """The paging objects of one search for ``kind`` ("track" or "album"), up to
+    ``cap`` items or the offset cap, and the total the API reported; None when
+    the API refused the query (the reason goes to ``result.problems``)."""
     try:
-        response = await spotify.call(
-            "search", q=query, limit=min(SEARCH_PAGE_SIZE, cap), offset=0, type="track"
-        )
+        response = await spotify.call("search", q=query, limit=min(SEARCH_PAGE_SIZE, cap), offset=0, type=kind)
     except spotipy.SpotifyException as error:
         if error.http_status == 404:
             # /search exists wherever the Web API does: a 404 says the base
@@ -305,36 +321,129 @@ async def _search_one(spotify: _Spotify, query: str, max_items: int | None, resu
                 "check SONUFY_SPOTIFY_API_BASE (the API's origin, without /v1)"
             ) from error
         result.problems.append(f"query {query!r}: {_message(error)}")
-        return []
-    paging = response["tracks"]
-    pages: list[SearchPage] = []
+        return None
+    paging = response[kind + "s"]
+    pagings: list[dict] = []
     fetched = 0
     while True:
         items = paging.get("items") or []
         if fetched + len(items) > cap:
             paging = {**paging, "items": items[: cap - fetched]}
-        offset = int(paging.get("offset", 0))
-        pages.append(SearchPage(query=query, offset=offset, paging=paging))
+        pagings.append(paging)
         fetched += len(paging.get("items") or [])
-        next_offset = offset + int(paging.get("limit") or SEARCH_PAGE_SIZE)
+        next_offset = int(paging.get("offset", 0)) + int(paging.get("limit") or SEARCH_PAGE_SIZE)
         if fetched >= cap or not paging.get("next"):
             break
         if next_offset > SEARCH_MAX_OFFSET:  # Spotify would answer 400: stop here
             break
         response = await spotify.call("next", paging)
-        paging = response["tracks"]
-    total = int(paging.get("total") or 0)
+        paging = response[kind + "s"]
+    return pagings, int(paging.get("total") or 0)
+
+
+def _note_capped(result: ScrapeResult, query: str, kind: str, fetched: int, total: int, wanted: float) -> None:
     if fetched < min(total, wanted):
         result.capped.append(
-            f"query {query!r} matches {total} tracks, but the API pages only up to offset "
+            f"query {query!r} matches {total} {kind}s, but the API pages only up to offset "
             f"{SEARCH_MAX_OFFSET}: kept the first {fetched}; split the query (by year:, genre:...) "
             "to reach the rest"
         )
+
+
+async def _search_one(spotify: _Spotify, query: str, max_items: int | None, result: ScrapeResult) -> list[SearchPage]:
+    """Every page of one track search, following ``next``, up to the offset cap or ``max_items``."""
+    wanted = max_items or float("inf")
+    found = await _search_pages(spotify, query, "track", int(min(wanted, SEARCH_MAX_ITEMS)), result)
+    if found is None:
+        return []
+    pagings, total = found
+    pages = [SearchPage(query=query, offset=int(paging.get("offset", 0)), paging=paging) for paging in pagings]
+    _note_capped(result, query, "track", sum(len(paging.get("items") or []) for paging in pagings), total, wanted)
     return pages
 
 
-async def _album(spotify: _Spotify, album_id: str, result: ScrapeResult) -> list[SearchPage]:
-    """An album's tracks: ids from ``/albums/{id}/tracks`` (no ISRC there), then each ``/tracks/{id}``."""
+async def _search_new_albums(
+    spotify: _Spotify,
+    query: str,
+    max_items: int | None,
+    known_album_ids: frozenset[str],
+    claimed: set[str],
+    result: ScrapeResult,
+) -> list[SearchPage]:
+    """The tracks of the albums an album-only query (``tag:new``) finds, but
+    for albums already in the store (``known_album_ids``) or claimed by an
+    earlier query of this scrape: a night with nothing new costs the album
+    pages only (10 albums a page), not a page per 10 tracks.
+
+    ``max_items`` caps the tracks, counted by each album's ``total_tracks``.
+    """
+    wanted = max_items or float("inf")
+    found = await _search_pages(spotify, query, "album", SEARCH_MAX_ITEMS, result)
+    if found is None:
+        return []
+    pagings, total = found
+    albums = [album for paging in pagings for album in paging.get("items") or [] if album and album.get("id")]
+    _note_capped(result, query, "album", len(albums), total, float("inf"))
+    fresh: list[dict] = []
+    tracks = 0
+    for album in albums:
+        if album["id"] in known_album_ids:
+            result.known_albums += 1
+        elif album["id"] not in claimed and tracks < wanted:
+            claimed.add(album["id"])
+            fresh.append(album)
+            tracks += int(album.get("total_tracks") or 0)
+    found_tracks = await asyncio.gather(*(_album_tracks(spotify, album, result) for album in fresh))
+    items = [track for album_tracks in found_tracks for track in album_tracks]
+    if len(items) > wanted:
+        items = items[: int(wanted)]
+    paging = {"items": items, "total": len(items), "offset": 0, "next": None}
+    return [SearchPage(query=query, offset=0, paging=paging, kind="album")]
+
+
+def _phrase(text: str) -> str:
+    """A search filter's value as a quoted phrase (quotes inside it dropped)."""
+    return '"' + " ".join(str(text).replace('"', " ").split()) + '"'
+
+
+async def _album_tracks(spotify: _Spotify, album: dict, result: ScrapeResult) -> list[dict]:
+    """Full track objects (with ISRCs) of an album found by search.
+
+    A track search on the album's name, year and artist returns full objects
+    ten at a time, so an album of 12 tracks costs 2 requests; only the tracks
+    that search did not return (kept by album id, so a namesake album's tracks
+    never count) are read as ``/albums/{id}/tracks`` plus one ``/tracks/{id}``
+    each, the exact but slower way."""
+    album_id = album["id"]
+    expected = int(album.get("total_tracks") or 0)
+    query = f"album:{_phrase(album.get('name') or '')}"
+    year = str(album.get("release_date") or "")[:4]
+    if year.isdigit():
+        query += f" year:{year}"
+    artists = [artist.get("name") for artist in album.get("artists") or [] if isinstance(artist, dict)]
+    if artists and artists[0] and album.get("album_type") != "compilation":
+        query += f" artist:{_phrase(artists[0])}"
+    tracks: dict[str, dict] = {}
+    if expected:
+        # A few pages beyond the album's own: namesakes may rank among its tracks.
+        found = await _search_pages(spotify, query, "track", min(SEARCH_MAX_ITEMS, expected + 2 * SEARCH_PAGE_SIZE),
+                                    result)
+        for paging in found[0] if found is not None else []:
+            for item in paging.get("items") or []:
+                if item and item.get("id") and (item.get("album") or {}).get("id") == album_id:
+                    tracks.setdefault(item["id"], item)
+                    if len(tracks) >= expected:
+                        break
+    if len(tracks) < expected or not expected:
+        ids = await _album_track_ids(spotify, album_id, result)
+        missing = [track_id for track_id in ids if track_id not in tracks]
+        for track in await _full_tracks(spotify, album_id, missing, result):
+            tracks[track["id"]] = track
+    return list(tracks.values())
+
+
+async def _album_track_ids(spotify: _Spotify, album_id: str, result: ScrapeResult) -> list[str]:
+    """An album's track ids, in order, from ``/albums/{id}/tracks`` (no ISRC there)."""
     try:
         paging = await spotify.call("album_tracks", album_id, limit=ALBUM_TRACKS_PAGE_SIZE, offset=0)
     except spotipy.SpotifyException as error:
@@ -346,16 +455,28 @@ async def _album(spotify: _Spotify, album_id: str, result: ScrapeResult) -> list
         if not paging.get("next"):
             break
         paging = await spotify.call("next", paging)
+    return track_ids
+
+
+async def _full_tracks(spotify: _Spotify, album_id: str, track_ids: Sequence[str], result: ScrapeResult) -> list[dict]:
+    """Full track objects, one ``/tracks/{id}`` each (batch ``/tracks?ids=`` is gone in 2026), concurrently."""
 
     async def full(track_id: str) -> dict | None:
-        # Batch /tracks?ids= is gone in 2026: one request per track, concurrently.
         try:
             return await spotify.call("track", track_id)
         except spotipy.SpotifyException as error:
             result.problems.append(f"album {album_id}: track {track_id}: {_message(error)}")
             return None
 
-    tracks = [track for track in await asyncio.gather(*(full(t) for t in track_ids)) if track is not None]
+    return [track for track in await asyncio.gather(*(full(t) for t in track_ids)) if track is not None]
+
+
+async def _album(spotify: _Spotify, album_id: str, result: ScrapeResult) -> list[SearchPage]:
+    """An album's tracks: ids from ``/albums/{id}/tracks``, then each ``/tracks/{id}``."""
+    track_ids = await _album_track_ids(spotify, album_id, result)
+    if not track_ids:
+        return []
+    tracks = await _full_tracks(spotify, album_id, track_ids, result)
     paging = {"items": tracks, "total": len(tracks), "offset": 0, "next": None}
     return [SearchPage(query=f"album:{album_id}", offset=0, paging=paging, kind="album")]
 
@@ -389,16 +510,26 @@ async def scrape(
     limiter: SharedLimiter,
     concurrency: int = 4,
     max_wait_s: float = 600.0,
+    known_album_ids: Collection[str] = (),
 ) -> ScrapeResult:
     """Every page of every query, album and playlist of ``config``, all concurrently.
 
     Pages come back in the configuration's order (queries, albums, playlists),
-    whatever order the requests finished in.
+    whatever order the requests finished in. A query with an album-only filter
+    (``tag:new``) is an album search, and albums in ``known_album_ids`` are
+    not read again.
     """
     spotify = _Spotify(client, limiter, asyncio.Semaphore(max(1, concurrency)), max_wait_s)
     result = ScrapeResult()
+    known, claimed = frozenset(known_album_ids), set()
+
+    def search(query: str):
+        if is_album_query(query):
+            return _search_new_albums(spotify, query, config.max_items_per_query, known, claimed, result)
+        return _search_one(spotify, query, config.max_items_per_query, result)
+
     jobs = [
-        *(_search_one(spotify, query, config.max_items_per_query, result) for query in config.queries),
+        *(search(query) for query in config.queries),
         *(_album(spotify, album_id, result) for album_id in config.album_ids),
         *(_playlist(spotify, playlist_id, result) for playlist_id in config.playlist_ids),
     ]
@@ -410,13 +541,16 @@ async def scrape(
 
 
 def fetch_catalog(
-    settings: ServiceSettings, config: ScrapeConfig, limiter: SharedLimiter | None = None
+    settings: ServiceSettings,
+    config: ScrapeConfig,
+    limiter: SharedLimiter | None = None,
+    known_album_ids: Collection[str] = (),
 ) -> ScrapeResult:
     """Synchronous entry point: a client and a shared limiter, then the whole scrape."""
     client = spotify_client(settings)
     limiter = limiter or spotify_limiter(settings)
     return asyncio.run(
-        scrape(client, config, limiter, settings.spotify_concurrency, settings.spotify_max_wait_s)
+        scrape(client, config, limiter, settings.spotify_concurrency, settings.spotify_max_wait_s, known_album_ids)
     )
 
 

@@ -200,6 +200,10 @@ SELECT
 -- A stable default seed track for demos: the first of the current space.
 SELECT track_id, artist, title FROM latent ORDER BY artist, title, track_id LIMIT 1;
 
+-- name: known_album_ids
+-- Spotify albums with a track in the store: a nightly's tag:new search skips them.
+SELECT DISTINCT album_id FROM tracks WHERE album_id IS NOT NULL AND source = 'spotify';
+
 -- name: known_files
 SELECT path, size, mtime_ns FROM files WHERE root = $root;
 

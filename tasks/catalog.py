@@ -22,9 +22,12 @@ from sonufy_model.store import Store
     cache_policy=NO_CACHE,
     task_run_name="scrape[{settings.spotify_api_base}]",
 )
-def scrape_catalog(settings: ServiceSettings, config: ScrapeConfig) -> catalog.ScrapeResult:
-    """Network only: every page of the configured queries, albums and playlists."""
-    result = catalog.fetch_catalog(settings, config)
+def scrape_catalog(
+    settings: ServiceSettings, config: ScrapeConfig, known_album_ids: frozenset[str] = frozenset()
+) -> catalog.ScrapeResult:
+    """Network only: every page of the configured queries, albums and playlists
+    (``tag:new``'s albums but those in ``known_album_ids``)."""
+    result = catalog.fetch_catalog(settings, config, known_album_ids=known_album_ids)
     logger = get_run_logger()
     for problem in result.problems:
         logger.warning("not scraped: %s", problem)
@@ -35,6 +38,8 @@ def scrape_catalog(settings: ServiceSettings, config: ScrapeConfig) -> catalog.S
         len(result.pages), len(config.queries), len(config.album_ids), len(config.playlist_ids),
         result.requests, result.pauses,
     )
+    if result.known_albums:
+        logger.info("%d albums found by tag:new are already in the store: not read again", result.known_albums)
     return result
 
 

@@ -101,6 +101,8 @@ def test_a_nightly_adds_only_the_new_releases_and_reports_them(built):
     drawn = [path.stat().st_mtime_ns for path in pictures]
     again = _nightly(built, new_tracks=4)
     assert again["added"] == 0
+    # tag:new found tonight's albums, tonight's four tracks' among them, and read none of them again.
+    assert again["counts"]["albums_known"] > result["counts"]["albums_known"]
     assert not {"fetched", "stored", "encoded", "landscape_placed", "landscape_fitted"} & set(again["counts"])
     assert [path.stat().st_mtime_ns for path in pictures] == drawn
     assert _sql(built, "SELECT count(*) FROM latent")[0][0] == before + 4

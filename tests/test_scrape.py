@@ -19,6 +19,7 @@ from prefect import flow
 
 from flows.cli import main as cli
 from sonufy_demo.standin import DEMO_PLAYLIST_IDS, Faults, StandIn, StandInConfig
+from sonufy_demo.synth import is_new_release
 from sonufy_model import catalog, quality
 from sonufy_model.config import ServiceSettings
 from sonufy_model.ratelimit import SharedLimiter
@@ -160,6 +161,86 @@ def test_albums_and_playlists_are_scraped_with_their_isrcs(server):
     assert rejected == [
         f"playlist:{DEMO_PLAYLIST_IDS['each_style']} @ 12: a local file ('My Demo Tape'), not in Spotify's catalog"
     ]
+
+
+@pytest.fixture(scope="module")
+def releasing():
+    """160 tracks and 40 released today, one page of tag:new's albums more than a page of its tracks."""
+    with StandIn(StandInConfig(n_tracks=160, today=TODAY, new_tracks=40, compilation_share=0.15)) as running:
+        yield running
+
+
+def _new_albums(server: StandIn) -> dict[str, list]:
+    albums: dict[str, list] = {}
+    for track in server.catalog:
+        if is_new_release(track.release_date, TODAY):
+            albums.setdefault(track.album_id, []).append(track)
+    return albums
+
+
+def test_tag_new_is_an_album_search_whose_albums_come_with_their_isrcs(releasing):
+    # Spotify applies tag:new to album searches only; a nightly reads each new
+    # album's tracks by a track search on its name (full objects, ISRCs
+    # included), so no track costs a /tracks/{id} request of its own.
+    albums = _new_albums(releasing)
+    expected = {track.track_id: track.isrc for tracks in albums.values() for track in tracks}
+    assert len(albums) > 1 and len(expected) > catalog.SEARCH_PAGE_SIZE
+    before = releasing.stats.copy()
+    result = catalog.fetch_catalog(_settings(releasing), ScrapeConfig(queries=("tag:new",)))
+    tracks, rejected = catalog.parse_scrape(result)
+    spent = releasing.stats - before
+
+    assert dict(zip(tracks["track_id"], tracks["isrc"])) == expected
+    assert set(tracks["found_by"]) == {"tag:new"} and not rejected and not result.problems
+    assert spent["GET /v1/tracks/{track_id}"] == 0 and spent["GET /v1/albums/{album_id}/tracks"] == 0
+    album_pages = -(-len(albums) // catalog.SEARCH_PAGE_SIZE)
+    track_pages = sum(-(-len(tracks) // catalog.SEARCH_PAGE_SIZE) for tracks in albums.values())
+    assert spent["GET /v1/search"] == album_pages + track_pages
+
+
+def test_tag_new_skips_the_albums_the_store_knows(releasing):
+    albums = _new_albums(releasing)
+    known, unknown = sorted(albums)[:-1], sorted(albums)[-1]
+    before = releasing.stats.copy()
+    result = catalog.fetch_catalog(_settings(releasing), ScrapeConfig(queries=("tag:new",)), known_album_ids=known)
+    tracks, _ = catalog.parse_scrape(result)
+    assert set(tracks["track_id"]) == {track.track_id for track in albums[unknown]}
+    assert result.known_albums == len(known)
+
+    everything = catalog.fetch_catalog(_settings(releasing), ScrapeConfig(queries=("tag:new",)),
+                                       known_album_ids=albums)
+    assert not catalog.parse_scrape(everything)[0].height and everything.known_albums == len(albums)
+    spent = releasing.stats - before
+    album_pages = -(-len(albums) // catalog.SEARCH_PAGE_SIZE)
+    assert spent["GET /v1/search"] == 2 * album_pages + -(-len(albums[unknown]) // catalog.SEARCH_PAGE_SIZE), (
+        "a night with nothing new costs tag:new's album pages only"
+    )
+
+
+def test_an_album_its_name_search_misses_is_read_track_by_track(releasing):
+    # Search indexes may lag a release: the album's tracks then come from
+    # /albums/{id}/tracks and /tracks/{id}, the exact way, none lost.
+    album_id, album_tracks = sorted(_new_albums(releasing).items())[0]
+    settings = _settings(releasing)
+    spotify = catalog._Spotify(catalog.spotify_client(settings), SharedLimiter(200, "spotify"), asyncio.Semaphore(4))
+    album = {"id": album_id, "name": "not yet indexed", "total_tracks": len(album_tracks),
+             "release_date": album_tracks[0].release_date, "artists": [{"name": album_tracks[0].artist}]}
+    before = releasing.stats.copy()
+    result = catalog.ScrapeResult()
+    found = asyncio.run(catalog._album_tracks(spotify, album, result))
+    assert {track["id"]: track["external_ids"]["isrc"] for track in found} == {
+        track.track_id: track.isrc for track in album_tracks
+    }
+    assert (releasing.stats - before)["GET /v1/tracks/{track_id}"] == len(album_tracks)
+    assert not result.problems
+
+
+@pytest.mark.parametrize("query, album_only", [
+    ("tag:new", True), ('genre:"techno" tag:NEW', True), ("tag:hipster year:2026", True),
+    ("tag:newest", False), ('album:"tag:new"', False), ("year:2026", False),
+])
+def test_album_only_filters_are_recognised(query, album_only):
+    assert catalog.is_album_query(query) is album_only
 
 
 def test_the_stand_in_re_releases_tracks_on_compilations(server):
