@@ -544,6 +544,30 @@ def _page_data(path) -> dict:
     return json.loads(match.group(1))
 
 
+def test_the_page_plays_files_on_disk_by_their_resolved_uri(copy, tmp_path):
+    # Previews on disk are linked as Path.resolve().as_uri() gives them (a
+    # folder reached through a symlink resolved, odd names quoted); a file
+    # gone from disk is not linked.
+    paths, store, _ = copy
+    real = tmp_path / "real previews"
+    real.mkdir()
+    (tmp_path / "linked").symlink_to(real, target_is_directory=True)
+    names = {"t001": "a b#1.mp3", "t002": "ü?%.mp3", "t003": "plain.mp3", "t004": "gone.mp3"}
+    for track_id, name in names.items():
+        if track_id != "t004":
+            (real / name).write_bytes(b"x")
+    stored = {"t001": str(tmp_path / "linked" / names["t001"]), "t002": str(real / names["t002"]),
+              "t003": f"../{tmp_path.name}/linked/{names['t003']}", "t004": str(real / names["t004"])}
+    with store.transaction() as con:
+        for track_id, path in stored.items():
+            con.execute("INSERT OR REPLACE INTO previews (track_id, provider, path, bytes, duration_s) "
+                        "VALUES ($t, 'deezer', $p, 1, 30.0)", {"t": track_id, "p": path})
+    audio = dict(ls.landscape_points(store).select("track_id", "audio").iter_rows())
+    for track_id in ("t001", "t002", "t003"):
+        assert audio[track_id] == (real / names[track_id]).resolve().as_uri()
+    assert audio["t004"] is None and audio["t005"] is None
+
+
 def test_render_writes_a_png_and_a_self_contained_page(copy, tmp_path):
     paths, store, space = copy
     with store.transaction() as con:
@@ -605,6 +629,34 @@ def test_the_png_shows_density_at_300000_points(tmp_path):
     assert (left > 40).sum() > 1000 and (right > 40).sum() > 100
     assert np.percentile(left[left > 40], 90) > np.percentile(right[right > 40], 90)
     assert columns[400:520].max() < 40, "no overplotted smear between them"
+
+
+def test_categories_sharing_the_grey_are_shaded_as_one_with_the_same_pixels():
+    # 120 genres: the most common get colours, the rest one grey; the PNG
+    # shades one layer per colour, which must draw what one layer per genre does.
+    import datashader as ds
+    import datashader.transfer_functions as tf
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    genres = [f"g{int(g):03d}" for g in rng.zipf(1.3, size=30_000) % 120]
+    labels = ls.coloring("genre", genres)
+    assert len(labels.values) > len(set(labels.colors)) + 40, "many genres share the grey"
+    xy = rng.normal(size=(len(genres), 2))
+    x_range, y_range = (-4.0, 4.0), (-4.0, 4.0)
+    merged = np.asarray(static._density(xy[:, 0], xy[:, 1], labels, x_range, y_range, 200, 150))
+
+    frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "label": pd.Categorical.from_codes(
+        labels.codes, categories=[str(i) for i in range(len(labels.values))])})
+    canvas = ds.Canvas(plot_width=200, plot_height=150, x_range=x_range, y_range=y_range)
+    per_genre = canvas.points(frame, "x", "y", agg=ds.count_cat("label"))
+    spread, min_alpha = next((px, alpha) for most, px, alpha in static._SPREAD if len(genres) < most)
+    image = tf.shade(per_genre, color_key={str(i): c for i, c in enumerate(labels.colors)}, how="eq_hist",
+                     min_alpha=min_alpha)
+    image = tf.spread(image, px=spread, shape="circle") if spread else image
+    reference = np.asarray(tf.set_background(image, "#0b0d12").to_pil().convert("RGB"))
+    assert merged.shape == reference.shape
+    assert np.abs(merged.astype(int) - reference.astype(int)).max() <= 1
 
 
 # -- bad input ----------------------------------------------------------------------

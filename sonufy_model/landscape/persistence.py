@@ -4,9 +4,11 @@ points back."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import duckdb
 import numpy as np
@@ -338,11 +340,28 @@ def landscape_points(store: Store) -> pl.DataFrame:
         raise FileNotFoundError(f"{store.path}: no such DuckDB file; run `sonufy build` first")
     frame = _query(store, "landscape_points")
     paths = [store.absolute_path(path) for path in frame["preview_path"].to_list()]
-    audio = [
-        url if url else (Path(path).resolve().as_uri() if path and Path(path).is_file() else None)
-        for url, path in zip(frame["preview_url"].to_list(), paths)
-    ]
+    file_uri = _FileUris()
+    audio = [url if url else file_uri(path) for url, path in zip(frame["preview_url"].to_list(), paths)]
     return frame.with_columns(pl.Series("audio", audio, dtype=pl.String)).drop("preview_url", "preview_path")
+
+
+class _FileUris:
+    """``file://`` URIs of existing files, as ``Path.resolve().as_uri()`` gives
+    them, resolving each folder once: previews share a few folders, and
+    resolving every path's components was 13 s of a 300,000-track redraw."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path: str | None) -> str | None:
+        if not path or not os.path.isfile(path):
+            return None
+        folder, name = os.path.split(path)
+        prefix = self._folders.get(folder)
+        if prefix is None:
+            uri = Path(folder).resolve().as_uri()
+            prefix = self._folders[folder] = uri if uri.endswith("/") else uri + "/"
+        return prefix + quote(os.fsencode(name))
 
 
 def landscape_fits(store: Store) -> pl.DataFrame:

@@ -107,14 +107,19 @@ def _density(x: np.ndarray, y: np.ndarray, labels: Coloring, x_range: tuple, y_r
     import datashader.transfer_functions as tf
     import pandas as pd
 
-    n_cats = len(labels.values)
+    # One category per colour: the categories past the palette share one grey,
+    # and shading mixes each pixel's colours weighted by counts, so merging
+    # them draws the same pixels; a catalog of 200 genres shaded 200 layers
+    # (14 s of a 300,000-track redraw) where 41 colours make the picture.
+    palette = list(dict.fromkeys(labels.colors))
+    by_color = np.array([palette.index(color) for color in labels.colors], dtype=np.int32)
     frame = pd.DataFrame({
         "x": x, "y": y,
-        "label": pd.Categorical.from_codes(labels.codes, categories=[str(i) for i in range(n_cats)]),
+        "label": pd.Categorical.from_codes(by_color[labels.codes], categories=[str(i) for i in range(len(palette))]),
     })
     canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
     aggregate = canvas.points(frame, "x", "y", agg=ds.count_cat("label"))
-    key = {str(i): color for i, color in enumerate(labels.colors)}
+    key = {str(i): color for i, color in enumerate(palette)}
     # Sparse maps get bigger, opaque dots; dense ones one pixel per point, with
     # alpha from the histogram-equalised count, so that density shows.
     spread, min_alpha = next((px, alpha) for most, px, alpha in _SPREAD if len(x) < most)
