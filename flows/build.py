@@ -124,8 +124,9 @@ def build(
                     if scrape.empty:
                         scrape = scrape.merged(origin.queries)
                     # parse → check (the metadata suite) → one track per ISRC, upserted; failures quarantined
-                    tracks = parse_tracks(scrape_catalog(origin.settings, scrape))
-                    add_counts(counts, upsert_tracks(store, tracks, check_tracks(tracks), run_id))
+                    scraped = scrape_catalog(origin.settings, scrape)
+                    tracks = parse_tracks(scraped)
+                    add_counts(counts, upsert_tracks(store, tracks, check_tracks(tracks), run_id, scraped))
             # 2. fetch: previews, concurrently within a batch; one batch at a
             # time, so that the settings' concurrency, per-host and rate
             # limits hold for the whole run, and each batch is recorded

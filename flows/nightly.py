@@ -135,7 +135,7 @@ def nightly_refresh(
                         tracks = parse_tracks(scraped)
                         report = check_tracks(tracks)
                         reports.append(report)
-                        add_counts(counts, upsert_tracks(store, tracks, report, run_id))
+                        add_counts(counts, upsert_tracks(store, tracks, report, run_id, scraped))
                 # 2. fetch: previews of every track without one (new, or failed before)
                 with clock.stage("fetch"):
                     if origin.folder is None:

@@ -93,6 +93,15 @@ class ScrapeResult:
     pauses: int = 0
     # Albums an album-only query (tag:new) found that the store already holds: not read again.
     known_albums: int = 0
+    # Albums whose every track the scrape read (by any query, album or
+    # playlist; counted against the album's total_tracks): album id -> track ids.
+    albums_read: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def albums_to_remember(self, failed_track_ids: Collection[str]) -> list[str]:
+        """The albums read whole none of whose tracks is in ``failed_track_ids``
+        (those failing the metadata suite are read again, to retry them)."""
+        failed = set(failed_track_ids)
+        return [album for album, tracks in self.albums_read.items() if not failed.intersection(tracks)]
 
 
 def spotify_client(settings: ServiceSettings) -> spotipy.Spotify:
@@ -535,6 +544,7 @@ async def scrape(
     ]
     for pages in await asyncio.gather(*jobs):
         result.pages.extend(pages)
+    result.albums_read = albums_read_whole(result.pages)
     result.requests = limiter.granted
     result.pauses = len(limiter.pauses)
     return result
@@ -634,6 +644,22 @@ def parse_search_pages(pages: Sequence[SearchPage]) -> tuple[pl.DataFrame, list[
                 continue
             rows.setdefault(row["track_id"], row)
     return pl.DataFrame(list(rows.values()), schema=TRACK_SCHEMA), rejected
+
+
+def albums_read_whole(pages: Sequence[SearchPage]) -> dict[str, tuple[str, ...]]:
+    """The albums whose every track is among the pages' full track objects
+    (as many distinct tracks as the album's ``total_tracks``): album id -> track ids."""
+    found: dict[str, set[str]] = {}
+    totals: dict[str, int] = {}
+    for page in pages:
+        for item in page.paging.get("items") or []:
+            track = _track_of(item, page.kind) if isinstance(item, dict) else None
+            album = (track or {}).get("album")
+            if not isinstance(album, dict) or not album.get("id") or not track.get("id"):
+                continue
+            found.setdefault(album["id"], set()).add(track["id"])
+            totals[album["id"]] = int(album.get("total_tracks") or 0)
+    return {album: tuple(sorted(ids)) for album, ids in found.items() if 0 < totals[album] <= len(ids)}
 
 
 def parse_scrape(result: ScrapeResult) -> tuple[pl.DataFrame, list[str]]:

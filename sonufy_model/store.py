@@ -556,15 +556,21 @@ class Store:
         with self.transaction() as con:
             return self._upsert_tracks(con, batch)
 
-    def record_scraped_tracks(self, tracks: pl.DataFrame, failures: pl.DataFrame) -> int:
+    def record_scraped_tracks(self, tracks: pl.DataFrame, failures: pl.DataFrame,
+                              albums_read: Sequence[str] = ()) -> int:
         """Scraped tracks that passed the metadata suite, and the quarantine rows of those that did not.
 
         One transaction: the passing tracks are upserted and released from the
-        'scrape' quarantine, the failing ones quarantined (and not written).
+        'scrape' quarantine, the failing ones quarantined (and not written),
+        and ``albums_read`` (albums the scrape read whole, none of their tracks
+        failing) remembered, so that the nightly's tag:new does not read them again.
         Returns how many tracks were inserted or changed.
         """
         written = 0
         with self.transaction() as con:
+            if albums_read:
+                albums = pl.DataFrame({"album_id": list(albums_read)}, schema={"album_id": pl.String})
+                self._run_with_batch(con, "remember_scraped_albums", "albums_batch", albums)
             if not tracks.is_empty():
                 batch = self._tracks_batch(tracks)
                 written = self._upsert_tracks(con, batch)
@@ -624,11 +630,8 @@ class Store:
         return len(rows)
 
     def known_album_ids(self) -> frozenset[str]:
-        """Spotify album ids with at least one track here (what ``tag:new`` need not read again).
-
-        A track of such an album that the metadata suite quarantined is
-        retried by the next build, not by the nightly's ``tag:new``.
-        """
+        """Albums an earlier scrape read whole, none of their tracks failing
+        the metadata suite (what the nightly's ``tag:new`` need not read again)."""
         with self.connect() as con:
             return frozenset(row[0] for row in con.execute(sql.statement("known_album_ids")).fetchall())
 

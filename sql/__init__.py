@@ -56,7 +56,9 @@ SCHEMA_FILES = ("schema.sql", "migrations.sql", "search.sql", "landscape.sql")
 #: backfilled as true for the current version and any other with vectors);
 #: `sonufy gc` and a retrain's start delete the vectors of versions never
 #: current, not current and not pending (a killed retrain's candidate).
-SCHEMA_VERSION = 6
+#: 7: scraped_albums, the albums tag:new found and read whole (a new table):
+#: the nightly's tag:new search, an album search, skips them.
+SCHEMA_VERSION = 7
 #: The first version whose stored file paths are relative (see Store._migrate).
 RELATIVE_PATHS_VERSION = 3
 

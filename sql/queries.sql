@@ -201,8 +201,13 @@ SELECT
 SELECT track_id, artist, title FROM latent ORDER BY artist, title, track_id LIMIT 1;
 
 -- name: known_album_ids
--- Spotify albums with a track in the store: a nightly's tag:new search skips them.
-SELECT DISTINCT album_id FROM tracks WHERE album_id IS NOT NULL AND source = 'spotify';
+-- Albums an earlier scrape read whole, none of their tracks failing the
+-- metadata suite: a nightly's tag:new search skips them. (An album with only
+-- some of its tracks here, found by a genre query, is read again.)
+SELECT album_id FROM scraped_albums;
+
+-- name: remember_scraped_albums
+INSERT INTO scraped_albums (album_id) SELECT album_id FROM albums_batch ON CONFLICT DO NOTHING;
 
 -- name: known_files
 SELECT path, size, mtime_ns FROM files WHERE root = $root;

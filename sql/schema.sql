@@ -121,6 +121,18 @@ CREATE TABLE IF NOT EXISTS embeddings (
     PRIMARY KEY (track_id, model_version)
 );
 
+-- name: create_scraped_albums
+-- Albums a scrape read whole (every track, by any query, album or playlist),
+-- none of whose tracks failed the metadata suite (schema version 7): the
+-- nightly's tag:new search does not read them again. Not derived from
+-- tracks: an album whose tracks all re-release recordings already kept
+-- (their ISRCs) has no row there, and one with a row may have been found in
+-- part (a genre query).
+CREATE TABLE IF NOT EXISTS scraped_albums (
+    album_id      VARCHAR PRIMARY KEY,
+    scraped_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
 -- name: create_quarantine
 -- Tracks a stage could not process, with the reason. A later success at the
 -- same stage removes the row. attempts counts the runs that quarantined the

@@ -66,12 +66,16 @@ def check_tracks(tracks: pl.DataFrame) -> QualityReport:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="upsert[{tracks.height} tracks]")
-def upsert_tracks(store: Store, tracks: pl.DataFrame, report: QualityReport, run_id: str | None = None) -> dict:
-    """Tracks that passed, one per ISRC, upserted; those that failed quarantined (stage 'scrape')."""
+def upsert_tracks(store: Store, tracks: pl.DataFrame, report: QualityReport, run_id: str | None = None,
+                  scraped: catalog.ScrapeResult | None = None) -> dict:
+    """Tracks that passed, one per ISRC, upserted; those that failed quarantined (stage 'scrape');
+    the albums ``scraped`` read whole remembered (the nightly's tag:new skips them), but those with
+    a failing track."""
     passing = tracks.filter(~pl.col("track_id").is_in(report.failures["track_id"].implode()))
     kept, duplicates = catalog.one_per_isrc(passing)
     failures = quarantine_rows(report.failures, "scrape", run_id)
-    written = store.record_scraped_tracks(kept, failures)
+    albums = scraped.albums_to_remember(report.failures["track_id"].to_list()) if scraped is not None else []
+    written = store.record_scraped_tracks(kept, failures, albums)
     get_run_logger().info(
         "%d tracks (%d new or changed), %d re-releases of a recording already kept, %d quarantined",
         kept.height, written, duplicates.height, failures.height,

@@ -23,6 +23,7 @@ from sonufy_demo.synth import is_new_release
 from sonufy_model import catalog, quality
 from sonufy_model.config import ServiceSettings
 from sonufy_model.ratelimit import SharedLimiter
+from sonufy_model.schemas import TRACK_SCHEMA
 from sonufy_model.scrape_config import ScrapeConfig, ScrapeConfigError
 from sonufy_model.store import Store
 from tasks.catalog import check_tracks, parse_tracks, scrape_catalog, upsert_tracks
@@ -233,6 +234,58 @@ def test_an_album_its_name_search_misses_is_read_track_by_track(releasing):
     }
     assert (releasing.stats - before)["GET /v1/tracks/{track_id}"] == len(album_tracks)
     assert not result.problems
+
+
+@flow(name="tag-new-test", validate_parameters=False)
+def _tag_new_flow(settings: ServiceSettings, db: str) -> dict:
+    """The nightly's discover stage: tag:new, less the albums the store knows, parsed, checked, upserted."""
+    store = Store(db)
+    scraped = scrape_catalog(settings, ScrapeConfig(queries=("tag:new",)), store.known_album_ids())
+    tracks = parse_tracks(scraped)
+    counts = upsert_tracks(store, tracks, check_tracks(tracks), "test-run", scraped)
+    return {**counts, "albums_known": scraped.known_albums, "read": set(tracks["track_id"])}
+
+
+def test_the_nightly_reads_an_album_once_unless_a_track_of_it_failed(prefect_api, tmp_path):
+    config = StandInConfig(n_tracks=160, today=TODAY, new_tracks=40, faults=Faults(malformed_share=0.15))
+    with StandIn(config) as messy:
+        albums = _new_albums(messy)
+        defective = {album for album, tracks in albums.items() if any(messy.defect_of(t.track_id) for t in tracks)}
+        clean = sorted(set(albums) - defective)
+        assert defective and len(clean) > 1
+        # One clean album re-releases recordings the store already holds under
+        # other ids: none of its tracks is written, yet it is read whole.
+        reissue = next(a for a in clean if not any(messy.defect_of(t.track_id) for t in albums[a]))
+        db = tmp_path / "sonufy.duckdb"
+        held = pl.DataFrame([catalog.parse_track({
+            "id": f"held{n:018d}", "name": t.title, "artists": [{"name": t.artist, "id": t.artist_id}],
+            "album": {"id": "heldalbum0000000000000", "name": "Held"}, "duration_ms": t.duration_ms,
+            "external_ids": {"isrc": t.isrc}}) for n, t in enumerate(albums[reissue])], schema=TRACK_SCHEMA)
+        Store(db).upsert_tracks(held)
+
+        first = _tag_new_flow(_settings(messy), str(db))
+        assert first["albums_known"] == 0
+        assert first["read"] == {t.track_id for tracks in albums.values() for t in tracks}
+        assert Store(db).known_album_ids() == frozenset(clean)
+        written = {row["track_id"] for row in _tables(db)["tracks"]}
+        assert not written & {t.track_id for t in albums[reissue]}, "the re-released recordings stay the originals"
+
+        # The next night reads again only the albums with a track that failed, to retry it.
+        second = _tag_new_flow(_settings(messy), str(db))
+        assert second["albums_known"] == len(clean)
+        assert second["read"] == {t.track_id for album in defective for t in albums[album]}
+        assert second["tracks_written"] == 0
+        quarantine = _sql_rows(db, "SELECT track_id, attempts FROM quarantine")
+        attempts = {row["track_id"]: row["attempts"] for row in quarantine}
+        assert attempts and set(attempts.values()) == {2}
+
+
+def _sql_rows(db: Path, query: str) -> list[dict]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(query).pl().to_dicts()
+    finally:
+        con.close()
 
 
 @pytest.mark.parametrize("query, album_only", [
