@@ -31,7 +31,6 @@ from pathlib import Path
 import lameenc
 import numpy as np
 import soxr
-from scipy import signal
 
 __all__ = [
     "MAX_CATALOG_TRACKS",
@@ -651,6 +650,8 @@ def _saw(freq: float, t: np.ndarray, phase: float = 0.0) -> np.ndarray:
 
 
 def _one_pole_lowpass(x: np.ndarray, cutoff_hz: float, sr: int) -> np.ndarray:
+    from scipy import signal  # here, not at the top: the stand-in serving cached previews never filters
+
     coefficient = 1.0 - math.exp(-2.0 * math.pi * min(cutoff_hz, 0.45 * sr) / sr)
     return signal.lfilter([coefficient], [1.0, coefficient - 1.0], x).astype(np.float32)
 
@@ -872,6 +873,8 @@ def _noise_bed(kind: str, n: int, sr: int, rng: np.random.Generator) -> np.ndarr
         bed = rng.uniform(-0.08, 0.08, n).astype(np.float32)
         pops = rng.integers(0, n, size=int(n / sr * 30))
         bed[pops] += rng.choice((-1.0, 1.0), size=len(pops)) * rng.uniform(0.3, 1.0, len(pops))
+        from scipy import signal
+
         return signal.lfilter([0.6, 0.3], [1.0, -0.3], bed).astype(np.float32)
     raise ValueError(f"unknown noise {kind!r}")
 
@@ -967,6 +970,8 @@ def render_clip(track: CatalogTrack, seconds: float = PREVIEW_SECONDS, sr: int =
     if style.noise != "none":
         mix += style.noise_level * _noise_bed(style.noise, n, sr, rng) * np.float32(np.max(np.abs(mix)))
     if var.cutoff_hz:
+        from scipy import signal
+
         b, a = signal.butter(2, min(var.cutoff_hz, 0.45 * sr), fs=sr)
         mix = signal.lfilter(b, a, mix)
     fade_in, fade_out = min(int(0.01 * sr), n // 2), min(int(0.3 * sr), n // 2)

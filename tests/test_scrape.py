@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -445,6 +447,16 @@ def test_429_bursts_and_5xx_storms_lose_nothing_and_pause_every_request():
 
 
 # --------------------------------------------------------------------------- the metadata suite
+
+
+def test_an_empty_batch_passes_without_loading_great_expectations():
+    # An empty night checks no tracks: it must not pay Great Expectations' import (seconds).
+    code = ("import sys, polars as pl; from sonufy_model import quality; "
+            "from sonufy_model.schemas import TRACK_SCHEMA; "
+            "r = quality.check_tracks(pl.DataFrame(schema=TRACK_SCHEMA)); "
+            "print('great_expectations' in sys.modules, r.success, r.n_rows, r.failures.columns)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False True 0 ['track_id', 'reason']"
 
 
 def test_the_suite_names_what_each_bad_row_breaks():
