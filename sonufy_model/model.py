@@ -110,7 +110,7 @@ class TimeFreqAutoencoder(L.LightningModule):
         projection_dim: output size of the invariance objective's projection
             head (training only).
         stretch, freq_mask_bands, time_mask_frames, pitch_semitones, gain_db, blur_bands,
-        shuffle_segments: the invariance
+        shuffle_segments, tilt_db, mix_below_db: the invariance
             objective's augmentations (:class:`sonufy_model.augment.AugmentSettings`).
     """
 
@@ -134,6 +134,8 @@ class TimeFreqAutoencoder(L.LightningModule):
         gain_db: float = 0.0,
         blur_bands: float = 0.0,
         shuffle_segments: int = 0,
+        tilt_db: float = 0.0,
+        mix_below_db: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -168,7 +170,7 @@ class TimeFreqAutoencoder(L.LightningModule):
         self.objective = objective
         self.augment_settings = AugmentSettings(
             stretch, freq_mask_bands, time_mask_frames, pitch_semitones, gain_db, blur_bands=blur_bands,
-            shuffle_segments=shuffle_segments,
+            shuffle_segments=shuffle_segments, tilt_db=tilt_db, mix_below_db=mix_below_db,
         )
 
         half = latent_dim // 2

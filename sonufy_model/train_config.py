@@ -77,6 +77,8 @@ class TrainConfig:
     gain_db: float = 0.0
     blur_bands: float = 0.0
     shuffle_segments: int = 0
+    tilt_db: float = 0.0
+    mix_below_db: float = 0.0
     # torch.compile the model before fitting: costs about 30 s of compiling
     # at the start, then ran the reference autoencoder 1.2x faster on 2 CPU
     # cores (bench/train.py); the default model, all small 1-D convolutions,

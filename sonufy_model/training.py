@@ -340,7 +340,8 @@ def train(config: TrainConfig, progress_every_s: float | None = None) -> TrainRe
     # and the data must serve crops wide enough for their widest stretch.
     augment_settings = AugmentSettings(
         config.stretch, config.freq_mask_bands, config.time_mask_frames, config.pitch_semitones, config.gain_db,
-        blur_bands=config.blur_bands, shuffle_segments=config.shuffle_segments,
+        blur_bands=config.blur_bands, shuffle_segments=config.shuffle_segments, tilt_db=config.tilt_db,
+        mix_below_db=config.mix_below_db,
     )
     datamodule = SpectrogramDataModule(
         manifest,
@@ -379,6 +380,8 @@ def train(config: TrainConfig, progress_every_s: float | None = None) -> TrainRe
         gain_db=config.gain_db,
         blur_bands=config.blur_bands,
         shuffle_segments=config.shuffle_segments,
+        tilt_db=config.tilt_db,
+        mix_below_db=config.mix_below_db,
     )
 
     last_checkpoint = checkpoint_dir / LAST_CHECKPOINT_NAME

@@ -280,3 +280,94 @@ def test_segment_shuffle_reorders_whole_segments_of_time_per_view():
     assert len(orders) > 5  # a random order per view
     with pytest.raises(ValueError, match="shuffle_segments"):
         AugmentSettings(shuffle_segments=1)
+
+
+def test_tilt_is_a_line_across_the_bands_through_the_middle_within_its_range():
+    torch.manual_seed(5)
+    crops = torch.full((64, 9, TILE), 0.5)  # 9 bands: band 4 is the middle
+    views = augment(crops, TILE, AugmentSettings(stretch=0.0, freq_mask_bands=0, time_mask_frames=0, tilt_db=12.0))
+    assert views.shape == crops.shape
+    shift = views - crops
+    # One spectrum shape per view, the same in every frame...
+    assert torch.allclose(shift, shift[:, :, :1].expand_as(shift), atol=1e-6)
+    per_band = shift[:, :, 0]
+    # ...a straight line across the bands through the middle band, which stays as it was...
+    steps = per_band.diff(dim=1)
+    assert torch.allclose(steps, steps[:, :1].expand_as(steps), atol=1e-6)
+    assert per_band[:, 4].abs().max() < 1e-6
+    # ...rising or falling by at most 12 dB from the lowest band to the highest (120 dB a unit):
+    # each end moves by at most 6 dB, and the slopes fill the range both ways.
+    rise = (per_band[:, -1] - per_band[:, 0]) * 120
+    assert rise.abs().max() <= 12 + 1e-3 and rise.max() > 8 and rise.min() < -8
+    assert per_band[:, [0, -1]].abs().max() * 120 <= 6 + 1e-3
+    with pytest.raises(ValueError, match="tilt_db"):
+        AugmentSettings(tilt_db=-1)
+
+
+def _mixed_db(a_db: float, b_db: float) -> float:
+    return 10 * math.log10(10 ** (a_db / 10) + 10 ** (b_db / 10))
+
+
+def test_mixing_adds_another_tracks_crop_in_power_some_dB_below_it():
+    torch.manual_seed(6)
+    plain = {"stretch": 0.0, "freq_mask_bands": 0, "time_mask_frames": 0}
+    # Every crop at one level: a mixed view rises by 10·log10(1 + 10^(-r/10)) dB for its drop r in [6, 18].
+    crops = torch.full((64, N_MELS, 160), 0.5)
+    views = augment(crops, TILE, AugmentSettings(**plain, mix_below_db=6.0))
+    assert views.shape == (64, N_MELS, TILE)
+    rise = (views - 0.5) * 120
+    assert rise.min() >= -1e-4  # mixing never lowers a bin
+    most, least = _mixed_db(0, -6), _mixed_db(0, -18)  # 0.97 and 0.07 dB
+    assert rise.max() <= most + 1e-3
+    per_view = rise.mean(dim=(1, 2))
+    assert torch.allclose(rise, per_view[:, None, None].expand_as(rise), atol=1e-4)
+    mixed = per_view > 1e-3
+    assert 16 <= int(mixed.sum()) <= 48  # about half the views
+    assert per_view[mixed].min() >= least - 1e-3 and per_view[mixed].max() > 0.5
+
+    # Crop i is a loud band at mel band 4i over a quiet floor, the same in every frame: a mixed
+    # view shows one other crop's band, never its own crop's other copy (i + 8: the model's
+    # layout puts a track's two crops half a batch apart), 6 to 18 dB below that crop's level.
+    crops = torch.full((16, N_MELS, 160), 0.1)
+    for i in range(16):
+        crops[i, 4 * i] = 0.9
+    others = set()
+    for _ in range(8):
+        views = augment(crops, TILE, AugmentSettings(**plain, mix_below_db=6.0))
+        assert (views - crops[:, :, :TILE]).min() >= -1e-5
+        for i, view in enumerate(views[:, ::4, 0]):
+            band = view.clone()
+            band[i] = 0
+            if band.max() < 0.2:
+                continue  # not mixed
+            j = int(band.argmax())
+            assert j not in (i, (i + 8) % 16)
+            level = float(band[j]) * 120
+            assert _mixed_db(12, 108 - 18) - 1e-3 <= level <= _mixed_db(12, 108 - 6) + 1e-3
+            others.add((i, j))
+    assert len(others) > 20  # the other crop is drawn per view
+
+    # Two crops are one track: nothing to mix; and mixing is off unless asked.
+    two = torch.rand(2, N_MELS, TILE)
+    torch.testing.assert_close(augment(two, TILE, AugmentSettings(**plain, mix_below_db=6.0)), two, atol=1e-5, rtol=0)
+    torch.testing.assert_close(augment(crops[:, :, :TILE], TILE, AugmentSettings(**plain)), crops[:, :, :TILE],
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="mix_below_db"):
+        AugmentSettings(mix_below_db=-1)
+
+
+def test_tilt_and_mixing_are_off_by_default_and_reach_the_checkpoint(library, tmp_path):
+    assert AugmentSettings().tilt_db == 0 == AugmentSettings().mix_below_db
+    for preset in PRESETS:
+        config = _config(library, tmp_path, preset=preset)
+        assert config.tilt_db == 0 == config.mix_below_db
+    crops = torch.rand(8, N_MELS, 160)
+    torch.manual_seed(7)
+    default = augment(crops, TILE, AugmentSettings())
+    torch.manual_seed(7)
+    torch.testing.assert_close(augment(crops, TILE, AugmentSettings(tilt_db=0.0, mix_below_db=0.0)), default,
+                               atol=0, rtol=0)
+    result = training.train(_config(library, tmp_path, max_epochs=1, limit_train_batches=1, tilt_db=6.0,
+                                    mix_below_db=9.0))
+    settings = TimeFreqAutoencoder.load_from_checkpoint(result.checkpoint_path).augment_settings
+    assert settings.tilt_db == 6.0 and settings.mix_below_db == 9.0
