@@ -7,6 +7,7 @@ Every stage skips work already done, so a failed run can simply be rerun.
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
 
 from flows.parameters import Placement, PreviewSourceName, Source, TrainingOptions
 from flows.sources import open_source
@@ -125,8 +126,10 @@ def build(
                         scrape = scrape.merged(origin.queries)
                     # parse → check (the metadata suite) → one track per ISRC, upserted; failures quarantined
                     scraped = scrape_catalog(origin.settings, scrape)
-                    tracks = parse_tracks(scraped)
-                    add_counts(counts, upsert_tracks(store, tracks, check_tracks(tracks), run_id, scraped))
+                    # quote: Prefect would otherwise walk every page's JSON looking for
+                    # futures (a minute at 20,000 tracks); the scrape is plain data.
+                    tracks = parse_tracks(quote(scraped))
+                    add_counts(counts, upsert_tracks(store, tracks, check_tracks(tracks), run_id, quote(scraped)))
             # 2. fetch: previews, concurrently within a batch; one batch at a
             # time, so that the settings' concurrency, per-host and rate
             # limits hold for the whole run, and each batch is recorded

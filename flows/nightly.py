@@ -20,6 +20,7 @@ makes the run wait, never fail (see docs/operations.md, "Ad-hoc SQL while the ni
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
 
 from flows.parameters import PreviewSourceName, Source
 from flows.sources import open_source
@@ -132,10 +133,12 @@ def nightly_refresh(
                     else:
                         scraped = scrape_catalog(origin.settings, scrape, store.known_album_ids())
                         add_counts(counts, {"albums_known": scraped.known_albums})  # tag:new's, not read again
-                        tracks = parse_tracks(scraped)
+                        # quote: Prefect would otherwise walk every page's JSON looking for
+                        # futures (a minute at 20,000 tracks); the scrape is plain data.
+                        tracks = parse_tracks(quote(scraped))
                         report = check_tracks(tracks)
                         reports.append(report)
-                        add_counts(counts, upsert_tracks(store, tracks, report, run_id, scraped))
+                        add_counts(counts, upsert_tracks(store, tracks, report, run_id, quote(scraped)))
                 # 2. fetch: previews of every track without one (new, or failed before)
                 with clock.stage("fetch"):
                     if origin.folder is None:
