@@ -11,7 +11,12 @@ prints seconds and tracks/s for every stage: the tracks the build encoded
 over the stage's seconds. Then runs two nightly refreshes, each as its own
 process as a deployment would (imports included): one on a catalog that has
 gained ``--new-share`` new releases (found with tag:new), one on the same
-catalog again (nothing new). A temporary local Prefect API serves every run.
+catalog again (nothing new). The nights talk to a stand-in already running in
+this process, as a deployment's nightly talks to Spotify and Deezer
+(``--source spotify`` with the stand-in's endpoints in the environment): a
+night does not pay for starting the services it calls (the 20,000-track
+stand-in's catalog takes about 2 s to make). A temporary local Prefect API
+serves every run.
 
     .venv/bin/python bench/nightly.py [--tracks 5000] [--new-share 0.01] [--train-s 60]
 
@@ -44,14 +49,25 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def nightly(db: Path, tracks: int, new_tracks: int, api_url: str) -> tuple[float, dict]:
-    """Wall seconds of a nightly in a fresh process, and its result."""
+def service_environment(settings) -> dict[str, str]:
+    """The environment that points ``--source spotify`` at a running stand-in (``settings``: its own)."""
+    return {
+        "SPOTIFY_CLIENT_ID": settings.spotify_client_id,
+        "SPOTIFY_CLIENT_SECRET": settings.spotify_client_secret.get_secret_value(),
+        "SONUFY_SPOTIFY_API_BASE": settings.spotify_api_base,
+        "SONUFY_SPOTIFY_ACCOUNTS_BASE": settings.spotify_accounts_base,
+        "SONUFY_DEEZER_API_BASE": settings.deezer_api_base,
+    }
+
+
+def nightly(db: Path, api_url: str, service_env: dict[str, str]) -> tuple[float, dict]:
+    """Wall seconds of a nightly in a fresh process against the running
+    stand-in ``service_env`` points at, and its result."""
     code = (
         "import json, sys; from flows.nightly import nightly_refresh; "
-        f"r = nightly_refresh(source='standin', db={str(db)!r}, demo_tracks={tracks}, "
-        f"demo_new_tracks={new_tracks}); print('RESULT ' + json.dumps(r, default=str))"
+        f"r = nightly_refresh(source='spotify', db={str(db)!r}); print('RESULT ' + json.dumps(r, default=str))"
     )
-    env = {**os.environ, "PREFECT_API_URL": api_url}
+    env = {**os.environ, **service_env, "PREFECT_API_URL": api_url}
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -134,11 +150,18 @@ def main(argv: list[str] | None = None) -> None:
             rate = f"{encoded / seconds:10.1f} tracks/s" if seconds > 0 else ""
             print(f"  {name:<13} {seconds:8.1f} s {rate}"
                   + ("  (flow start and end, stand-in start and stop)" if name == "other" else ""), flush=True)
-        new_s, new_result = nightly(db, args.tracks, new_tracks, api_url)
-        print(f"nightly with {new_tracks} new releases: {new_result['added']} added, {new_s:.1f} s "
-              f"({new_s / build_s:.2%} of the build); stages: "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in new_result["timings"].items()), flush=True)
-        empty_s, empty_result = nightly(db, args.tracks, new_tracks, api_url)
+        # The catalog, a day later: the stand-in the build's source started, with the new releases.
+        from sonufy_demo.standin import StandIn, StandInConfig
+
+        config = StandInConfig(n_tracks=args.tracks, cache_dir=cache_dir, compilation_share=0.1,
+                               new_tracks=new_tracks)
+        with StandIn(config) as services:
+            service_env = service_environment(services.service_settings())
+            new_s, new_result = nightly(db, api_url, service_env)
+            print(f"nightly with {new_tracks} new releases: {new_result['added']} added, {new_s:.1f} s "
+                  f"({new_s / build_s:.2%} of the build); stages: "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in new_result["timings"].items()), flush=True)
+            empty_s, empty_result = nightly(db, api_url, service_env)
         print(f"nightly with nothing new: {empty_result['added']} added, {empty_s:.1f} s "
               f"({empty_s / build_s:.2%} of the build); stages: "
               + ", ".join(f"{k} {v:.1f} s" for k, v in empty_result["timings"].items()), flush=True)
