@@ -69,8 +69,9 @@ class SearchPage:
 
     kind says where it came from: "search" (``query`` is the query), "album"
     (``query`` is ``album:ID``, or the album-only query such as ``tag:new``
-    that found the albums; the items are full track objects) or "playlist" (``query`` is ``playlist:ID``; the items are
-    playlist entries that wrap a track).
+    that found the albums; the items are full track objects) or "playlist"
+    (``query`` is ``playlist:ID``; the items are playlist entries that wrap a
+    track).
     """
 
     query: str
@@ -91,7 +92,7 @@ class ScrapeResult:
     # Requests let through the shared limiter, and pauses it made (429s).
     requests: int = 0
     pauses: int = 0
-    # Albums an album-only query (tag:new) found that the store already holds: not read again.
+    # Albums an album-only query (tag:new) found among known_album_ids (read whole before): not read again.
     known_albums: int = 0
     # Albums whose every track the scrape read (by any query, album or
     # playlist; counted against the album's total_tracks): album id -> track ids.
@@ -380,9 +381,9 @@ async def _search_new_albums(
     result: ScrapeResult,
 ) -> list[SearchPage]:
     """The tracks of the albums an album-only query (``tag:new``) finds, but
-    for albums already in the store (``known_album_ids``) or claimed by an
-    earlier query of this scrape: a night with nothing new costs the album
-    pages only (10 albums a page), not a page per 10 tracks.
+    for albums an earlier scrape read whole (``known_album_ids``) or claimed
+    by an earlier query of this scrape: a night with nothing new costs the
+    album pages only (10 albums a page), not a page per 10 tracks.
 
     ``max_items`` caps the tracks, counted by each album's ``total_tracks``.
     """
@@ -441,8 +442,6 @@ async def _album_tracks(spotify: _Spotify, album: dict, result: ScrapeResult) ->
             for item in paging.get("items") or []:
                 if item and item.get("id") and (item.get("album") or {}).get("id") == album_id:
                     tracks.setdefault(item["id"], item)
-                    if len(tracks) >= expected:
-                        break
     if len(tracks) < expected or not expected:
         ids = await _album_track_ids(spotify, album_id, result)
         missing = [track_id for track_id in ids if track_id not in tracks]
