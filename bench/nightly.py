@@ -94,9 +94,10 @@ def synthesise(cache_dir: Path, tracks: int, new_tracks: int, workers: int) -> t
     (the one of ``flows.sources.open_source``: the catalog, its compilations
     served by the original's ISRC, and ``new_tracks`` new releases) into
     ``cache_dir``, on ``workers`` processes; the seconds and the files rendered."""
-    from sonufy_demo.standin import StandIn, StandInConfig
+    from flows.sources import standin_config
+    from sonufy_demo.standin import StandIn
 
-    catalog = StandIn(StandInConfig(n_tracks=tracks, compilation_share=0.1, new_tracks=new_tracks)).catalog
+    catalog = StandIn(standin_config(tracks, new_tracks=new_tracks)).catalog
     started = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
         rendered = sum(pool.map(_render, [cache_dir] * workers, [catalog[i::workers] for i in range(workers)]))
@@ -151,11 +152,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name:<13} {seconds:8.1f} s {rate}"
                   + ("  (flow start and end, stand-in start and stop)" if name == "other" else ""), flush=True)
         # The catalog, a day later: the stand-in the build's source started, with the new releases.
-        from sonufy_demo.standin import StandIn, StandInConfig
+        from flows.sources import standin_config
+        from sonufy_demo.standin import StandIn
 
-        config = StandInConfig(n_tracks=args.tracks, cache_dir=cache_dir, compilation_share=0.1,
-                               new_tracks=new_tracks)
-        with StandIn(config) as services:
+        with StandIn(standin_config(args.tracks, cache_dir, new_tracks)) as services:
             service_env = service_environment(services.service_settings())
             new_s, new_result = nightly(db, api_url, service_env)
             print(f"nightly with {new_tracks} new releases: {new_result['added']} added, {new_s:.1f} s "

@@ -37,6 +37,17 @@ def parse_source(source: str) -> tuple[str, Path | None]:
     raise ValueError(f"--source {source!r}: expected 'standin', 'spotify' or 'folder:PATH'")
 
 
+def standin_config(demo_tracks: int, cache_dir: Path | None = None, new_tracks: int = 0):
+    """The stand-in's configuration for a demo catalog of ``demo_tracks`` that
+    gained ``new_tracks`` new releases: what ``open_source`` serves, and what a
+    benchmark starts to serve the same catalog."""
+    from sonufy_demo.standin import StandInConfig
+
+    # Some tracks re-released on compilations (same ISRC, new id), as in real
+    # catalogs: the genre searches find both, and the scrape keeps one.
+    return StandInConfig(n_tracks=demo_tracks, cache_dir=cache_dir, compilation_share=0.1, new_tracks=new_tracks)
+
+
 @contextmanager
 def open_source(
     source: str, demo_tracks: int = 300, cache_dir: Path | None = None, demo_new_tracks: int = 0
@@ -55,14 +66,9 @@ def open_source(
         yield Source(name=kind, settings=settings, queries=list(DEFAULT_SPOTIFY_QUERIES))
         return
 
-    from sonufy_demo.standin import StandIn, StandInConfig
+    from sonufy_demo.standin import StandIn
 
-    # Some tracks re-released on compilations (same ISRC, new id), as in real
-    # catalogs: the genre searches find both, and the scrape keeps one.
-    config = StandInConfig(
-        n_tracks=demo_tracks, cache_dir=cache_dir, compilation_share=0.1, new_tracks=demo_new_tracks
-    )
-    with StandIn(config) as standin:
+    with StandIn(standin_config(demo_tracks, cache_dir, demo_new_tracks)) as standin:
         settings = standin.service_settings()
         first = standin.catalog[0]
         yield Source(
