@@ -225,6 +225,40 @@ def test_placing_imports_neither_umap_nor_numba(copy):
     assert result["loaded"] == []
 
 
+def test_umap_kernels_compiled_by_one_process_are_loaded_by_the_next():
+    """A fresh process fitting a landscape (every ``sonufy train``) loads the
+    kernels an earlier one compiled instead of compiling them again."""
+    script = textwrap.dedent("""
+        import json, sys
+        import numpy as np
+        import umap
+        from numba.core.registry import CPUDispatcher
+        from sonufy_model import landscape as ls
+
+        def kernels():
+            return {id(k): k for name, m in list(sys.modules.items()) if name.partition(".")[0] == "umap"
+                    for k in vars(m).values() if isinstance(k, CPUDispatcher)}
+
+        # A few small kernels are compiled when umap is imported, before any fit.
+        at_import = {key for key, k in kernels().items() if k.signatures}
+        ls.fit_umap(np.random.default_rng(0).random((24, 16), dtype=np.float32))
+        used = [k for key, k in kernels().items() if k.signatures and key not in at_import]
+        print(json.dumps({"used": len(used), "loaded": sum(sum(k.stats.cache_hits.values()) for k in used),
+                          "compiled": sum(sum(k.stats.cache_misses.values()) for k in used)}))
+    """)
+
+    def fit_in_a_fresh_process() -> dict:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.splitlines()[-1])
+
+    fit_in_a_fresh_process()  # compiles whatever no earlier process left on disk
+    again = fit_in_a_fresh_process()
+    assert again["used"] >= 3, again
+    assert again["compiled"] == 0 and again["loaded"] >= again["used"], again
+
+
 def test_a_fit_saved_without_its_json_is_read_once_and_the_json_written(copy):
     paths, store, _ = copy
     info = paths.models / "m1" / ls.FIT_INFO_FILENAME

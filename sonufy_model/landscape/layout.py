@@ -3,7 +3,9 @@ and the fitted model saved next to a model version (``umap.joblib``)."""
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,7 @@ class FittedUmap:
                 f"vectors to place have {matrix.shape[1]} dimensions; the landscape of "
                 f"{self.model_version!r} was fitted on {self.reducer._raw_data.shape[1]}"
             )
+        _umap_with_cached_kernels()  # transform's kernels too
         return np.asarray(self.reducer.transform(matrix), dtype=np.float32)
 
     def save(self, path: Path) -> Path:
@@ -223,12 +226,38 @@ def _saved_info(path: Path, model_mtime: int) -> FitInfo | None:
         return None
 
 
+@functools.cache
+def _umap_with_cached_kernels() -> Any:
+    """The ``umap`` module, its numba kernels (and pynndescent's) set to keep
+    what they compile on disk.
+
+    UMAP compiles most of its kernels without numba's ``cache=True``, so every
+    fresh process that fits a landscape (each ``sonufy train``, build or
+    refit) spent 10 to 15 s compiling the same code again before fitting even
+    a few dozen points. With caching on, a later process loads the machine
+    code numba wrote beside the sources (or under ``NUMBA_CACHE_DIR``) in a
+    fraction of a second; numba keys it on the source file, so an upgraded
+    UMAP compiles afresh. A kernel numba cannot cache is compiled as before.
+    """
+    import umap
+    from numba.core.registry import CPUDispatcher
+
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] in ("umap", "pynndescent") and module is not None:
+            for kernel in list(vars(module).values()):
+                if isinstance(kernel, CPUDispatcher):
+                    try:
+                        kernel.enable_caching()
+                    except RuntimeError:  # no writable place for its cache: it compiles as before
+                        pass
+    return umap
+
+
 def fit_umap(vectors: Any, params: UmapParams = TRACK_PARAMS, model_version: str = "") -> tuple[FittedUmap, np.ndarray]:
     """Fit UMAP on ``vectors``; the fitted model and the 2-D points."""
     import warnings
 
-    import umap
-
+    umap = _umap_with_cached_kernels()
     matrix = _matrix(vectors, "vectors to fit")
     if matrix.shape[0] < MIN_POINTS:
         raise ValueError(f"a landscape needs at least {MIN_POINTS} points, got {matrix.shape[0]}")
