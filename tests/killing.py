@@ -407,14 +407,23 @@ _LAYOUT = {("search_cells", "cell"), ("search_cells", "unit"), ("search_centroid
            ("search_centroids", "centroid"), ("spectrograms", "shard"), ("spectrograms", "row")}
 
 
-def fingerprint(db: Path, places: int = 4, values: bool = True) -> dict[str, list[tuple]]:
+#: A landscape's points: UMAP's layout changes wholly when its input vectors
+#: change in their last bits (measured: noise of 1e-7 moved points by up to 8).
+_MAP_POINTS = {("landscape", "x"), ("landscape", "y"), ("group_landscape", "x"), ("group_landscape", "y")}
+
+
+def fingerprint(db: Path, places: int = 4, values: bool = True,
+                map_points: bool = True) -> dict[str, list[tuple]]:
     """What ``db`` holds, table by table, as sorted rows: every column but
     those of time and run, floats rounded to ``places``, model versions
     numbered in the order they were made, the store's folder as STORE, and
     where rows lie left out (the search index's cells, the shards). Two whole runs of the same work on the
     same store leave the same. ``values`` False: the rows without their
     numbers (vectors, points, losses, clusters) and a model's config, for runs that
-    train (two trainings on differently batched shards learn different numbers)."""
+    train (two trainings on differently batched shards learn different numbers).
+    ``map_points`` False: the landscapes' points left out, for runs whose
+    vectors were encoded anew (the same to 4 places, not to the last bit) and
+    whose landscape was refitted on them."""
     con = _connect(db)
     try:
         names = {v: f"model-{i}" for i, (v,) in enumerate(
@@ -430,7 +439,7 @@ def fingerprint(db: Path, places: int = 4, values: bool = True) -> dict[str, lis
             columns = [name for name, kind in con.execute(
                 "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index",
                 [table]).fetchall() if not _CLOCK.search(name) and "TIMESTAMP" not in kind
-                and (table, name) not in _LAYOUT
+                and (table, name) not in _LAYOUT and (map_points or (table, name) not in _MAP_POINTS)
                 and (values or not ("FLOAT" in kind or "DOUBLE" in kind or name in _LEARNT))]
             rows = con.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
             out[table] = sorted((tuple(_plain(value, names, places) for value in row) for row in rows), key=repr)

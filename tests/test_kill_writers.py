@@ -97,7 +97,10 @@ def test_a_nightly_killed_again_and_again_is_finished_by_the_next(zygote, built,
     specs = ["upsert_tracks#1+", "upsert_previews#2", "insert_spectrograms#1+", "insert_embeddings#1+",
              "delete_group_landscape#1+", "finish_run#1"]
     killing.kill_chain(zygote, db, specs, _nightly(db, 6), before=base, whole=whole)
-    assert killing.fingerprint(db) == killing.fingerprint(whole)
+    # Every vector the same to 4 places; the refitted maps' points may not be,
+    # since the vectors were encoded by other processes (on two busy cores
+    # they have differed in their last bits) and UMAP's layout follows those.
+    assert killing.fingerprint(db, map_points=False) == killing.fingerprint(whole, map_points=False)
 
 
 def test_a_landscape_refit_killed_at_each_of_its_writes(zygote, built, tmp_path):
