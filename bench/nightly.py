@@ -28,6 +28,16 @@ tracks it added: ``nightly_s_per_new_track``) flat from 2,000 to 20,000
 tracks. Last line: one JSON object with the figures, ``stages`` the seconds
 per stage of the build, ``nightly_stages`` and ``nightly_empty_stages``
 those of the two nights.
+
+A night with work pays some costs once whatever it adds (Great Expectations'
+import, the spectrogram workers, torch and the model, the redraw), which the
+empty night does not pay, so ``nightly_s_per_new_track`` still carries them
+over a small night's few tracks. A third night, on a copy of the store as the
+build left it, adds ``--marginal-factor`` times as many releases (3 by
+default; 0 skips it); the slope between the two nights with work is what one
+more new track costs (``nightly_marginal_s_per_new_track``), and what is left
+of the 1 % night at zero tracks is a busy night's fixed cost
+(``nightly_busy_fixed_s``).
 """
 
 from __future__ import annotations
@@ -77,6 +87,25 @@ def nightly(db: Path, api_url: str, service_env: dict[str, str]) -> tuple[float,
     return seconds, json.loads(line[len("RESULT "):])
 
 
+def copy_store(db: Path, to: Path) -> None:
+    """The store ``db`` again at ``to``: the DuckDB file, its write-ahead log
+    and its published snapshot copied; the files of its data folder (previews,
+    spectrogram shards, models: up to gigabytes at 20,000 tracks) hard-linked,
+    since a run adds files there or replaces them whole, never writes into one."""
+    import shutil
+
+    from sonufy_model.config import Paths
+
+    to.parent.mkdir(parents=True, exist_ok=True)
+    for path in (db, db.with_name(db.name + ".wal")):
+        if path.exists():
+            shutil.copy2(path, to.with_name(path.name))
+    snapshots = db.with_name(f"{db.stem}.snapshot")  # the published copy readers open (Store.snapshot_path)
+    if snapshots.is_dir():
+        shutil.copytree(snapshots, to.with_name(f"{to.stem}.snapshot"))
+    shutil.copytree(Paths.for_db(db).data_dir, Paths.for_db(to).data_dir, copy_function=os.link)
+
+
 def _render(cache_dir: Path, tracks: list) -> int:
     """Render ``tracks`` into the preview cache (those not already there); how many were rendered."""
     from sonufy_demo.synth import PreviewCache
@@ -115,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-s", type=float, default=60.0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes that synthesise the stand-in's audio before the timing")
+    parser.add_argument("--marginal-factor", type=float, default=3.0,
+                        help="a third night, on a copy of the built store, adds this many times the new releases "
+                             "(0: no third night)")
     parser.add_argument("--workdir", help="keep the database here (default: a temporary directory)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -126,12 +158,16 @@ def main(argv: list[str] | None = None) -> None:
     from sonufy_model.config import Paths
 
     new_tracks = max(1, round(args.tracks * args.new_share))
+    more_tracks = round(new_tracks * args.marginal_factor) if args.marginal_factor > 0 else 0
     with tempfile.TemporaryDirectory(prefix="sonufy-bench-nightly-") as tmp, \
             prefect_test_harness(server_startup_timeout=120):
         db = Path(args.workdir or tmp) / "sonufy.duckdb"
         api_url = prefect.settings.PREFECT_API_URL.value()
         cache_dir = Paths.for_db(db).data_dir / "standin-cache"
-        synth_s, rendered = synthesise(cache_dir, args.tracks, new_tracks, args.workers)
+        synth_s, rendered = 0.0, 0
+        for releases in sorted({new_tracks, more_tracks} - {0}):
+            seconds, count = synthesise(cache_dir, args.tracks, releases, args.workers)
+            synth_s, rendered = synth_s + seconds, rendered + count
         print(f"stand-in audio: {rendered} previews synthesised in {synth_s:.1f} s on {args.workers} processes, "
               "before and outside the timing", flush=True)
         in_cache = cached_previews(cache_dir)
@@ -155,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
         from flows.sources import standin_config
         from sonufy_demo.standin import StandIn
 
+        if more_tracks:
+            copy = db.parent / "marginal" / db.name
+            copy_store(db, copy)
         with StandIn(standin_config(args.tracks, cache_dir, new_tracks)) as services:
             service_env = service_environment(services.service_settings())
             new_s, new_result = nightly(db, api_url, service_env)
@@ -162,9 +201,31 @@ def main(argv: list[str] | None = None) -> None:
                   f"({new_s / build_s:.2%} of the build); stages: "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in new_result["timings"].items()), flush=True)
             empty_s, empty_result = nightly(db, api_url, service_env)
+        more_s = more_result = None
+        if more_tracks:
+            with StandIn(standin_config(args.tracks, cache_dir, more_tracks)) as services:
+                more_s, more_result = nightly(copy, api_url, service_environment(services.service_settings()))
+            print(f"nightly with {more_tracks} new releases (a copy of the built store): {more_result['added']} "
+                  f"added, {more_s:.1f} s; stages: "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in more_result["timings"].items()), flush=True)
         print(f"nightly with nothing new: {empty_result['added']} added, {empty_s:.1f} s "
               f"({empty_s / build_s:.2%} of the build); stages: "
               + ", ".join(f"{k} {v:.1f} s" for k, v in empty_result["timings"].items()), flush=True)
+    marginal = {}
+    if more_result is not None and more_result["added"] > new_result["added"]:
+        slope = (more_s - new_s) / (more_result["added"] - new_result["added"])
+        marginal = {
+            "nightly_more_new_tracks": more_tracks,
+            "nightly_more_added": more_result["added"],
+            "nightly_more_s": round(more_s, 1),
+            # One more new track, between the two nights with work; and what
+            # the 1% night costs at zero tracks by that slope.
+            "nightly_marginal_s_per_new_track": round(slope, 3),
+            "nightly_busy_fixed_s": round(new_s - slope * new_result["added"], 1),
+            "nightly_more_stages": {name: round(seconds, 1) for name, seconds in more_result["timings"].items()},
+        }
+        print(f"one more new track: {slope:.3f} s; a night with work, at zero tracks: "
+              f"{marginal['nightly_busy_fixed_s']:.1f} s", flush=True)
     print(json.dumps({
         "bench": "nightly",
         "build_s": round(build_s, 1),
@@ -187,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         "nightly_s_per_new_track": round((new_s - empty_s) / max(new_result["added"], 1), 3),
         "nightly_stages": {name: round(seconds, 1) for name, seconds in new_result["timings"].items()},
         "nightly_empty_stages": {name: round(seconds, 1) for name, seconds in empty_result["timings"].items()},
+        **marginal,
     }))
 
 
