@@ -106,6 +106,16 @@ def copy_store(db: Path, to: Path) -> None:
     shutil.copytree(Paths.for_db(db).data_dir, Paths.for_db(to).data_dir, copy_function=os.link)
 
 
+def stages_text(timings: dict[str, float]) -> str:
+    """A run's stages for the printed lines: ``discover 4.7 s, fetch 0.2 s, ...``."""
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
+
+
+def rounded(timings: dict[str, float]) -> dict[str, float]:
+    """A run's stages for the JSON line, to a tenth of a second."""
+    return {name: round(seconds, 1) for name, seconds in timings.items()}
+
+
 def _render(cache_dir: Path, tracks: list) -> int:
     """Render ``tracks`` into the preview cache (those not already there); how many were rendered."""
     from sonufy_demo.synth import PreviewCache
@@ -192,25 +202,25 @@ def main(argv: list[str] | None = None) -> None:
         from sonufy_demo.standin import StandIn
 
         if more_tracks:
-            copy = db.parent / "marginal" / db.name
-            copy_store(db, copy)
+            marginal_db = db.parent / "marginal" / db.name
+            copy_store(db, marginal_db)
         with StandIn(standin_config(args.tracks, cache_dir, new_tracks)) as services:
             service_env = service_environment(services.service_settings())
             new_s, new_result = nightly(db, api_url, service_env)
             print(f"nightly with {new_tracks} new releases: {new_result['added']} added, {new_s:.1f} s "
                   f"({new_s / build_s:.2%} of the build); stages: "
-                  + ", ".join(f"{k} {v:.1f} s" for k, v in new_result["timings"].items()), flush=True)
+                  + stages_text(new_result["timings"]), flush=True)
             empty_s, empty_result = nightly(db, api_url, service_env)
         more_s = more_result = None
         if more_tracks:
             with StandIn(standin_config(args.tracks, cache_dir, more_tracks)) as services:
-                more_s, more_result = nightly(copy, api_url, service_environment(services.service_settings()))
+                more_s, more_result = nightly(marginal_db, api_url, service_environment(services.service_settings()))
             print(f"nightly with {more_tracks} new releases (a copy of the built store): {more_result['added']} "
                   f"added, {more_s:.1f} s; stages: "
-                  + ", ".join(f"{k} {v:.1f} s" for k, v in more_result["timings"].items()), flush=True)
+                  + stages_text(more_result["timings"]), flush=True)
         print(f"nightly with nothing new: {empty_result['added']} added, {empty_s:.1f} s "
               f"({empty_s / build_s:.2%} of the build); stages: "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in empty_result["timings"].items()), flush=True)
+              + stages_text(empty_result["timings"]), flush=True)
     marginal = {}
     if more_result is not None and more_result["added"] > new_result["added"]:
         slope = (more_s - new_s) / (more_result["added"] - new_result["added"])
@@ -222,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
             # the 1% night costs at zero tracks by that slope.
             "nightly_marginal_s_per_new_track": round(slope, 3),
             "nightly_busy_fixed_s": round(new_s - slope * new_result["added"], 1),
-            "nightly_more_stages": {name: round(seconds, 1) for name, seconds in more_result["timings"].items()},
+            "nightly_more_stages": rounded(more_result["timings"]),
         }
         print(f"one more new track: {slope:.3f} s; a night with work, at zero tracks: "
               f"{marginal['nightly_busy_fixed_s']:.1f} s", flush=True)
@@ -230,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         "bench": "nightly",
         "build_s": round(build_s, 1),
         "build_tps": round(build_tps, 2),
-        "stages": {name: round(seconds, 1) for name, seconds in stages.items()},
+        "stages": rounded(stages),
         "stage_tps": {name: round(encoded / seconds, 1) for name, seconds in stages.items() if seconds > 0},
         "encoded": encoded,
         "synth_s": round(synth_s, 1),
@@ -246,8 +256,8 @@ def main(argv: list[str] | None = None) -> None:
         # 1% night less the empty one, over the tracks it added (flat from 2,000
         # to 20,000 tracks is the target).
         "nightly_s_per_new_track": round((new_s - empty_s) / max(new_result["added"], 1), 3),
-        "nightly_stages": {name: round(seconds, 1) for name, seconds in new_result["timings"].items()},
-        "nightly_empty_stages": {name: round(seconds, 1) for name, seconds in empty_result["timings"].items()},
+        "nightly_stages": rounded(new_result["timings"]),
+        "nightly_empty_stages": rounded(empty_result["timings"]),
         **marginal,
     }))
 
