@@ -309,15 +309,21 @@ def power_to_db(power: np.ndarray, ref, top_db: float, amin: float = 1e-10) -> n
 
 
 @lru_cache(maxsize=8)
-def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmax: float) -> tuple[np.ndarray, int]:
-    """librosa's Slaney mel filterbank, and how many FFT bins it uses at all.
+def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmax: float) -> tuple[object, int]:
+    """librosa's Slaney mel filterbank as a sparse matrix, and how many FFT
+    bins it uses at all.
 
     Bins above fmax have zero weight in every band (744 of 1025 are used at
-    8 kHz), so only those below are squared and multiplied.
+    8 kHz), so only those below are squared and multiplied. Each bin lies in
+    at most two of the triangular bands, so the filterbank is 98% zeros: as a
+    sparse product it takes a fifth of the dense one's time here (0.9 ms
+    against 5 ms a clip), the same sums up to float32 rounding.
     """
+    import scipy.sparse
+
     basis = slaney_mel_basis(sample_rate, n_fft, n_mels, fmax)
     used = int(np.nonzero(basis.any(axis=0))[0].max()) + 1
-    return np.ascontiguousarray(basis[:, :used]), used
+    return scipy.sparse.csr_array(basis[:, :used]), used
 
 
 @lru_cache(maxsize=8)
@@ -365,10 +371,7 @@ def mel_power(clip: np.ndarray, params: MelParams) -> np.ndarray:
     The same centred, zero-padded, Hann-windowed STFT as librosa.stft, done
     as one float32 real FFT over a strided view of the frames (no copies but
     the windowed frames, in a buffer reused from clip to clip), then only the
-    bins the filterbank uses. The product with the filterbank runs with the
-    frames as rows, (frames × bins) @ (bins × mels): the same sums, but four
-    times faster here than the filterbank on the left of the transposed
-    power; the result is its transpose, a view in column-major order.
+    bins the filterbank uses, multiplied by the sparse filterbank.
     """
     import scipy.fft
 
@@ -380,8 +383,12 @@ def mel_power(clip: np.ndarray, params: MelParams) -> np.ndarray:
     )
     basis, used = _mel_basis(params.sample_rate, n_fft, params.n_mels, params.fmax)
     spectrum = scipy.fft.rfft(_windowed(frames, _window(n_fft)), axis=1)[:, :used]
-    power = np.square(spectrum.real) + np.square(spectrum.imag)
-    return (power @ basis.T).T
+    # |X|² as abs then square in place: one pass over the strided bins
+    # instead of two strided reads and three temporaries (1.4 ms against
+    # 4.2 ms a clip).
+    power = np.abs(spectrum)
+    np.square(power, out=power)
+    return basis @ power.T
 
 
 @lru_cache(maxsize=8)
