@@ -22,7 +22,7 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -379,6 +379,7 @@ async def _search_new_albums(
     known_album_ids: frozenset[str],
     claimed: set[str],
     result: ScrapeResult,
+    on_new_albums: Callable[[int], object] | None = None,
 ) -> list[SearchPage]:
     """The tracks of the albums an album-only query (``tag:new``) finds, but
     for albums an earlier scrape read whole (``known_album_ids``) or claimed
@@ -386,6 +387,8 @@ async def _search_new_albums(
     album pages only (10 albums a page), not a page per 10 tracks.
 
     ``max_items`` caps the tracks, counted by each album's ``total_tracks``.
+    ``on_new_albums`` is called with the number of new albums, when there
+    are any, before their tracks are read.
     """
     wanted = max_items or float("inf")
     found = await _search_pages(spotify, query, "album", SEARCH_MAX_ITEMS, result)
@@ -403,6 +406,8 @@ async def _search_new_albums(
             claimed.add(album["id"])
             fresh.append(album)
             tracks += int(album.get("total_tracks") or 0)
+    if fresh and on_new_albums is not None:
+        on_new_albums(len(fresh))
     found_tracks = await asyncio.gather(*(_album_tracks(spotify, album, result) for album in fresh))
     items = [track for album_tracks in found_tracks for track in album_tracks]
     if len(items) > wanted:
@@ -519,13 +524,15 @@ async def scrape(
     concurrency: int = 4,
     max_wait_s: float = 600.0,
     known_album_ids: Collection[str] = (),
+    on_new_albums: Callable[[int], object] | None = None,
 ) -> ScrapeResult:
     """Every page of every query, album and playlist of ``config``, all concurrently.
 
     Pages come back in the configuration's order (queries, albums, playlists),
     whatever order the requests finished in. A query with an album-only filter
     (``tag:new``) is an album search, and albums in ``known_album_ids`` are
-    not read again.
+    not read again; ``on_new_albums(n)`` hears of the others before their
+    tracks are read (a nightly starts what new tracks will need meanwhile).
     """
     spotify = _Spotify(client, limiter, asyncio.Semaphore(max(1, concurrency)), max_wait_s)
     result = ScrapeResult()
@@ -533,7 +540,8 @@ async def scrape(
 
     def search(query: str):
         if is_album_query(query):
-            return _search_new_albums(spotify, query, config.max_items_per_query, known, claimed, result)
+            return _search_new_albums(spotify, query, config.max_items_per_query, known, claimed, result,
+                                      on_new_albums)
         return _search_one(spotify, query, config.max_items_per_query, result)
 
     jobs = [
@@ -554,13 +562,15 @@ def fetch_catalog(
     config: ScrapeConfig,
     limiter: SharedLimiter | None = None,
     known_album_ids: Collection[str] = (),
+    on_new_albums: Callable[[int], object] | None = None,
 ) -> ScrapeResult:
     """Synchronous entry point: a client and a shared limiter, then the whole scrape."""
     client = spotify_client(settings)
     limiter = limiter or spotify_limiter(settings)
-    return asyncio.run(
-        scrape(client, config, limiter, settings.spotify_concurrency, settings.spotify_max_wait_s, known_album_ids)
-    )
+    return asyncio.run(scrape(
+        client, config, limiter, settings.spotify_concurrency, settings.spotify_max_wait_s, known_album_ids,
+        on_new_albums,
+    ))
 
 
 def fetch_search_pages(

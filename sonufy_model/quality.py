@@ -76,14 +76,33 @@ class QualityReport:
             )
 
 
-@lru_cache(maxsize=1)
+_CONTEXT_LOCK = threading.Lock()
+
+
 def _context():
+    # Under a lock: a warm-up (prepare_in_background) may be making it in
+    # another thread, and a second context would register the same assets.
+    with _CONTEXT_LOCK:
+        return _make_context()
+
+
+@lru_cache(maxsize=1)
+def _make_context():
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return context
+
+
+def prepare_in_background() -> bool:
+    """Import Great Expectations and make the context in a background thread,
+    for a run that knows a suite is coming (see sonufy_model.warmup); True
+    when this call started it."""
+    from sonufy_model import warmup
+
+    return warmup.start("great expectations", _context)
 
 
 #: One suite at a time per process: the shared ephemeral context registers

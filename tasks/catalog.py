@@ -26,8 +26,11 @@ def scrape_catalog(
     settings: ServiceSettings, config: ScrapeConfig, known_album_ids: frozenset[str] = frozenset()
 ) -> catalog.ScrapeResult:
     """Network only: every page of the configured queries, albums and playlists
-    (``tag:new``'s albums but those in ``known_album_ids``)."""
-    result = catalog.fetch_catalog(settings, config, known_album_ids=known_album_ids)
+    (``tag:new``'s albums but those in ``known_album_ids``). New albums start
+    Great Expectations' import in the background while their tracks are
+    read: the metadata suite comes next."""
+    result = catalog.fetch_catalog(settings, config, known_album_ids=known_album_ids,
+                                   on_new_albums=lambda _: quality.prepare_in_background())
     logger = get_run_logger()
     for problem in result.problems:
         logger.warning("not scraped: %s", problem)

@@ -205,14 +205,23 @@ def test_tag_new_skips_the_albums_the_store_knows(releasing):
     albums = _new_albums(releasing)
     known, unknown = sorted(albums)[:-1], sorted(albums)[-1]
     before = releasing.stats.copy()
-    result = catalog.fetch_catalog(_settings(releasing), ScrapeConfig(queries=("tag:new",)), known_album_ids=known)
+    heard: list[tuple[int, int]] = []  # (new albums, track searches made by then)
+
+    def on_new_albums(count: int) -> None:
+        heard.append((count, (releasing.stats - before)["GET /v1/search"]))
+
+    result = catalog.fetch_catalog(_settings(releasing), ScrapeConfig(queries=("tag:new",)), known_album_ids=known,
+                                   on_new_albums=on_new_albums)
     tracks, _ = catalog.parse_scrape(result)
     assert set(tracks["track_id"]) == {track.track_id for track in albums[unknown]}
     assert result.known_albums == len(known)
+    # told once, of the one new album, before its tracks were searched: album pages only so far
+    assert heard == [(1, -(-len(albums) // catalog.SEARCH_PAGE_SIZE))]
 
     everything = catalog.fetch_catalog(_settings(releasing), ScrapeConfig(queries=("tag:new",)),
-                                       known_album_ids=albums)
+                                       known_album_ids=albums, on_new_albums=on_new_albums)
     assert not catalog.parse_scrape(everything)[0].height and everything.known_albums == len(albums)
+    assert len(heard) == 1, "nothing new: nothing to prepare for"
     spent = releasing.stats - before
     album_pages = -(-len(albums) // catalog.SEARCH_PAGE_SIZE)
     assert spent["GET /v1/search"] == 2 * album_pages + -(-len(albums[unknown]) // catalog.SEARCH_PAGE_SIZE), (
@@ -457,6 +466,21 @@ def test_an_empty_batch_passes_without_loading_great_expectations():
             "print('great_expectations' in sys.modules, r.success, r.n_rows, r.failures.columns)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False True 0 ['track_id', 'reason']"
+
+
+def test_great_expectations_made_ready_in_the_background_is_what_the_suite_then_uses():
+    # A nightly that finds new albums starts the import while their tracks are
+    # read; the suite that follows must use that context, not make a second.
+    code = ("import sys, threading, polars as pl; from sonufy_model import quality, warmup; "
+            "rows = [(c * 22, 'spotify', f'USABC240000{i}', 200_000, 'Song', 'Band') for i, c in enumerate('abc')]; "
+            "frame = pl.DataFrame(rows, schema=['track_id', 'source', 'isrc', 'duration_ms', 'title', 'artist'], "
+            "orient='row'); "
+            "print(quality.prepare_in_background(), quality.prepare_in_background()); "
+            "r = quality.check_tracks(frame); warmup.wait('great expectations'); "
+            "print(r.success, r.n_rows, quality._make_context.cache_info().misses, "
+            "[t.name for t in threading.enumerate() if t.name.startswith('warm-up')])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["True False", "True 3 1 []"]
 
 
 def test_the_suite_names_what_each_bad_row_breaks():
