@@ -8,17 +8,20 @@ part of Sonufy's build (it took about half of this bench's build figure
 before). Then builds the stand-in's catalog (training time-boxed to
 ``--train-s``: training is timed but left out of the build's tracks/s) and
 prints seconds and tracks/s for every stage: the tracks the build encoded
-over the stage's seconds. Then runs two nightly refreshes, each as its own
-process as a deployment would (imports included): one on a catalog that has
-gained ``--new-share`` new releases (found with tag:new), one on the same
-catalog again (nothing new). The nights talk to a stand-in already running in
+over the stage's seconds. Then runs ``--repeats`` rounds (3) of nightly
+refreshes, each night as its own process as a deployment would (imports
+included) and each round on fresh copies of the built store: one night on a
+catalog that has gained ``--new-share`` new releases (found with tag:new),
+one on the same catalog again (nothing new). A night on this machine moves
+by a second or two from run to run, so the figures are the rounds' medians,
+each with its range over the rounds (``*_range``: least, most). The nights talk to a stand-in already running in
 this process, as a deployment's nightly talks to Spotify and Deezer
 (``--source spotify`` with the stand-in's endpoints in the environment): a
 night does not pay for starting the services it calls (the 20,000-track
 stand-in's catalog takes about 2 s to make). A temporary local Prefect API
 serves every run.
 
-    .venv/bin/python bench/nightly.py [--tracks 5000] [--new-share 0.01] [--train-s 60]
+    .venv/bin/python bench/nightly.py [--tracks 5000] [--new-share 0.01] [--train-s 60] [--repeats 3]
 
 Targets: at least 20 tracks/s end to end, training excluded (build_tps:
 tracks encoded over the build's wall time less the train stage); the 1 %
@@ -32,10 +35,10 @@ those of the two nights.
 A night with work pays some costs once whatever it adds (Great Expectations'
 import, the spectrogram workers, torch and the model, the redraw), which the
 empty night does not pay, so ``nightly_s_per_new_track`` still carries them
-over a small night's few tracks. A third night, on a copy of the store as the
-build left it, adds ``--marginal-factor`` times as many releases (3 by
-default; 0 skips it); the slope between the two nights with work is what one
-more new track costs (``nightly_marginal_s_per_new_track``), and what is left
+over a small night's few tracks. A third night of each round, on another
+copy of the store as the build left it, adds ``--marginal-factor`` times as
+many releases (3 by default; 0 skips it); the slope between the round's two
+nights with work is what one more new track costs (``nightly_marginal_s_per_new_track``), and what is left
 of the 1 % night at zero tracks is a busy night's fixed cost
 (``nightly_busy_fixed_s``).
 """
@@ -147,6 +150,93 @@ def cached_previews(cache_dir: Path) -> int:
     return sum(1 for _ in cache_dir.glob("*.mp3")) if cache_dir.is_dir() else 0
 
 
+def nights_round(db: Path, api_url: str, tracks: int, cache_dir: Path, new_tracks: int, more_tracks: int,
+                 number: int, build_s: float) -> dict:
+    """One round of nights, each in a fresh process, on copies of the built
+    store ``db``: ``new_tracks`` new releases, then the same store again with
+    nothing new; and, on another copy, ``more_tracks`` new releases (none
+    when 0). Each night's seconds and result."""
+    from flows.sources import standin_config
+    from sonufy_demo.standin import StandIn
+
+    work = db.parent / f"round-{number}"
+    night_db, more_db = work / "nights" / db.name, work / "more" / db.name
+    copy_store(db, night_db)
+    if more_tracks:
+        copy_store(db, more_db)
+    done: dict = {}
+    with StandIn(standin_config(tracks, cache_dir, new_tracks)) as services:
+        service_env = service_environment(services.service_settings())
+        done["new"] = nightly(night_db, api_url, service_env)
+        done["empty"] = nightly(night_db, api_url, service_env)
+    if more_tracks:
+        with StandIn(standin_config(tracks, cache_dir, more_tracks)) as services:
+            done["more"] = nightly(more_db, api_url, service_environment(services.service_settings()))
+    for name, releases in (("new", new_tracks), ("more", more_tracks), ("empty", 0)):
+        if name in done:
+            seconds, result = done[name]
+            what = "nothing new" if name == "empty" else f"{releases} new releases"
+            print(f"round {number}, nightly with {what}: {result['added']} added, {seconds:.1f} s "
+                  f"({seconds / build_s:.2%} of the build); stages: " + stages_text(result["timings"]), flush=True)
+    return done
+
+
+def summarise(rounds: list[dict], build_s: float) -> dict:
+    """The nights' figures over the rounds: the median of each, and its range
+    (least, most) over the rounds beside it; ``lines`` to print."""
+    from statistics import median
+
+    def spread(values: list[float], digits: int) -> tuple[float, list[float]]:
+        return round(median(values), digits), [round(min(values), digits), round(max(values), digits)]
+
+    new_s = [r["new"][0] for r in rounds]
+    empty_s = [r["empty"][0] for r in rounds]
+    added = [r["new"][1]["added"] for r in rounds]
+    # What each new track costs the nightly beyond its fixed start-up, by the
+    # issue's definition: the 1 % night less the empty one, over the tracks it added.
+    per_track = [(n - e) / max(a, 1) for n, e, a in zip(new_s, empty_s, added)]
+    middle = sorted(range(len(rounds)), key=lambda i: new_s[i])[len(rounds) // 2]  # the median round's stages
+    figures = {
+        "repeats": len(rounds),
+        "added": added[middle],
+        "nightly_1pct_s": spread(new_s, 1)[0], "nightly_1pct_s_range": spread(new_s, 1)[1],
+        "nightly_1pct_ratio": round(median(new_s) / build_s, 4),
+        "nightly_1pct_ratio_range": [round(min(new_s) / build_s, 4), round(max(new_s) / build_s, 4)],
+        "nightly_empty_s": spread(empty_s, 1)[0], "nightly_empty_s_range": spread(empty_s, 1)[1],
+        "nightly_empty_ratio": round(median(empty_s) / build_s, 4),
+        "nightly_s_per_new_track": spread(per_track, 3)[0],
+        "nightly_s_per_new_track_range": spread(per_track, 3)[1],
+        "nightly_stages": rounded(rounds[middle]["new"][1]["timings"]),
+        "nightly_empty_stages": rounded(rounds[middle]["empty"][1]["timings"]),
+    }
+    lines = [
+        f"over {len(rounds)} rounds, median [least, most]: 1 % night {figures['nightly_1pct_s']} s "
+        f"{figures['nightly_1pct_s_range']} ({figures['nightly_1pct_ratio']:.2%} of the build, "
+        f"{figures['nightly_1pct_ratio_range'][1]:.2%} at most); empty night {figures['nightly_empty_s']} s "
+        f"{figures['nightly_empty_s_range']}; 1 % night less the empty one, per new track: "
+        f"{figures['nightly_s_per_new_track']} s {figures['nightly_s_per_new_track_range']}"
+    ]
+    more = [r for r in rounds if "more" in r and r["more"][1]["added"] > r["new"][1]["added"]]
+    if more:
+        slopes = [(r["more"][0] - r["new"][0]) / (r["more"][1]["added"] - r["new"][1]["added"]) for r in more]
+        fixed = [r["new"][0] - slope * r["new"][1]["added"] for r, slope in zip(more, slopes)]
+        more_s = [r["more"][0] for r in more]
+        figures.update({
+            "nightly_more_added": more[0]["more"][1]["added"],
+            "nightly_more_s": spread(more_s, 1)[0], "nightly_more_s_range": spread(more_s, 1)[1],
+            # One more new track, between the two nights with work of a round;
+            # and what the 1 % night costs at zero tracks by that slope.
+            "nightly_marginal_s_per_new_track": spread(slopes, 3)[0],
+            "nightly_marginal_s_per_new_track_range": spread(slopes, 3)[1],
+            "nightly_busy_fixed_s": spread(fixed, 1)[0], "nightly_busy_fixed_s_range": spread(fixed, 1)[1],
+        })
+        lines.append(f"one more new track: {figures['nightly_marginal_s_per_new_track']} s "
+                     f"{figures['nightly_marginal_s_per_new_track_range']}; a night with work, at zero tracks: "
+                     f"{figures['nightly_busy_fixed_s']} s {figures['nightly_busy_fixed_s_range']}")
+    figures["lines"] = lines
+    return figures
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracks", type=int, default=5000)
@@ -157,6 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--marginal-factor", type=float, default=3.0,
                         help="a third night, on a copy of the built store, adds this many times the new releases "
                              "(0: no third night)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of nights, each on fresh copies of the built store: the figures are their "
+                             "medians, with their ranges")
     parser.add_argument("--workdir", help="keep the database here (default: a temporary directory)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -197,45 +290,14 @@ def main(argv: list[str] | None = None) -> None:
             rate = f"{encoded / seconds:10.1f} tracks/s" if seconds > 0 else ""
             print(f"  {name:<13} {seconds:8.1f} s {rate}"
                   + ("  (flow start and end, stand-in start and stop)" if name == "other" else ""), flush=True)
-        # The catalog, a day later: the stand-in the build's source started, with the new releases.
-        from flows.sources import standin_config
-        from sonufy_demo.standin import StandIn
-
-        if more_tracks:
-            marginal_db = db.parent / "marginal" / db.name
-            copy_store(db, marginal_db)
-        with StandIn(standin_config(args.tracks, cache_dir, new_tracks)) as services:
-            service_env = service_environment(services.service_settings())
-            new_s, new_result = nightly(db, api_url, service_env)
-            print(f"nightly with {new_tracks} new releases: {new_result['added']} added, {new_s:.1f} s "
-                  f"({new_s / build_s:.2%} of the build); stages: "
-                  + stages_text(new_result["timings"]), flush=True)
-            empty_s, empty_result = nightly(db, api_url, service_env)
-        more_s = more_result = None
-        if more_tracks:
-            with StandIn(standin_config(args.tracks, cache_dir, more_tracks)) as services:
-                more_s, more_result = nightly(marginal_db, api_url, service_environment(services.service_settings()))
-            print(f"nightly with {more_tracks} new releases (a copy of the built store): {more_result['added']} "
-                  f"added, {more_s:.1f} s; stages: "
-                  + stages_text(more_result["timings"]), flush=True)
-        print(f"nightly with nothing new: {empty_result['added']} added, {empty_s:.1f} s "
-              f"({empty_s / build_s:.2%} of the build); stages: "
-              + stages_text(empty_result["timings"]), flush=True)
-    marginal = {}
-    if more_result is not None and more_result["added"] > new_result["added"]:
-        slope = (more_s - new_s) / (more_result["added"] - new_result["added"])
-        marginal = {
-            "nightly_more_new_tracks": more_tracks,
-            "nightly_more_added": more_result["added"],
-            "nightly_more_s": round(more_s, 1),
-            # One more new track, between the two nights with work; and what
-            # the 1% night costs at zero tracks by that slope.
-            "nightly_marginal_s_per_new_track": round(slope, 3),
-            "nightly_busy_fixed_s": round(new_s - slope * new_result["added"], 1),
-            "nightly_more_stages": rounded(more_result["timings"]),
-        }
-        print(f"one more new track: {slope:.3f} s; a night with work, at zero tracks: "
-              f"{marginal['nightly_busy_fixed_s']:.1f} s", flush=True)
+        # The catalog, a day later: the stand-in the build's source started,
+        # with the new releases. Each round of nights starts from its own copy
+        # of the store as the build left it, so that rounds repeat one another.
+        rounds = [nights_round(db, api_url, args.tracks, cache_dir, new_tracks, more_tracks, number, build_s)
+                  for number in range(1, args.repeats + 1)]
+    summary = summarise(rounds, build_s)
+    for line in summary.pop("lines"):
+        print(line, flush=True)
     print(json.dumps({
         "bench": "nightly",
         "build_s": round(build_s, 1),
@@ -245,22 +307,10 @@ def main(argv: list[str] | None = None) -> None:
         "encoded": encoded,
         "synth_s": round(synth_s, 1),
         "synth_in_build": late,
-        "nightly_1pct_ratio": round(new_s / build_s, 4),
-        "nightly_empty_s": round(empty_s, 1),
         "tracks": args.tracks,
         "new_tracks": new_tracks,
-        "added": new_result["added"],
-        "nightly_1pct_s": round(new_s, 1),
-        "nightly_empty_ratio": round(empty_s / build_s, 4),
-        # What each new track costs the nightly beyond its fixed start-up: the
-        # 1% night less the empty one, over the tracks it added (flat from 2,000
-        # to 20,000 tracks is the target).
-        "nightly_s_per_new_track": round((new_s - empty_s) / max(new_result["added"], 1), 3),
-        "nightly_stages": rounded(new_result["timings"]),
-        "nightly_empty_stages": rounded(empty_result["timings"]),
-        **marginal,
+        **summary,
     }))
-
 
 if __name__ == "__main__":
     main()
