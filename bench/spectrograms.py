@@ -82,7 +82,7 @@ def sonufy_stage(paths: list[str], workers: int, repeat: int) -> dict:
     )
     # Start the worker processes before the clock: a run of the pipeline starts
     # them once, whatever the number of batches.
-    spectrograms.convert(files.head(min(workers, files.height)), params, workers=workers)
+    spectrograms.start_workers(workers)
     with tempfile.TemporaryDirectory() as shards:
         started = time.perf_counter()
         converted = 0

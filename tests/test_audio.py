@@ -231,9 +231,26 @@ def test_undecodable_file_names_itself(clips, tmp_path):
         load_excerpt(junk, PARAMS)
 
 
+def test_a_few_files_are_converted_here_unless_the_workers_already_run(clips):
+    # Starting worker processes costs more than converting a nightly's few
+    # new files; a pool already running (a build's) is used whatever the batch.
+    files = pl.DataFrame({"track_id": list(clips), "path": [str(p) for p in clips.values()]})
+    assert files.height < spectrograms.MIN_FILES_TO_START_WORKERS
+    spectrograms.shutdown_pools()
+    batch = spectrograms.convert(files, PARAMS, workers=3)
+    assert batch.track_ids == ["low", "high", "silent", "short", "song"]
+    assert not spectrograms.workers_running(3)
+    spectrograms.start_workers(3)
+    assert spectrograms.workers_running(3)
+    assert np.array_equal(spectrograms.convert(files, PARAMS, workers=3).spectrograms, batch.spectrograms)
+    spectrograms.shutdown_pools()
+    assert not spectrograms.workers_running(3)
+
+
 def test_convert_in_parallel_equals_serial_and_reports_bad_files(clips, tmp_path):
     files = pl.DataFrame({"track_id": list(clips), "path": [str(p) for p in clips.values()]})
     serial = spectrograms.convert(files, PARAMS, workers=1)
+    spectrograms.start_workers(2)  # five files: a pool only if one runs
     parallel = spectrograms.convert(files, PARAMS, workers=2)
     assert serial.track_ids == parallel.track_ids == ["low", "high", "silent", "short", "song"]
     assert serial.excerpts == [0, 0, 0, 0, 0]
