@@ -205,7 +205,7 @@ def test_tag_new_skips_the_albums_the_store_knows(releasing):
     albums = _new_albums(releasing)
     known, unknown = sorted(albums)[:-1], sorted(albums)[-1]
     before = releasing.stats.copy()
-    heard: list[tuple[int, int]] = []  # (new albums, track searches made by then)
+    heard: list[tuple[int, int]] = []  # (new albums, searches made by then)
 
     def on_new_albums(count: int) -> None:
         heard.append((count, (releasing.stats - before)["GET /v1/search"]))
