@@ -14,11 +14,12 @@ included) and each round on fresh copies of the built store: one night on a
 catalog that has gained ``--new-share`` new releases (found with tag:new),
 one on the same catalog again (nothing new). A night on this machine moves
 by a second or two from run to run, so the figures are the rounds' medians,
-each with its range over the rounds (``*_range``: least, most). The nights talk to a stand-in already running in
-this process, as a deployment's nightly talks to Spotify and Deezer
-(``--source spotify`` with the stand-in's endpoints in the environment): a
-night does not pay for starting the services it calls (the 20,000-track
-stand-in's catalog takes about 2 s to make). A temporary local Prefect API
+each with its range over the rounds (``*_range``: least, most). The nights
+talk to a stand-in already running in this process, as a deployment's
+nightly talks to Spotify and Deezer (``--source spotify`` with the stand-in's
+endpoints in the environment): a night does not pay for starting the
+services it calls (the 20,000-track stand-in's catalog takes about 2 s to
+make). A temporary local Prefect API
 serves every run.
 
     .venv/bin/python bench/nightly.py [--tracks 5000] [--new-share 0.01] [--train-s 60] [--repeats 3]
@@ -38,9 +39,9 @@ empty night does not pay, so ``nightly_s_per_new_track`` still carries them
 over a small night's few tracks. A third night of each round, on another
 copy of the store as the build left it, adds ``--marginal-factor`` times as
 many releases (3 by default; 0 skips it); the slope between the round's two
-nights with work is what one more new track costs (``nightly_marginal_s_per_new_track``), and what is left
-of the 1 % night at zero tracks is a busy night's fixed cost
-(``nightly_busy_fixed_s``).
+nights with work is what one more new track costs
+(``nightly_marginal_s_per_new_track``), and what is left of the 1 % night at
+zero tracks is a busy night's fixed cost (``nightly_busy_fixed_s``).
 """
 
 from __future__ import annotations
@@ -183,11 +184,12 @@ def nights_round(db: Path, api_url: str, tracks: int, cache_dir: Path, new_track
 
 def summarise(rounds: list[dict], build_s: float) -> dict:
     """The nights' figures over the rounds: the median of each, and its range
-    (least, most) over the rounds beside it; ``lines`` to print."""
+    (least, most) over the rounds beside it as ``<key>_range``; ``lines`` to print."""
     from statistics import median
 
-    def spread(values: list[float], digits: int) -> tuple[float, list[float]]:
-        return round(median(values), digits), [round(min(values), digits), round(max(values), digits)]
+    def ranged(key: str, values: list[float], digits: int) -> dict:
+        return {key: round(median(values), digits),
+                f"{key}_range": [round(min(values), digits), round(max(values), digits)]}
 
     new_s = [r["new"][0] for r in rounds]
     empty_s = [r["empty"][0] for r in rounds]
@@ -199,13 +201,11 @@ def summarise(rounds: list[dict], build_s: float) -> dict:
     figures = {
         "repeats": len(rounds),
         "added": added[middle],
-        "nightly_1pct_s": spread(new_s, 1)[0], "nightly_1pct_s_range": spread(new_s, 1)[1],
-        "nightly_1pct_ratio": round(median(new_s) / build_s, 4),
-        "nightly_1pct_ratio_range": [round(min(new_s) / build_s, 4), round(max(new_s) / build_s, 4)],
-        "nightly_empty_s": spread(empty_s, 1)[0], "nightly_empty_s_range": spread(empty_s, 1)[1],
+        **ranged("nightly_1pct_s", new_s, 1),
+        **ranged("nightly_1pct_ratio", [s / build_s for s in new_s], 4),
+        **ranged("nightly_empty_s", empty_s, 1),
         "nightly_empty_ratio": round(median(empty_s) / build_s, 4),
-        "nightly_s_per_new_track": spread(per_track, 3)[0],
-        "nightly_s_per_new_track_range": spread(per_track, 3)[1],
+        **ranged("nightly_s_per_new_track", per_track, 3),
         "nightly_stages": rounded(rounds[middle]["new"][1]["timings"]),
         "nightly_empty_stages": rounded(rounds[middle]["empty"][1]["timings"]),
     }
@@ -220,15 +220,13 @@ def summarise(rounds: list[dict], build_s: float) -> dict:
     if more:
         slopes = [(r["more"][0] - r["new"][0]) / (r["more"][1]["added"] - r["new"][1]["added"]) for r in more]
         fixed = [r["new"][0] - slope * r["new"][1]["added"] for r, slope in zip(more, slopes)]
-        more_s = [r["more"][0] for r in more]
         figures.update({
             "nightly_more_added": more[0]["more"][1]["added"],
-            "nightly_more_s": spread(more_s, 1)[0], "nightly_more_s_range": spread(more_s, 1)[1],
+            **ranged("nightly_more_s", [r["more"][0] for r in more], 1),
             # One more new track, between the two nights with work of a round;
             # and what the 1 % night costs at zero tracks by that slope.
-            "nightly_marginal_s_per_new_track": spread(slopes, 3)[0],
-            "nightly_marginal_s_per_new_track_range": spread(slopes, 3)[1],
-            "nightly_busy_fixed_s": spread(fixed, 1)[0], "nightly_busy_fixed_s_range": spread(fixed, 1)[1],
+            **ranged("nightly_marginal_s_per_new_track", slopes, 3),
+            **ranged("nightly_busy_fixed_s", fixed, 1),
         })
         lines.append(f"one more new track: {figures['nightly_marginal_s_per_new_track']} s "
                      f"{figures['nightly_marginal_s_per_new_track_range']}; a night with work, at zero tracks: "
@@ -311,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         "new_tracks": new_tracks,
         **summary,
     }))
+
 
 if __name__ == "__main__":
     main()
