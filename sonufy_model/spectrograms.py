@@ -117,9 +117,9 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
 
 def start_workers(workers: int) -> None:
-    """Start the pool of ``workers`` processes now, and wait until every one
-    has started: what a caller does before timing a run (or before a large
-    batch it knows is coming)."""
+    """Start the pool of ``workers`` processes now (one task each, so that
+    each is spawned) and wait for their answers: what a caller does before
+    timing a run, or before a large batch it knows is coming."""
     if workers > 1:
         pool = _pool(workers)
         list(pool.map(_ready, range(workers)))
