@@ -2,8 +2,8 @@
 
 A nightly that placed tracks draws the landscape again: ``render_landscape``
 (``sonufy_model.landscape.render``) reads the current version's points from
-DuckDB, writes ``landscape.png`` (dots below 20,000 points, datashader from
-there on) and ``landscape.html`` (a seeded sample of at most 50,000 tracks,
+DuckDB, writes ``landscape.png`` (dots below 20,000 points, per-pixel
+density from there on) and ``landscape.html`` (a seeded sample of at most 50,000 tracks,
 each with its 10 nearest neighbours, and the artist and genre maps with
 theirs).
 
@@ -22,8 +22,7 @@ landscape`` (the nightly's tasks import it at start), split into:
 
 - read: ``landscape_points`` (every track's point, labels, preview and vector);
 - colour: the choice of the label to colour by and its colours;
-- png: ``render_png`` (datashader's import and kernels included at 20,000
-  points and more);
+- png: ``render_png``;
 - page: everything after the PNG: the group maps and their mean vectors
   (``landscape_vectors``, a second read of every vector), the page with the
   neighbours of its points (exact up to 20,000, approximate above) and the
@@ -31,7 +30,7 @@ landscape`` (the nightly's tasks import it at start), split into:
 - total: the whole ``render`` call.
 
 Before the timed runs, one untimed child draws the smallest store with the
-datashader and approximate-neighbour paths forced, so that numba's on-disk
+density and approximate-neighbour paths forced, so that numba's on-disk
 caches exist (as on a machine that has drawn a landscape before).
 
     .venv/bin/python bench/redraw.py [--tracks 3000 30000 300000] [--profile] [--no-warm-up]
@@ -164,7 +163,7 @@ def make_store(root: Path, n: int, seed: int = 0) -> Path:
 
 def child(db: str, out: str, mode: str) -> None:
     """The nightly's redraw, timed inside a fresh process; ``mode`` timed,
-    warm (the datashader and approximate-neighbour paths forced, untimed) or profile."""
+    warm (the density and approximate-neighbour paths forced, untimed) or profile."""
     begin = time.perf_counter()
     from sonufy_model import landscape as ls
     from sonufy_model.landscape import clusters, page, pictures, static
@@ -262,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{db.stat().st_size / 1e6:,.0f} MB", flush=True)
             if i == 0 and not args.no_warm_up:
                 warm = run_child(db, root / str(n) / "warm", "warm")
-                print(f"warm-up (datashader and approximate neighbours forced, untimed): {warm['total_s']:.1f} s",
+                print(f"warm-up (density picture and approximate neighbours forced, untimed): {warm['total_s']:.1f} s",
                       flush=True)
             f = figures[n] = run_child(db, root / str(n) / "out")
             print(f"{n:>9,} tracks, fresh process: total {f['total_s']:6.2f} s = read {f['read_s']:5.2f} + colour "

@@ -665,32 +665,53 @@ def test_the_png_shows_density_at_300000_points(tmp_path):
     assert columns[400:520].max() < 40, "no overplotted smear between them"
 
 
-def test_categories_sharing_the_grey_are_shaded_as_one_with_the_same_pixels():
-    # 120 genres: the most common get colours, the rest one grey; the PNG
-    # shades one layer per colour, which must draw what one layer per genre does.
+def _datashader_picture(x, y, labels, x_range, y_range, width, height):
+    """The density picture as datashader draws it, one layer per category."""
     import datashader as ds
     import datashader.transfer_functions as tf
     import pandas as pd
 
-    rng = np.random.default_rng(1)
-    genres = [f"g{int(g):03d}" for g in rng.zipf(1.3, size=30_000) % 120]
-    labels = ls.coloring("genre", genres)
-    assert len(labels.values) > len(set(labels.colors)) + 40, "many genres share the grey"
-    xy = rng.normal(size=(len(genres), 2))
-    x_range, y_range = (-4.0, 4.0), (-4.0, 4.0)
-    merged = np.asarray(static._density(xy[:, 0], xy[:, 1], labels, x_range, y_range, 200, 150))
-
-    frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "label": pd.Categorical.from_codes(
+    frame = pd.DataFrame({"x": x, "y": y, "label": pd.Categorical.from_codes(
         labels.codes, categories=[str(i) for i in range(len(labels.values))])})
-    canvas = ds.Canvas(plot_width=200, plot_height=150, x_range=x_range, y_range=y_range)
+    canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
     per_genre = canvas.points(frame, "x", "y", agg=ds.count_cat("label"))
-    spread, min_alpha = next((px, alpha) for most, px, alpha in static._SPREAD if len(genres) < most)
+    spread, min_alpha = next((px, alpha) for most, px, alpha in static._SPREAD if len(x) < most)
     image = tf.shade(per_genre, color_key={str(i): c for i, c in enumerate(labels.colors)}, how="eq_hist",
                      min_alpha=min_alpha)
     image = tf.spread(image, px=spread, shape="circle") if spread else image
-    reference = np.asarray(tf.set_background(image, "#0b0d12").to_pil().convert("RGB"))
-    assert merged.shape == reference.shape
-    assert np.abs(merged.astype(int) - reference.astype(int)).max() <= 1
+    return np.asarray(tf.set_background(image, "#0b0d12").to_pil().convert("RGB"))
+
+
+@pytest.mark.parametrize("n, genres", [(30_000, 120), (120_000, 7)])
+def test_the_density_picture_is_the_one_datashader_draws(n, genres):
+    # 30,000 points: spread one pixel, 120 genres of which many share the grey;
+    # 120,000: no spread. The picture is drawn in numpy, one layer per colour;
+    # datashader, one layer per genre, must draw the same pixels.
+    rng = np.random.default_rng(1)
+    names = [f"g{int(g):03d}" for g in rng.zipf(1.3, size=n) % genres]
+    labels = ls.coloring("genre", names)
+    if genres > 100:
+        assert len(labels.values) > len(set(labels.colors)) + 40, "many genres share the grey"
+    xy = np.vstack([rng.normal(size=(n - 100, 2)), rng.normal(size=(100, 2)) * 0.2 + [3.0, 3.0]])
+    x_range, y_range = (-4.0, 4.0), (-3.5, 4.0)  # some points fall outside and are dropped
+    drawn = np.asarray(static._density(xy[:, 0], xy[:, 1], labels, x_range, y_range, 200, 150))
+    reference = _datashader_picture(xy[:, 0], xy[:, 1], labels, x_range, y_range, 200, 150)
+    assert drawn.shape == reference.shape == (150, 200, 3)
+    assert (drawn != reference).sum() == 0
+    assert (drawn.max(axis=2) > 0x12).sum() > 1000, "a picture, not the background"
+
+
+def test_a_dense_map_is_shaded_without_importing_datashader(tmp_path):
+    # A nightly's fresh process redraws a 20,000-point map: no datashader import, no JIT.
+    code = ("import sys, numpy as np; from pathlib import Path; from sonufy_model import landscape as ls; "
+            "from sonufy_model.landscape import static; n = static.DENSITY_FROM; "
+            "xy = np.random.default_rng(0).normal(size=(n, 2)); "
+            "ls.render_png(xy[:, 0], xy[:, 1], ls.coloring('genre', ['x', 'y'] * (n // 2)), "
+            f"Path({str(tmp_path / 'd.png')!r})); print('datashader' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    assert Image.open(tmp_path / "d.png").size == (1600 + 320, 1200 + 56)
 
 
 # -- bad input ----------------------------------------------------------------------

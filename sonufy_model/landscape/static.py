@@ -1,5 +1,5 @@
-"""The static pictures of a landscape: the PNG shaded by density
-(datashader) and the markdown summary of a render."""
+"""The static pictures of a landscape: the PNG (dots, or shaded by density
+as datashader shades) and the markdown summary of a render."""
 
 from __future__ import annotations
 
@@ -34,9 +34,8 @@ def _ranges(x: np.ndarray, y: np.ndarray, width: int, height: int, pad: float = 
 # (fewer points than, spread in pixels, least alpha) for the PNG's dots.
 _SPREAD = ((2_000, 3, 230), (20_000, 2, 180), (100_000, 1, 140), (math.inf, 0, 140))
 # Below this many points the dots are drawn one by one (PIL, milliseconds);
-# from it on datashader shades per-pixel density. Datashader's import and its
-# numba kernels cost about 9 s in a fresh process (a nightly's), worth paying
-# only where overplotting makes density the thing to show.
+# from it on per-pixel density is shaded (:func:`_density`), where
+# overplotting makes density the thing to show.
 DENSITY_FROM = 20_000
 
 
@@ -46,9 +45,9 @@ def render_png(
 ) -> Path:
     """A map of the points with a title and a legend: below
     :data:`DENSITY_FROM` points each drawn as a dot of its category's colour;
-    from it on density-shaded (datashader: per-pixel counts of each category,
-    histogram-equalised, so that 300,000 points read as density rather than
-    a blot)."""
+    from it on density-shaded (per-pixel counts of each colour,
+    histogram-equalised as datashader does, so that 300,000 points read as
+    density rather than a blot)."""
     from PIL import Image, ImageDraw, ImageFont
 
     x = np.asarray(x, dtype=np.float64)
@@ -102,31 +101,100 @@ def _dots(x: np.ndarray, y: np.ndarray, labels: Coloring, x_range: tuple, y_rang
 
 def _density(x: np.ndarray, y: np.ndarray, labels: Coloring, x_range: tuple, y_range: tuple, width: int,
              height: int):
-    """Per-pixel counts of each category, shaded by datashader."""
-    import datashader as ds
-    import datashader.transfer_functions as tf
-    import pandas as pd
+    """Per-pixel counts of each colour, shaded as datashader shades them.
 
-    # One category per colour: the categories past the palette share one grey,
-    # and shading mixes each pixel's colours weighted by counts, so merging
-    # them draws the same pixels; a catalog of 200 genres shaded 200 layers
-    # (14 s of a 300,000-track redraw) where 41 colours make the picture.
+    What datashader's ``Canvas.points(count_cat)``, ``shade(how="eq_hist")``,
+    ``spread(shape="circle")`` and ``set_background`` would draw, in numpy:
+    datashader's import and the numba kernels it generates per call took about
+    10 s of every nightly redraw past :data:`DENSITY_FROM` points (a fresh
+    process, nothing cacheable), and its per-category layers 14 s more at
+    300,000 points; the same picture from four bincounts takes a fraction of a
+    second. tests/test_landscape.py draws both and compares them pixel by pixel.
+    """
+    from PIL import Image
+
+    # One layer per colour, not per category: a pixel's colour is the
+    # count-weighted mean of its points' colours, so categories sharing the
+    # grey draw the same pixels as one.
     palette = list(dict.fromkeys(labels.colors))
-    by_color = np.array([palette.index(color) for color in labels.colors], dtype=np.int32)
-    frame = pd.DataFrame({
-        "x": x, "y": y,
-        "label": pd.Categorical.from_codes(by_color[labels.codes], categories=[str(i) for i in range(len(palette))]),
-    })
-    canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
-    aggregate = canvas.points(frame, "x", "y", agg=ds.count_cat("label"))
-    key = {str(i): color for i, color in enumerate(palette)}
-    # Sparse maps get bigger, opaque dots; dense ones one pixel per point, with
-    # alpha from the histogram-equalised count, so that density shows.
+    by_color = np.array([palette.index(color) for color in labels.colors], dtype=np.int64)
+    rgb = np.array([[int(color[i:i + 2], 16) for i in (1, 3, 5)] for color in palette], dtype=np.float32)
+    point_rgb = rgb[by_color[np.asarray(labels.codes, dtype=np.int64)]]
+
+    # Pixels as Canvas.points maps them: scale and translate, truncate, the
+    # upper edge into the last pixel, points outside dropped; row 0 at the bottom.
+    sx, sy = width / (x_range[1] - x_range[0]), height / (y_range[1] - y_range[0])
+    inside = (x >= x_range[0]) & (x <= x_range[1]) & (y >= y_range[0]) & (y <= y_range[1])
+    columns = np.minimum((x[inside] * sx - x_range[0] * sx).astype(np.int64), width - 1)
+    rows = np.minimum((y[inside] * sy - y_range[0] * sy).astype(np.int64), height - 1)
+    pixel = rows * width + columns
+    size = width * height
+    total = np.bincount(pixel, minlength=size)
+    colour_sums = np.stack([np.bincount(pixel, weights=point_rgb[inside, k], minlength=size) for k in range(3)],
+                           axis=1).astype(np.float32)
+    painted = total > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_rgb = np.where(painted[:, None], colour_sums / total[:, None].astype(np.float32), 0).astype(np.uint8)
+
+    # Alpha: the histogram-equalised count (65,536 bins over the painted
+    # pixels' counts less the least), scaled from min_alpha to opaque.
     spread, min_alpha = next((px, alpha) for most, px, alpha in _SPREAD if len(x) < most)
-    image = tf.shade(aggregate, color_key=key, how="eq_hist", min_alpha=min_alpha)
-    image = tf.spread(image, px=spread, shape="circle") if spread else image
-    image = tf.set_background(image, "#0b0d12")
-    return image.to_pil().convert("RGB")
+    alpha = np.zeros(size, dtype=np.uint8)
+    if painted.any():
+        counts = (total[painted] - total[painted].min()).astype(np.float64)
+        histogram, edges = np.histogram(counts, bins=256 * 256)
+        centres = ((edges[:-1] + edges[1:]) / 2)[histogram > 0]
+        cdf = np.cumsum(histogram[histogram > 0]) / float(len(counts))
+        equalised = np.interp(counts, centres, cdf)
+        span = [equalised.min(), equalised.max()]
+        alpha[painted] = np.interp(equalised, span, [min_alpha, 255], left=0, right=255).astype(np.uint8)
+
+    rgba = np.concatenate([mean_rgb, alpha[:, None]], axis=1).reshape(height, width, 4)
+    rgba[~painted.reshape(height, width)] = 0
+    if spread:
+        rgba = _spread_over(rgba, spread)
+    background = np.array([0x0B, 0x0D, 0x12, 255], dtype=np.uint8)
+    shaded = np.empty_like(rgba)
+    shaded[:] = background
+    drawn = rgba[..., 3] > 0  # a transparent pixel over the background is the background
+    shaded[drawn] = _over(rgba[drawn], background)
+    return Image.fromarray(np.ascontiguousarray(shaded[::-1, :, :3]), "RGB")
+
+
+def _over(source: np.ndarray, destination: np.ndarray) -> np.ndarray:
+    """Datashader's "over" compositing of uint8 RGBA pixels, as its numba
+    operator rounds (each channel scaled to [0, 1], the result truncated)."""
+    src = source.astype(np.float64) / 255.0
+    dst = destination.astype(np.float64) / 255.0
+    src_alpha, dst_alpha = src[..., 3:], dst[..., 3:]
+    factor = 1 - src_alpha
+    alpha = src_alpha + dst_alpha * factor
+    with np.errstate(divide="ignore", invalid="ignore"):
+        colour = (src[..., :3] * src_alpha + dst[..., :3] * dst_alpha * factor) / alpha
+    out = np.concatenate([colour, alpha], axis=-1)
+    out = np.minimum(np.nan_to_num(out * 255, nan=0.0), 255).astype(np.uint8)
+    out[alpha[..., 0] == 0] = 0
+    return out
+
+
+def _spread_over(rgba: np.ndarray, px: int) -> np.ndarray:
+    """Datashader's ``spread(shape="circle")`` of an RGBA image: every
+    painted pixel drawn over a disc of radius ``px`` around it, later pixels
+    (row by row from the bottom, left to right) over earlier ones."""
+    height, width = rgba.shape[:2]
+    offsets = [(i, j) for i in range(-px, px + 1) for j in range(-px, px + 1) if np.hypot(i, j) <= px + 0.5]
+    out = np.zeros((height + 2 * px, width + 2 * px, 4), dtype=np.uint8)
+    painted = rgba[..., 3] > 0
+    # An output pixel's source at (y - i, x - j) comes later in datashader's
+    # raster order the smaller i is, then j: composite in that order.
+    for i, j in sorted(offsets, key=lambda o: (-o[0], -o[1])):
+        target = out[px + i:px + i + height, px + j:px + j + width]  # source (y, x) onto (y + i, x + j)
+        empty = ~target.any(axis=-1)
+        onto_empty = painted & empty
+        onto_painted = painted & ~empty
+        target[onto_painted] = _over(rgba[onto_painted], target[onto_painted])
+        target[onto_empty] = rgba[onto_empty]
+    return out[px:px + height, px:px + width]
 
 
 def _legend_entries(labels: Coloring, most: int) -> list[tuple[str, int, str]]:
