@@ -105,11 +105,11 @@ def _density(x: np.ndarray, y: np.ndarray, labels: Coloring, x_range: tuple, y_r
 
     What datashader's ``Canvas.points(count_cat)``, ``shade(how="eq_hist")``,
     ``spread(shape="circle")`` and ``set_background`` would draw, in numpy:
-    datashader's import and the numba kernels it generates per call took about
-    10 s of every nightly redraw past :data:`DENSITY_FROM` points (a fresh
-    process, nothing cacheable), and its per-category layers 14 s more at
-    300,000 points; the same picture from four bincounts takes a fraction of a
-    second. tests/test_landscape.py draws both and compares them pixel by pixel.
+    datashader's import and the numba kernels it generates per call (which
+    numba's cache cannot keep) took 7 to 10 s of every nightly redraw past
+    :data:`DENSITY_FROM` points, in a fresh process; the same picture from four
+    bincounts takes under a second (docs/performance.md).
+    tests/test_landscape.py draws both and compares them pixel by pixel.
     """
     from PIL import Image
 
