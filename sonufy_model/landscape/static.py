@@ -149,8 +149,7 @@ def _density(x: np.ndarray, y: np.ndarray, labels: Coloring, x_range: tuple, y_r
         span = [equalised.min(), equalised.max()]
         alpha[painted] = np.interp(equalised, span, [min_alpha, 255], left=0, right=255).astype(np.uint8)
 
-    rgba = np.concatenate([mean_rgb, alpha[:, None]], axis=1).reshape(height, width, 4)
-    rgba[~painted.reshape(height, width)] = 0
+    rgba = np.concatenate([mean_rgb, alpha[:, None]], axis=1).reshape(height, width, 4)  # unpainted: all zero
     if spread:
         rgba = _spread_over(rgba, spread)
     background = np.array([0x0B, 0x0D, 0x12, 255], dtype=np.uint8)
@@ -172,9 +171,8 @@ def _over(source: np.ndarray, destination: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         colour = (src[..., :3] * src_alpha + dst[..., :3] * dst_alpha * factor) / alpha
     out = np.concatenate([colour, alpha], axis=-1)
-    out = np.minimum(np.nan_to_num(out * 255, nan=0.0), 255).astype(np.uint8)
-    out[alpha[..., 0] == 0] = 0
-    return out
+    # Where both are transparent the colour is 0/0: NaN, made 0 like the operator's zero pixel.
+    return np.minimum(np.nan_to_num(out * 255, nan=0.0), 255).astype(np.uint8)
 
 
 def _spread_over(rgba: np.ndarray, px: int) -> np.ndarray:
