@@ -101,9 +101,9 @@ def _loaded_by(imported: list[str], watched: list[str]) -> list[str]:
 
 def test_a_flow_process_freezes_its_objects_only_after_its_other_exit_handlers(tmp_path):
     # The interpreter's last collection walks every object a busy night left
-    # (1.7 to 2.0 s); a process that imported the flows freezes them at exit,
-    # as the very last exit handler: Prefect's drains and a temporary
-    # folder's clean-up, registered later, still run first and see nothing frozen.
+    # (1.7 to 2.0 s); a process that imported the flows freezes them at exit.
+    # Exit handlers registered after that import (Prefect's drains) run first
+    # and see nothing frozen; a temporary folder's clean-up still happens.
     import subprocess
     import sys
 
