@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-from scipy.special import ndtr
 
 import sql
 from sonufy_model.store import TrackNotFound
@@ -66,6 +65,10 @@ def mutual_proximity(
 
     Monotonic in the similarity for a fixed pair of tracks; in [0, 1].
     """
+    # Imported here: scipy.special takes 0.3 s to import, and every
+    # recommendation reads its seed's vector through this module.
+    from scipy.special import ndtr
+
     similarity = np.asarray(similarity, dtype=np.float64)
     row = ndtr((similarity - np.asarray(row_mean)[:, None]) / np.maximum(np.asarray(row_std), MIN_STD)[:, None])
     col = ndtr((similarity - np.asarray(col_mean)[None, :]) / np.maximum(np.asarray(col_std), MIN_STD)[None, :])

@@ -79,6 +79,13 @@ def test_the_query_path_imports_no_downloader():
                       ["aiohttp", "sonufy_model.previews", "sonufy_model.url_guard"]) == []
 
 
+def test_the_query_path_imports_scipy_special_only_for_hub_reduction():
+    # `sonufy recommend` waits on its imports: scipy.special (0.3 s) is for
+    # mutual proximity only, not for reading the seed's vector.
+    assert _loaded_by(["sonufy_model.query_audio", "sonufy_model.journeys", "flows.cli.query"],
+                      ["scipy.special"]) == []
+
+
 def test_the_nightly_loads_torch_only_when_it_encodes():
     # An empty night must start fast: importing the nightly flow (and the
     # build's shared stages, the typed parameters, the encode task) must not
